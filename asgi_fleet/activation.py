@@ -1,0 +1,76 @@
+"""Change classification: how to make a host run what was just deployed.
+
+The decision compares what the running master really uses (its virtualenv,
+its workers' release directories) with what was deployed, plus which managed
+files changed in this run. Each kind of change gets the gentlest mechanism
+that really applies it (see ../shared/notes/gunicorn-uvicorn.md):
+
+- HUP (`systemctl reload`) re-reads gunicorn.conf.py and boots fresh workers
+  that import the app from `current`: enough for config and code. The master
+  PID stays.
+- A new virtualenv, a changed unit or environment file need a new master:
+  `systemctl restart`. systemd keeps the listening socket, so connections
+  queue in the backlog instead of being refused.
+- A changed socket unit (a new bind) means re-creating the socket itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NONE, START, RELOAD, RESTART, REBIND = "none", "start", "reload", "restart", "rebind"
+
+# Files a deploy manages, by the mechanism a change to them needs.
+NEEDS_REBIND = {"socket_unit"}
+NEEDS_RESTART = {"service_unit", "env"}
+NEEDS_RELOAD = {"config"}
+
+
+@dataclass(frozen=True)
+class RunningMaster:
+    """What the running gunicorn master is really using."""
+
+    pid: int
+    venv: str  # the virtualenv of the master's interpreter
+    worker_releases: tuple[str, ...] = field(default=())  # each worker's cwd (a release dir)
+
+
+def parse_running_master(output: str) -> RunningMaster | None:
+    """Parse commands.RUNNING_MASTER output (None when no master runs)."""
+    pid = venv = None
+    workers = []
+    for line in output.splitlines():
+        key, _, rest = line.strip().partition(" ")
+        if key == "pid":
+            pid = int(rest)
+        elif key == "exe":  # .../venvs/ID/bin/python3 -> .../venvs/ID
+            venv = rest.rsplit("/bin/", 1)[0]
+        elif key == "worker":
+            _, _, cwd = rest.partition(" ")
+            workers.append(cwd)
+    if not pid or venv is None:
+        return None
+    return RunningMaster(pid=pid, venv=venv, worker_releases=tuple(workers))
+
+
+def activation_kind(master: RunningMaster | None, *, venv: str, release_dir: str,
+                    changed: set[str]) -> str:
+    """The activation a host needs: none, start, reload, restart or rebind."""
+    if changed & NEEDS_REBIND:
+        return REBIND
+    if master is None:
+        return START
+    if master.venv != venv or changed & NEEDS_RESTART:
+        return RESTART
+    stale_code = any(cwd != release_dir for cwd in master.worker_releases)
+    if stale_code or not master.worker_releases or changed & NEEDS_RELOAD:
+        return RELOAD
+    return NONE
+
+
+ACTIVATION_COMMANDS = {
+    START: "systemctl start {service}",
+    RELOAD: "systemctl reload {service}",
+    RESTART: "systemctl restart {service}",
+    REBIND: "systemctl stop {service} && systemctl restart {socket} && systemctl start {service}",
+}

@@ -1,0 +1,49 @@
+"""Custom pyinfra facts: what asgi-fleet reads off a host."""
+
+from __future__ import annotations
+
+from pyinfra.api import FactBase
+
+from asgi_fleet import commands
+from asgi_fleet.activation import parse_running_master
+from asgi_fleet.sizing import RESOURCES_PROBE, HostResources, parse_resources
+
+
+class HostResourcesFact(FactBase):
+    """Usable CPUs (online, affinity, cgroup quota) and memory (with cgroup limit)."""
+
+    def command(self):
+        return RESOURCES_PROBE
+
+    def process(self, output) -> HostResources:
+        return parse_resources("\n".join(output))
+
+
+class FileContent(FactBase):
+    """The first line of a small file, or None when it does not exist."""
+
+    def command(self, path):
+        return f"cat {commands.q(path)} 2>/dev/null || true"
+
+    def process(self, output):
+        return output[0].strip() if output else None
+
+
+class HealthStatus(FactBase):
+    """The HTTP status of GET health_path through the app's socket ("000": none)."""
+
+    def command(self, bind, path):
+        return f"command -v curl >/dev/null || {{ echo 000; exit 0; }}; {commands.health_probe(bind, path)}"
+
+    def process(self, output):
+        return output[0].strip() if output else "000"
+
+
+class RunningMasterFact(FactBase):
+    """The unit's gunicorn master: PID, virtualenv, workers' releases (None: not running)."""
+
+    def command(self, service):
+        return commands.running_master(service)
+
+    def process(self, output):
+        return parse_running_master("\n".join(output))

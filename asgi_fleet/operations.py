@@ -1,0 +1,118 @@
+"""Custom pyinfra operations: each describes a desired state and yields only
+the commands needed to reach it, so that an unchanged re-run changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, operation
+from pyinfra.facts.files import Directory, Link
+
+from asgi_fleet import commands
+from asgi_fleet.activation import ACTIVATION_COMMANDS, NONE, activation_kind
+from asgi_fleet.facts import FileContent, HealthStatus, RunningMasterFact
+
+
+@operation()
+def virtualenv(path: str, lock_src: str, lock_sha256: str, index_url: str | None = None,
+               ca_bundle: str | None = None):
+    """
+    Build a virtualenv from a hash-locked requirements file, once per lock.
+
+    + path: where the virtualenv lives (keyed by the lock's digest)
+    + lock_src: the lock file on the controller
+    + lock_sha256: its sha256, recorded in the venv when the build completed
+    + index_url: a package index to use instead of PyPI
+    + ca_bundle: a CA bundle on the host for pip (TLS proxy, private CA)
+
+    **Example:**
+
+    .. code:: python
+
+        virtualenv(path="/srv/shop/venvs/0123abcd", lock_src="requirements.lock",
+                   lock_sha256=sha256_of_lock)
+    """
+    if host.get_fact(FileContent, path=f"{path}/{commands.VENV_MARKER}") == lock_sha256:
+        host.noop(f"virtualenv {path} is complete")
+        return
+    lock = f"{path}.lock"
+    yield FileUploadCommand(lock_src, lock)
+    yield commands.build_virtualenv(path, lock, index_url=index_url, ca_bundle=ca_bundle)
+
+
+@operation()
+def release(path: str, release_id: str, tarball_src, venv: str):
+    """
+    Ship a release: unpack its tarball into `path`, linked to its virtualenv.
+
+    + path: the release directory (releases/RELEASE_ID)
+    + release_id: written to REVISION, which the app can report
+    + tarball_src: the release tarball (a file-like object or a path)
+    + venv: the virtualenv the release runs with
+    """
+    if host.get_fact(Directory, path=path):
+        host.noop(f"release {release_id} is in place")
+        return
+    tarball = f"{path}.tar.gz"
+    yield FileUploadCommand(tarball_src, tarball)
+    yield commands.unpack_release(path, tarball, release_id, venv)
+
+
+@operation()
+def symlink(path: str, target: str):
+    """
+    Point the symlink `path` at `target`, atomically (rename over the old link).
+
+    + path: the link, e.g. /srv/shop/current
+    + target: what it points at, e.g. releases/0123abcd (relative to the link's folder)
+    """
+    link = host.get_fact(Link, path=path)
+    if link and link.get("link_target") == target:
+        host.noop(f"{path} already points at {target}")
+        return
+    yield commands.atomic_symlink(path, target)
+
+
+@operation()
+def health_gate(bind: str, path: str, deadline: int, service: str,
+                activated: Callable[[], bool] = lambda: False):
+    """
+    Fail unless GET `path` through the app's socket answers 200 within `deadline`.
+
+    + bind: the app's bind (HOST:PORT or unix:/path)
+    + path: the health endpoint
+    + deadline: seconds to wait for a 200
+    + service: the unit whose journal tail explains a failure
+    + activated: true (at execution) when this run started, restarted or
+      reloaded the service; then the gate always waits for fresh workers.
+      Otherwise a healthy service is left alone (no change), and an unhealthy
+      one fails the run instead of passing it silently.
+    """
+    executing = host.state.is_executing
+    if not (executing and activated()) and host.get_fact(HealthStatus, bind=bind, path=path) == "200":
+        host.noop(f"{service} answers 200 on {path}")
+        return
+    yield commands.wait_healthy(bind, path, deadline, service)
+
+
+@operation()
+def activate(paths: commands.AppPaths, venv: str, release_dir: str,
+             changed: Callable[[], set[str]], record: dict):
+    """
+    Make the service run what was deployed, with the gentlest mechanism that applies it.
+
+    + paths: the app's paths (unit names)
+    + venv: the virtualenv the new release runs with
+    + release_dir: the release `current` points at
+    + changed: which managed files changed in this run (see activation.py)
+    + record: receives the kind of activation, for the run's summary
+    """
+    master = host.get_fact(RunningMasterFact, service=paths.service)
+    kind = activation_kind(master, venv=venv, release_dir=release_dir, changed=changed())
+    record["activation"] = kind
+    if kind == NONE:
+        host.noop(f"{paths.service} already runs release {release_dir} with {venv}")
+        return
+    yield ACTIVATION_COMMANDS[kind].format(service=paths.service, socket=paths.socket)

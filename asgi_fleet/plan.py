@@ -1,0 +1,72 @@
+"""The plan for one app on one host: validated settings plus what follows from them.
+
+Everything here is computed on the controller before any operation runs, so a
+bad lock file or app directory stops the run before a host is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asgi_fleet import release
+from asgi_fleet.commands import AppPaths
+from asgi_fleet.settings import PROJECT_ROOT, InvalidSettings, app_settings
+
+BUILD_DIR = PROJECT_ROOT / ".asgi-fleet" / "build"
+
+
+@dataclass(frozen=True)
+class AppPlan:
+    app: dict[str, Any]  # the app's validated settings
+    paths: AppPaths
+    release_id: str
+    venv_id: str
+    lock_file: Path
+    lock_sha256: str
+    tarball: Path
+
+    @property
+    def release_dir(self) -> str:
+        return self.paths.release(self.release_id)
+
+    @property
+    def venv_dir(self) -> str:
+        return self.paths.venv(self.venv_id)
+
+
+def _local(path: str) -> Path:
+    return (PROJECT_ROOT / path).resolve()
+
+
+def plan_app(app: dict[str, Any], where: str = "") -> AppPlan:
+    lock_file = _local(app["app_lock"])
+    lock_text = lock_file.read_text()
+    problems = release.lock_problems(lock_text, app["app_lock"])
+    if problems:
+        raise InvalidSettings([f"{where}: {p}" for p in problems])
+    app_dir = _local(app["app_source"])
+    release_id = release.release_id(app_dir, lock_file)
+    tarball = BUILD_DIR / f"{app['app_name']}-{release_id}.tar.gz"
+    if not tarball.exists():
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = tarball.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(release.release_tarball(app_dir))
+        os.replace(tmp, tarball)
+    return AppPlan(
+        app=app,
+        paths=AppPaths(app["app_name"], app["srv_root"]),
+        release_id=release_id,
+        venv_id=release.venv_id(lock_file),
+        lock_file=lock_file,
+        lock_sha256=hashlib.sha256(lock_file.read_bytes()).hexdigest(),
+        tarball=tarball,
+    )
+
+
+def plan_host(data: dict[str, Any], where: str = "") -> list[AppPlan]:
+    """Validate one host's settings and plan each of its apps."""
+    return [plan_app(app, f"{where}/{app['app_name']}") for app in app_settings(data, where)]

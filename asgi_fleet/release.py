@@ -1,0 +1,97 @@
+"""Releases: content-addressed ids, the tarball that ships one, the lock file.
+
+A release id is a digest of what will run: the app's files and its lock file.
+The same content always gets the same id, so a re-run of an unchanged deploy
+ships nothing, and two different contents can never share an id (a "deploy"
+that quietly keeps the old code shows up as a different id than expected).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from pathlib import Path
+
+# Never part of a release: build and editor leftovers on the controller.
+IGNORED_NAMES = {"__pycache__", ".git", ".venv", ".pytest_cache", ".mypy_cache", "REVISION"}
+IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp")
+
+# Distributions the server stack needs in every app's lock file, and why.
+REQUIRED_IN_LOCK = {
+    "gunicorn": "the process manager",
+    "uvicorn": "the ASGI server",
+    "uvicorn-worker": "the gunicorn worker class uvicorn_worker.UvicornWorker",
+    "uvloop": "the fast event loop: lock uvicorn[standard], not plain uvicorn",
+    "httptools": "the fast HTTP parser: lock uvicorn[standard], not plain uvicorn",
+    "setproctitle": "readable process titles (gunicorn: master [APP])",
+}
+
+_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
+
+
+def release_files(app_dir: Path) -> list[Path]:
+    """The files of a release, relative to app_dir, in a stable order."""
+    files = []
+    for path in sorted(app_dir.rglob("*")):
+        rel = path.relative_to(app_dir)
+        if any(part in IGNORED_NAMES for part in rel.parts) or path.name.endswith(IGNORED_SUFFIXES):
+            continue
+        if path.is_file():
+            files.append(rel)
+    return files
+
+
+def digest(app_dir: Path, lock_file: Path) -> str:
+    """sha256 over every release file (path and bytes) and the lock file."""
+    sha = hashlib.sha256()
+    for rel in release_files(app_dir):
+        sha.update(str(rel).encode() + b"\0" + (app_dir / rel).read_bytes() + b"\0")
+    sha.update(b"lock\0" + lock_file.read_bytes())
+    return sha.hexdigest()
+
+
+def release_id(app_dir: Path, lock_file: Path) -> str:
+    return digest(app_dir, lock_file)[:12]
+
+
+def venv_id(lock_file: Path) -> str:
+    """Virtualenvs are keyed by their lock: releases that share a lock share it."""
+    return hashlib.sha256(lock_file.read_bytes()).hexdigest()[:12]
+
+
+def release_tarball(app_dir: Path) -> bytes:
+    """A reproducible gzipped tarball of the release files (fixed owner, mode, mtime)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for rel in release_files(app_dir):
+            data = (app_dir / rel).read_bytes()
+            info = tarfile.TarInfo(str(rel))
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def locked_versions(lock_text: str) -> dict[str, str]:
+    """{normalized distribution name: version} for every `name==version` line."""
+    versions = {}
+    for line in lock_text.splitlines():
+        match = _LOCK_LINE.match(line)
+        if match:
+            versions[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(3)
+    return versions
+
+
+def lock_problems(lock_text: str, lock_name: str) -> list[str]:
+    """What is wrong with a lock file for asgi-fleet (empty when fine)."""
+    problems = []
+    versions = locked_versions(lock_text)
+    for name, why in REQUIRED_IN_LOCK.items():
+        if name not in versions:
+            problems.append(f"app_lock={lock_name!r}: does not pin {name} ({why})")
+    if "--hash=" not in lock_text:
+        problems.append(f"app_lock={lock_name!r}: has no --hash lines; generate it with hashes (make lock)")
+    return problems

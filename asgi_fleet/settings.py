@@ -1,0 +1,279 @@
+"""Settings: what each tunable may be, and validation before any host is touched.
+
+The defaults and their one-line explanations live in group_data/all.py; this
+module only knows the rules. Every key of all.py has a rule here and every
+rule a key there (a unit test keeps them in step).
+
+Validation collects every problem at once, so an operator fixes a bad
+inventory in one pass, and each message names the key, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from asgi_fleet.sizing import WORKER_POLICIES
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+DOTTED_PATH_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+APP_MODULE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\(\))?$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Gunicorn's own short worker names: all of them serve WSGI, not ASGI.
+GUNICORN_WSGI_WORKERS = {"sync", "gthread", "eventlet", "gevent", "tornado"}
+
+
+class InvalidSettings(Exception):
+    """One or more settings are wrong. Raised before any host is changed."""
+
+    def __init__(self, problems: list[str], where: str = ""):
+        self.problems = problems
+        head = f"invalid asgi-fleet settings{f' for {where}' if where else ''}:"
+        super().__init__("\n  ".join([head, *problems]))
+
+
+Check = Callable[[Any], "str | None"]  # None when fine, else what is allowed
+
+
+def integer(low: int, high: int, optional: bool = False) -> Check:
+    def check(value):
+        if optional and value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"must be {'None or ' if optional else ''}an integer from {low} to {high}"
+        return None
+
+    return check
+
+
+def one_of(*allowed) -> Check:
+    def check(value):
+        if value not in allowed:
+            return "must be one of " + ", ".join(repr(a) for a in allowed)
+        return None
+
+    return check
+
+
+def matches(pattern: re.Pattern, example: str) -> Check:
+    def check(value):
+        if not isinstance(value, str) or not pattern.match(value):
+            return f"must match {pattern.pattern} (for example {example!r})"
+        return None
+
+    return check
+
+
+def text(optional: bool = False) -> Check:
+    def check(value):
+        if optional and value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            return f"must be {'None or ' if optional else ''}a non-empty string"
+        return None
+
+    return check
+
+
+def string_list(value) -> str | None:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        return "must be a list of non-empty strings"
+    return None
+
+
+def local_dir(value) -> str | None:
+    if not isinstance(value, str) or not (PROJECT_ROOT / value).is_dir():
+        return "must be a directory on the controller (relative to the project root, or absolute)"
+    return None
+
+
+def local_file(optional: bool = False) -> Check:
+    def check(value):
+        if optional and value is None:
+            return None
+        if not isinstance(value, str) or not (PROJECT_ROOT / value).is_file():
+            return (
+                f"must be {'None or ' if optional else ''}a file on the controller "
+                "(relative to the project root, or absolute)"
+            )
+        return None
+
+    return check
+
+
+def bind_address(value) -> str | None:
+    allowed = "must be HOST:PORT (an IP address, port 1-65535) or unix:/absolute/path"
+    if not isinstance(value, str):
+        return allowed
+    if value.startswith("unix:"):
+        return None if value[5:].startswith("/") else allowed
+    host, _, port = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        if not 1 <= int(port) <= 65535:
+            return allowed
+    except ValueError:
+        return allowed
+    return None
+
+
+def worker_class(value) -> str | None:
+    if value in GUNICORN_WSGI_WORKERS:
+        return (
+            f"{value!r} is one of gunicorn's WSGI workers and answers every ASGI request "
+            "with 500; must be the dotted path of an ASGI worker class, "
+            "such as 'uvicorn_worker.UvicornWorker'"
+        )
+    if not isinstance(value, str) or not DOTTED_PATH_RE.match(value):
+        return "must be the dotted path of a worker class, such as 'uvicorn_worker.UvicornWorker'"
+    return None
+
+
+def environment(value) -> str | None:
+    allowed = "must be a dict of NAME: string, NAME made of letters, digits and _"
+    if not isinstance(value, dict):
+        return allowed
+    for key, item in value.items():
+        if not isinstance(key, str) or not ENV_NAME_RE.match(key) or not isinstance(item, str):
+            return allowed
+        if "\n" in item:
+            return f"{key}: must be a single line (systemd EnvironmentFile)"
+    return None
+
+
+def forwarded_ips(value) -> str | None:
+    allowed = "must be '*' or a comma-separated list of IP addresses or networks"
+    if not isinstance(value, str) or not value:
+        return allowed
+    if value == "*":
+        return None
+    try:
+        for part in value.split(","):
+            ipaddress.ip_network(part.strip(), strict=False)
+    except ValueError:
+        return allowed
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    check: Check
+    per_app: bool = True  # False: a host-wide setting, not overridable per app
+
+
+RULES: dict[str, Rule] = {
+    # the app
+    "app_name": Rule(matches(APP_NAME_RE, "shop")),
+    "app_source": Rule(local_dir),
+    "app_module": Rule(matches(APP_MODULE_RE, "main:app")),
+    "app_lock": Rule(local_file()),
+    "app_env": Rule(environment),
+    "apps": Rule(lambda v: None if v is None else _apps_shape(v), per_app=False),
+    # serving
+    "bind": Rule(bind_address),
+    "backlog": Rule(integer(64, 65535)),
+    "worker_class": Rule(worker_class),
+    "workers": Rule(integer(1, 256, optional=True)),
+    "worker_policy": Rule(one_of(*WORKER_POLICIES)),
+    "worker_memory_mb": Rule(integer(16, 65536)),
+    "memory_reserve_mb": Rule(integer(0, 1048576)),
+    "timeout": Rule(integer(1, 3600)),
+    "graceful_timeout": Rule(integer(1, 3600)),
+    "keepalive": Rule(integer(1, 300)),
+    "max_requests": Rule(integer(0, 10_000_000)),
+    "max_requests_jitter": Rule(integer(0, 10_000_000)),
+    "forwarded_allow_ips": Rule(forwarded_ips),
+    "log_level": Rule(one_of("debug", "info", "warning", "error", "critical")),
+    # health gate
+    "health_path": Rule(matches(re.compile(r"^/\S*$"), "/healthz")),
+    "health_deadline": Rule(integer(1, 600)),
+    # releases
+    "srv_root": Rule(matches(re.compile(r"^/[\w./-]+[^/]$"), "/srv")),
+    "keep_releases": Rule(integer(2, 100)),
+    # host packages and the package index
+    "extra_system_packages": Rule(string_list, per_app=False),
+    "apt_cache_time": Rule(integer(0, 30 * 86400), per_app=False),
+    "pip_index_url": Rule(text(optional=True)),
+    "pip_ca_bundle": Rule(local_file(optional=True)),
+}
+
+
+def _apps_shape(value) -> str | None:
+    allowed = "must be None or a non-empty list of dicts of per-app settings, each with app_name"
+    if not isinstance(value, (list, tuple)) or not value:
+        return allowed
+    for item in value:
+        if not isinstance(item, dict) or "app_name" not in item:
+            return allowed
+    return None
+
+
+def _problems(settings: dict[str, Any], where: str) -> list[str]:
+    """Every problem with one app's merged settings."""
+    prefix = f"{where}: " if where else ""
+    problems = []
+    for key, rule in RULES.items():
+        if key not in settings:
+            problems.append(f"{prefix}{key} is missing (every setting has a default in group_data/all.py)")
+            continue
+        allowed = rule.check(settings[key])
+        if allowed:
+            problems.append(f"{prefix}{key}={settings[key]!r}: {allowed}")
+    if not problems:
+        if settings["graceful_timeout"] > settings["timeout"]:
+            problems.append(
+                f"{prefix}graceful_timeout={settings['graceful_timeout']!r}: must be <= timeout "
+                f"({settings['timeout']}), or a draining worker is killed as hung mid-request"
+            )
+        if settings["max_requests_jitter"] > settings["max_requests"]:
+            problems.append(
+                f"{prefix}max_requests_jitter={settings['max_requests_jitter']!r}: "
+                f"must be <= max_requests ({settings['max_requests']})"
+            )
+    return problems
+
+
+def app_settings(data: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
+    """Validate the settings of one host and return one merged dict per app.
+
+    `data` holds every key of group_data/all.py (as overridden by groups,
+    hosts and --data). `apps`, when set, is a list of per-app overrides; each
+    app gets the host's settings with its overrides on top.
+    """
+    apps_value = data.get("apps")
+    allowed = RULES["apps"].check(apps_value)
+    if allowed:
+        raise InvalidSettings([f"{where}: apps={apps_value!r}: {allowed}"])
+    problems = []
+    apps = []
+    for override in apps_value or [{}]:
+        label = f"{where}/{override['app_name']}" if apps_value else where
+        for key in override:
+            if key not in RULES or not RULES[key].per_app:
+                problems.append(f"{label}: apps: {key!r} is not a per-app setting")
+        merged = {key: data[key] for key in RULES if key in data} | override
+        problems += _problems(merged, label)
+        apps.append(merged)
+    problems += _collisions(apps, where)
+    if problems:
+        raise InvalidSettings(list(dict.fromkeys(problems)))
+    return apps
+
+
+def _collisions(apps: list[dict[str, Any]], where: str) -> list[str]:
+    """Two apps on one host must differ in name and bind."""
+    problems = []
+    for key in ("app_name", "bind"):
+        seen: dict[Any, int] = {}
+        for app in apps:
+            seen[app.get(key)] = seen.get(app.get(key), 0) + 1
+        for value, count in seen.items():
+            if count > 1:
+                problems.append(f"{where}: apps: {key}={value!r} is used by {count} apps; must be unique per host")
+    return problems

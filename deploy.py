@@ -1,0 +1,28 @@
+"""asgi-fleet: take Debian hosts to a running, health-checked ASGI service.
+
+    pyinfra inventories/docker.py deploy.py     # the local test fleet
+    pyinfra inventories/prod.py deploy.py       # your servers, over SSH + sudo
+"""
+
+from pyinfra import host, state
+
+from asgi_fleet.plan import plan_host
+from asgi_fleet.record import record_run
+from tasks.config import write_config
+from tasks.python_env import install_virtualenv
+from tasks.release import ship_release, switch_current
+from tasks.service import run_service
+from tasks.system import prepare_host
+
+# Validates every setting (raising before any host is changed) and works out
+# each app's release, virtualenv and paths.
+plans = plan_host(host.data.dict(), where=host.name)
+record = record_run(state, host, plans)
+
+prepare_host(plans, host.data.dict())
+for plan in plans:
+    install_virtualenv(plan)
+    ship_release(plan)
+    config, env = write_config(plan)
+    code = switch_current(plan)
+    run_service(plan, config, env, code, record.app(plan))

@@ -1,0 +1,36 @@
+"""The example app asgi-fleet deploys by default: a FastAPI service.
+
+/healthz reports the release this worker runs (asgi-fleet writes the release
+id to REVISION in the release directory, which is the worker's cwd), so a
+health check can tell old code from new.
+"""
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+RELEASE = Path("REVISION").read_text().strip() if Path("REVISION").exists() else "unknown"
+
+app = FastAPI(title="asgi-fleet example")
+
+
+@app.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok", "release": RELEASE, "pid": os.getpid()}
+
+
+@app.get("/")
+async def index() -> dict:
+    return {"hello": "world", "release": RELEASE}
+
+
+class Item(BaseModel):
+    name: str
+    quantity: int = 1
+
+
+@app.post("/items")
+async def create_item(item: Item) -> dict:
+    return {"received": item.model_dump(), "release": RELEASE}

@@ -1,0 +1,62 @@
+"""The single declarative list of test hosts.
+
+Everything else (image builder, `python -m fleet up`, the pyinfra inventory
+`inventories/docker.py`, tests) reads this list, so adding or changing a host
+happens here and nowhere else.
+
+The four hosts deliberately differ in the things a deploy has to get right:
+the Debian release, how pyinfra reaches the host (docker exec vs. SSH as an
+unprivileged sudo user) and how many CPUs the host may use (all, a cpuset,
+or a CFS quota that ``nproc`` does not see).
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+#: Label on every container this toolkit starts; `fleet down` removes exactly these.
+LABEL_KEY = "asgi-fleet.test-host"
+LABEL_VALUE = "1"
+LABEL = f"{LABEL_KEY}={LABEL_VALUE}"
+
+#: Host image name; one image per Debian release.
+IMAGE_PATTERN = "asgi-fleet-host:{dist}"
+
+#: Unprivileged user with passwordless sudo, used by SSH hosts.
+DEPLOY_USER = "deploy"
+
+
+@dataclass(frozen=True)
+class TestHost:
+    """One test host: a systemd container that plays a Debian server."""
+
+    name: str  # container name and hostname (and pyinfra inventory name)
+    dist: str  # "bookworm" or "trixie"
+    connector: str  # "docker" (pyinfra @docker, docker exec) or "ssh"
+    cpuset: Optional[str] = None  # docker --cpuset-cpus, e.g. "0"
+    cpus: Optional[float] = None  # docker --cpus, a CFS quota (cpu.cfs_quota_us / cpu.max)
+    ssh_port: Optional[int] = None  # published on 127.0.0.1 only, for ssh hosts
+
+    # Not a pytest test class, despite the name.
+    __test__ = False
+
+    @property
+    def image(self) -> str:
+        return IMAGE_PATTERN.format(dist=self.dist)
+
+
+TEST_HOSTS = [
+    TestHost("asgi-web1", "bookworm", "docker"),
+    TestHost("asgi-web2", "bookworm", "docker", cpuset="0"),
+    TestHost("asgi-web3", "bookworm", "ssh", ssh_port=2222),
+    TestHost("asgi-web4", "trixie", "docker", cpus=1.0),
+]
+
+DISTS = sorted({h.dist for h in TEST_HOSTS})
+
+
+def get_host(name: str) -> TestHost:
+    """Look a host up by name; raise KeyError with the known names."""
+    for host in TEST_HOSTS:
+        if host.name == name:
+            return host
+    raise KeyError(f"unknown test host {name!r}; known: {[h.name for h in TEST_HOSTS]}")

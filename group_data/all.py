@@ -1,0 +1,46 @@
+# Every asgi-fleet tunable, with its default. Override any of them in another
+# group_data file, in an inventory's host data, per app in `apps`, or with
+# `--data key=value`. All of them are validated before any host is touched
+# (asgi_fleet/settings.py holds the rules).
+
+# --- The app -----------------------------------------------------------------
+app_name = "hello"  # names the unit, user, group, paths and socket: /srv/hello, hello.service
+app_source = "example"  # the app's directory on the controller, shipped as a release
+app_module = "app:app"  # the ASGI callable, "module:attribute" (a factory: "module:create_app()")
+app_lock = "example/requirements.lock"  # hash-locked requirements: server stack + the app's own
+app_env = {}  # environment for the app (systemd EnvironmentFile /etc/APP/env)
+apps = None  # several apps on a host: a list of per-app overrides, e.g. [{"app_name": "shop", "bind": "0.0.0.0:8001"}]
+
+# --- Serving -----------------------------------------------------------------
+bind = "0.0.0.0:8000"  # held by systemd's APP.socket, so a restart queues instead of refusing
+backlog = 2048  # listen backlog: room for the connections that wait during a restart
+worker_class = "uvicorn_worker.UvicornWorker"  # not uvicorn.workers.UvicornWorker: deprecated
+workers = None  # None: sized per host by worker_policy; an integer forces that count
+# "cores": one worker per usable CPU. A Uvicorn worker is one event loop that
+# saturates one core; gunicorn's ASGI docs say nproc and benchmarks of
+# Uvicorn+Starlette peak near one per core. "2*cores+1" is gunicorn's advice
+# for *sync* workers that wait on I/O; "cores+1" keeps a spare loop.
+worker_policy = "cores"
+worker_memory_mb = 256  # memory budget per worker: caps the count on small hosts
+memory_reserve_mb = 256  # memory left to the OS and the master before workers are counted
+timeout = 30  # seconds an event loop may block before the worker is killed (not a request limit)
+graceful_timeout = 25  # seconds an old worker may finish in-flight requests; <= timeout
+keepalive = 5  # seconds an idle keep-alive connection stays open
+max_requests = 10000  # recycle a worker after this many requests (0: never), against leaks
+max_requests_jitter = 1000  # spread recycling so workers do not restart together
+forwarded_allow_ips = "127.0.0.1"  # proxies trusted for X-Forwarded-* ("*" behind a unix socket)
+log_level = "info"  # gunicorn's log level; logs go to journald
+
+# --- Health gate -------------------------------------------------------------
+health_path = "/healthz"  # GET through the real socket after every start or reload; 200 = healthy
+health_deadline = 60  # seconds to wait for a 200 before the deploy fails on that host
+
+# --- Releases ----------------------------------------------------------------
+srv_root = "/srv"  # apps live in SRV_ROOT/APP/{releases,venvs,current}
+keep_releases = 5  # releases kept per app; the running and the previous one are never pruned
+
+# --- Host packages and the package index ----------------------------------------
+extra_system_packages = []  # more Debian packages, e.g. ["libpq5"] for the app's wheels
+apt_cache_time = 86400  # seconds before apt's lists count as stale: a re-run stays offline
+pip_index_url = None  # a private index or mirror, e.g. "https://pypi.example.com/simple"
+pip_ca_bundle = None  # a CA bundle on the controller, uploaded for pip (a TLS proxy, a private CA)

@@ -1,0 +1,16 @@
+"""One module per concern of a deploy; deploy.py calls them in order."""
+
+from pyinfra.api.operation import OperationMeta
+
+from asgi_fleet.settings import PROJECT_ROOT
+
+TEMPLATES = PROJECT_ROOT / "templates"
+
+
+def template(name: str) -> str:
+    return str(TEMPLATES / name)
+
+
+def changed(op: OperationMeta) -> bool:
+    """Whether an op changed the host: its result once executed, its prediction before."""
+    return op.did_change() if op.is_complete() else bool(op.will_change)

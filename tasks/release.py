@@ -1,0 +1,24 @@
+"""The release: the app's code under releases/RELEASE_ID, owned by root."""
+
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from asgi_fleet import operations
+
+
+@deploy("Release")
+def ship_release(plan):
+    for path in (plan.paths.root, plan.paths.releases):
+        files.directory(name=f"{path}/", path=path, user="root", group="root", mode="755")
+    return operations.release(
+        name=f"Release {plan.release_id}", path=plan.release_dir,
+        release_id=plan.release_id, tarball_src=str(plan.tarball), venv=plan.venv_dir,
+    )
+
+
+@deploy("Switch current")
+def switch_current(plan):
+    return operations.symlink(
+        name=f"current -> releases/{plan.release_id}",
+        path=plan.paths.current, target=f"releases/{plan.release_id}",
+    )

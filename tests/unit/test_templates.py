@@ -1,0 +1,82 @@
+"""Render every template with the default settings and check what lands on a host."""
+
+import configparser
+
+import pytest
+from gunicorn.config import Config
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from asgi_fleet.commands import AppPaths
+from asgi_fleet.settings import PROJECT_ROOT, app_settings
+from asgi_fleet.sizing import WorkerPlan
+
+
+def render(name, **values):
+    env = Environment(loader=FileSystemLoader(PROJECT_ROOT / "templates"), undefined=StrictUndefined)
+    return env.get_template(name).render(**values)
+
+
+@pytest.fixture
+def app(defaults):
+    return app_settings(defaults)[0]
+
+
+def unit(text):
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(text)
+    return parser
+
+
+def test_gunicorn_conf_is_a_valid_gunicorn_config(app, tmp_path):
+    paths = AppPaths("hello", str(tmp_path))
+    (tmp_path / "hello" / "current").mkdir(parents=True)  # gunicorn checks chdir exists
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(render("gunicorn.conf.py.j2", app=app, paths=paths,
+                           worker_plan=WorkerPlan(3, "cores on 3 usable CPUs")))
+    namespace = {}
+    exec(compile(conf.read_text(), str(conf), "exec"), namespace)
+    config = Config()
+    for key, value in namespace.items():
+        if not key.startswith("__"):
+            config.set(key, value)  # raises for a name gunicorn does not know
+    assert config.workers == 3
+    assert config.worker_class_str == "uvicorn_worker.UvicornWorker"
+    assert config.chdir == f"{tmp_path}/hello/current"  # the link, re-resolved on every HUP
+    assert config.preload_app is False
+    assert config.control_socket == "/run/hello/gunicorn.ctl"
+    assert config.worker_tmp_dir == "/run/hello"
+    assert config.graceful_timeout <= config.timeout
+    assert config.accesslog == "-" and config.errorlog == "-"
+    assert config.proc_name == "hello"
+
+
+def test_service_unit(app):
+    service = unit(render("app.service.j2", app=app, paths=AppPaths("hello")))["Service"]
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert service["KillMode"] == "mixed"
+    assert int(service["TimeoutStopSec"]) > app["graceful_timeout"]
+    assert service["WorkingDirectory"] == "/srv/hello"
+    assert service["ExecStart"].startswith("/srv/hello/current/.venv/bin/gunicorn ")
+    assert service["User"] == service["Group"] == service["RuntimeDirectory"] == "hello"
+    assert service["Restart"] == "on-failure"
+    assert service["EnvironmentFile"] == "/etc/hello/env"
+
+
+def test_tcp_socket_unit(app):
+    socket = unit(render("app.socket.j2", app=app, paths=AppPaths("hello")))["Socket"]
+    assert socket["ListenStream"] == "0.0.0.0:8000"
+    assert socket["Backlog"] == "2048"
+
+
+def test_unix_socket_unit_is_group_readable_only(app):
+    app = app | {"bind": "unix:/run/hello.sock"}
+    socket = unit(render("app.socket.j2", app=app, paths=AppPaths("hello")))["Socket"]
+    assert socket["ListenStream"] == "/run/hello.sock"
+    assert (socket["SocketGroup"], socket["SocketMode"]) == ("hello", "0660")
+
+
+def test_env_file_quotes_values(app):
+    app = app | {"app_env": {"GREETING": 'say "hi"', "A": "1"}}
+    text = render("app.env.j2", app=app, paths=AppPaths("hello"))
+    assert text.splitlines()[1:] == ['A="1"', 'GREETING="say \\"hi\\""']
