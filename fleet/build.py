@@ -72,7 +72,11 @@ def build_one(dist: str, image: str) -> None:
             run(["docker", "commit", *changes, workname, candidate])
         with timed(f"{dist}: verify"):
             verify(candidate, dist)
+        old = run(["docker", "image", "inspect", "-f", "{{.Id}}", image], check=False,
+                  capture=True, quiet=True).strip()
         run(["docker", "tag", candidate, image])
+        if old:  # the replaced image; stays if a container still uses it
+            run(["docker", "rmi", old], check=False, capture=True, quiet=True)
         size = run(["docker", "image", "inspect", "-f", "{{.Size}}", image], capture=True, quiet=True)
         log(f"built {image} ({int(size) / 1e6:.0f} MB)")
     finally:

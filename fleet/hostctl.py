@@ -110,7 +110,7 @@ def wait_booted(host: TestHost) -> None:
 
 
 def setup_ssh(host: TestHost, pubkey: str) -> None:
-    """authorized_keys for deploy, known_hosts entry, then prove `ssh ... sudo -n true` works."""
+    """authorized_keys for deploy, known_hosts entry, then prove `ssh ... sudo -n id -un` prints root."""
     home = f"/home/{DEPLOY_USER}"
     current = run(["docker", "exec", host.name, "cat", f"{home}/.ssh/authorized_keys"],
                   check=False, capture=True, quiet=True) or ""

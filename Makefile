@@ -1,0 +1,45 @@
+# asgi-fleet. `make demo` deploys the example app to a local fleet of Docker
+# test hosts; `make test` runs the unit tests and the end-to-end tests on it.
+# Both set everything up on a fresh Debian machine where you are root.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INVENTORY ?= inventories/docker.py
+
+include Makefile.fleet
+
+.PHONY: demo test unit e2e deploy status venv docker-engine lock clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test,dev]'
+	touch $@
+
+docker-engine:
+	./fleet/docker-engine.sh
+
+fleet-build fleet-up fleet-down fleet-status: venv docker-engine
+
+demo: venv docker-engine fleet deploy status
+
+deploy: venv
+	$(VENV)/bin/pyinfra -y $(INVENTORY) deploy.py
+
+status: venv
+	$(PY) -m asgi_fleet.status $(INVENTORY)
+
+test: venv docker-engine fleet
+	$(VENV)/bin/pytest -ra tests/unit tests/e2e
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+# Re-lock the example app's requirements (hashes for every wheel, all Pythons).
+lock: venv
+	$(VENV)/bin/uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
+		example/requirements.in -o example/requirements.lock
+
+clean: fleet-down
+	rm -rf .asgi-fleet

@@ -1,0 +1,53 @@
+"""Read a pyinfra inventory the way a deploy does, for tools that check hosts.
+
+The verification suite and `python -m asgi_fleet.status` must see the same
+hosts, groups, group data and host data as `pyinfra INVENTORY deploy.py`, so
+they load it with pyinfra's own loader, then reach each host with testinfra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from asgi_fleet.settings import PROJECT_ROOT
+
+
+@dataclass(frozen=True)
+class InventoryHost:
+    name: str  # the pyinfra host name, as the deploy prints it
+    data: dict[str, Any]  # all its data: group_data/all.py < groups < host data
+
+    @property
+    def testinfra_spec(self) -> str:
+        if self.name.startswith("@docker/"):
+            return "docker://" + self.name.removeprefix("@docker/")
+        if self.name.startswith("@local"):
+            return "local://"
+        user = self.data.get("ssh_user")
+        address = self.data.get("ssh_hostname") or self.name
+        port = self.data.get("ssh_port") or 22
+        return f"ssh://{user + '@' if user else ''}{address}:{port}"
+
+    def testinfra_host(self):
+        import testinfra
+
+        spec = self.testinfra_spec
+        if not spec.startswith("ssh://"):
+            return testinfra.get_host(spec)
+        extra = ["-o BatchMode=yes", "-o ConnectTimeout=10"]
+        if self.data.get("ssh_known_hosts_file"):
+            extra += [f"-o UserKnownHostsFile={self.data['ssh_known_hosts_file']}",
+                      "-o StrictHostKeyChecking=yes"]
+        return testinfra.get_host(
+            spec, ssh_identity_file=self.data.get("ssh_key"), ssh_extra_args=" ".join(extra),
+            sudo=bool(self.data.get("_sudo")),
+        )
+
+
+def load_inventory(path: str, override_data: dict[str, Any] | None = None) -> list[InventoryHost]:
+    """The hosts of a pyinfra inventory file, in inventory order, with their data."""
+    from pyinfra_cli.inventory import make_inventory
+
+    inventory = make_inventory(path, override_data=override_data or {}, cwd=str(PROJECT_ROOT))
+    return [InventoryHost(host.name, dict(host.data.dict())) for host in inventory]

@@ -1,0 +1,36 @@
+"""End-to-end tests on the local Docker fleet (`make fleet` starts it).
+
+One deploy of the whole fleet per session (the "converge"); every test then
+checks real hosts through testinfra: real systemd, gunicorn, uvicorn, HTTP.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from asgi_fleet.settings import PROJECT_ROOT
+from e2e_helpers import Run, fleet_hosts, fleet_targets, run_deploy
+
+
+def pytest_generate_tests(metafunc):
+    if "target" in metafunc.fixturenames:
+        targets = fleet_targets()
+        metafunc.parametrize("target", targets, ids=[t.id for t in targets])
+
+
+@pytest.fixture(scope="session")
+def fleet():
+    """The test hosts are running (starting any that are not)."""
+    subprocess.run([sys.executable, "-m", "fleet", "up"], cwd=PROJECT_ROOT, check=True)
+    return fleet_hosts()
+
+
+@pytest.fixture(scope="session")
+def deployed(fleet, tmp_path_factory) -> Run:
+    """The whole fleet, deployed once for the session."""
+    run = run_deploy(tmp_path_factory.mktemp("deploy"))
+    assert run.returncode == 0, run.output[-6000:]
+    return run

@@ -1,0 +1,129 @@
+"""Issue 2's promises, checked on every host and app of the fleet."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from asgi_fleet import commands
+from asgi_fleet.status import expected_workers, observe_app
+from e2e_helpers import Target, fleet_hosts, run_deploy, testinfra_host
+
+
+def test_units_are_enabled_active_and_the_socket_listens(deployed, target: Target):
+    host, paths = testinfra_host(target.host), target.plan.paths
+    service = host.service(paths.service)
+    assert service.is_enabled and service.is_running
+    socket = host.check_output(f"systemctl show -p SubState,UnitFileState --value {paths.socket}")
+    assert socket.split() == ["listening", "enabled"]
+    listen = host.check_output(f"systemctl show -p Listen --value {paths.socket}")
+    bind = target.plan.app["bind"]
+    assert listen == f"{bind.removeprefix('unix:')} (Stream)"
+
+
+def test_one_master_and_the_sized_number_of_workers_run_as_the_app_user(deployed, target: Target):
+    host = testinfra_host(target.host)
+    seen = observe_app(target.host, host, target.plan)
+    assert seen.workers_running == seen.workers_expected > 0
+    assert set(seen.worker_users) == {target.plan.paths.app}
+    master = host.check_output(
+        f"ps -o user=,args= -p $(systemctl show -p MainPID --value {target.plan.paths.service})")
+    assert master.split()[0] == target.plan.paths.app
+    assert f"gunicorn: master [{target.plan.paths.app}]" in master
+
+
+def test_every_worker_runs_the_deployed_release(deployed, target: Target):
+    seen = observe_app(target.host, testinfra_host(target.host), target.plan)
+    assert seen.releases_running == (target.plan.release_id,)
+
+
+def test_health_endpoint_answers_200_through_the_socket(deployed, target: Target):
+    host = testinfra_host(target.host)
+    args = " ".join(commands.q(a) for a in commands.curl_args(target.plan.app["bind"], "/healthz"))
+    body = json.loads(host.check_output(f"curl -sf --max-time 5 {args}"))
+    assert body["status"] == "ok" and body["release"] == target.plan.release_id
+
+
+def test_code_and_virtualenv_belong_to_root(deployed, target: Target):
+    host, plan = testinfra_host(target.host), target.plan
+    for path in (plan.release_dir, plan.venv_dir, plan.paths.gunicorn_conf):
+        file = host.file(path)
+        assert file.user == "root", path
+        assert not file.mode & 0o002, f"{path} is world-writable"
+    user = host.user(plan.paths.app)
+    assert user.shell == "/usr/sbin/nologin" and not user.home.startswith("/home")
+
+
+def test_worker_count_follows_each_hosts_usable_cpus(deployed):
+    counts = {h.name.removeprefix("@docker/"): expected_workers(testinfra_host(h), plan_app(h))
+              for h in fleet_hosts()}
+    assert counts["asgi-web1"] == 2  # two CPUs, no limits
+    assert counts["asgi-web2"] == 1  # --cpuset-cpus=0
+    assert counts["asgi-web4"] == 1  # --cpus=1: a cgroup quota
+
+
+def plan_app(host):
+    from asgi_fleet.settings import app_settings
+    return app_settings(host.data, host.name)[0]
+
+
+def test_two_apps_coexist_on_one_host(deployed):
+    [host] = [h for h in fleet_hosts() if len(h.data.get("apps") or []) >= 2]
+    from asgi_fleet.plan import plan_host
+    plans = plan_host(host.data, host.name)
+    infra = testinfra_host(host)
+    users, roots, masters = set(), set(), set()
+    for plan in plans:
+        seen = observe_app(host, infra, plan)
+        assert seen.ok, seen
+        users.add(seen.worker_users[0])
+        roots.add(plan.paths.root)
+        masters.add(infra.check_output(f"systemctl show -p MainPID --value {plan.paths.service}"))
+    assert len(users) == len(roots) == len(masters) == len(plans) == 2
+
+
+def test_second_run_changes_nothing(deployed, tmp_path):
+    again = run_deploy(tmp_path)
+    assert again.returncode == 0, again.output[-4000:]
+    assert {h["status"] for h in again.record["hosts"].values()} == {"ok"}
+    assert again.changed_ops() == {name: [] for name in again.record["hosts"]}
+
+
+def fingerprint(host) -> str:
+    """What a deploy would change: unit states, main PIDs, managed files, releases."""
+    return host.check_output(
+        "for u in $(systemctl list-units --plain --no-legend '*.service' '*.socket' | awk '{print $1}'); do "
+        "systemctl show -p Id,MainPID,ActiveEnterTimestampMonotonic $u; done; "
+        "stat -c '%n %Y %s' /etc/*/gunicorn.conf.py /etc/*/env /etc/systemd/system/*.s* "
+        "/srv/*/current /srv/*/releases/* 2>/dev/null || true")
+
+
+def test_bad_settings_stop_the_run_before_any_host_changes(deployed, tmp_path):
+    hosts = fleet_hosts()
+    before = {h.name: fingerprint(testinfra_host(h)) for h in hosts}
+    run = run_deploy(tmp_path, "--data", "graceful_timeout=90", "--data", "worker_policy=lots")
+    assert run.returncode != 0
+    assert "graceful_timeout=90" not in run.output or "must be <= timeout" in run.output
+    assert "worker_policy='lots': must be one of 'cores', 'cores+1', '2*cores+1'" in run.output
+    assert all(not h["ops"] for h in run.record["hosts"].values())
+    assert {h.name: fingerprint(testinfra_host(h)) for h in hosts} == before
+
+
+def test_a_failing_and_an_unreachable_host_do_not_stop_the_others(deployed, tmp_path):
+    inventory = tmp_path / "mixed.py"
+    inventory.write_text(textwrap.dedent("""
+        app = [
+            "@docker/asgi-web2",
+            # healthy service, but the gate asks for a path it does not serve
+            ("@docker/asgi-web4", {"health_path": "/no-such-path", "health_deadline": 2}),
+            # nothing listens on this loopback port
+            ("ghost", {"ssh_hostname": "127.0.0.1", "ssh_port": 2299, "ssh_user": "deploy"}),
+        ]
+    """))
+    run = run_deploy(tmp_path, inventory=str(inventory))
+    assert run.returncode != 0
+    assert run.host("@docker/asgi-web2")["status"] == "ok"
+    assert run.host("@docker/asgi-web4")["status"] == "failed"
+    assert run.host("ghost")["status"] == "unreachable"
+    assert "[ghost]" in run.output
+    assert "health gate failed: GET http://127.0.0.1:8000/no-such-path answered 404" in run.output
