@@ -43,8 +43,8 @@ def parse_running_master(output: str) -> RunningMaster | None:
         key, _, rest = line.strip().partition(" ")
         if key == "pid":
             pid = int(rest)
-        elif key == "exe":  # .../venvs/ID/bin/python3 -> .../venvs/ID
-            venv = rest.rsplit("/bin/", 1)[0]
+        elif key == "site" and "/lib/" in rest:  # VENV/lib/python3.X/site-packages/
+            venv = rest.rsplit("/lib/", 1)[0]
         elif key == "worker":
             _, _, cwd = rest.partition(" ")
             workers.append(cwd)

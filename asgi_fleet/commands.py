@@ -171,17 +171,19 @@ def unpack_release(release_dir: str, tarball: str, release_id: str, venv_dir: st
 
 
 def running_master(service: str) -> str:
-    """Report the unit's main PID, its interpreter and each worker's cwd.
+    """Report the unit's main PID, its virtualenv and each worker's cwd.
 
-    The interpreter path names the master's virtualenv (scripts run through
-    the venv's bin/python); a worker's cwd is the release it imported, since
-    gunicorn chdirs to `current` and the kernel resolves the link.
+    The master's virtualenv is the one whose site-packages its memory maps
+    (setproctitle's extension is always loaded): its command line is
+    rewritten by setproctitle and its exe is the system python. A worker's cwd
+    is the release it imported, since gunicorn chdirs to `current` and the
+    kernel resolves the link.
     """
     return f"""
 pid=$(systemctl show -p MainPID --value {q(service)} 2>/dev/null)
 [ -n "$pid" ] && [ "$pid" -gt 0 ] || exit 0
 echo "pid $pid"
-echo "exe $(tr '\\0' '\\n' < /proc/$pid/cmdline | head -n1)"
+echo "site $(grep -o '/[^ ]*/site-packages/' /proc/$pid/maps | head -n1)"
 for child in $(cat /proc/$pid/task/*/children 2>/dev/null); do
     echo "worker $child $(readlink /proc/$child/cwd)"
 done

@@ -47,7 +47,10 @@ class InventoryHost:
 
 def load_inventory(path: str, override_data: dict[str, Any] | None = None) -> list[InventoryHost]:
     """The hosts of a pyinfra inventory file, in inventory order, with their data."""
+    from pyinfra.api import State
+    from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory
 
-    inventory = make_inventory(path, override_data=override_data or {}, cwd=str(PROJECT_ROOT))
+    with ctx_state.use(State()):  # pyinfra's loader expects a state in context
+        inventory = make_inventory(path, override_data=override_data or {}, cwd=str(PROJECT_ROOT))
     return [InventoryHost(host.name, dict(host.data.dict())) for host in inventory]

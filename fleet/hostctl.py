@@ -20,6 +20,10 @@ SYSTEMD_FLAGS = [
     "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
     "--tmpfs", "/run", "--tmpfs", "/run/lock",
     "--security-opt", "seccomp=unconfined",
+    # Root on a real server has these; without them root in the container
+    # cannot read other users' /proc/PID/{cwd,maps} (what the verification
+    # reads), and systemd cannot apply a unit's sandboxing (ProtectSystem=...).
+    "--cap-add", "SYS_PTRACE", "--cap-add", "SYS_ADMIN",
     "--stop-signal", "SIGRTMIN+3",  # systemd's "halt": `docker stop` shuts down cleanly
 ]
 

@@ -51,4 +51,19 @@ def _entry(h):
     return h.name, data
 
 
-app = [_entry(_h) for _h in _hosts.TEST_HOSTS]
+# Settings that differ per test host, so the fleet exercises them:
+_HOST_SETTINGS = {
+    # two apps on one host: each its own user, unit, paths and port
+    "asgi-web1": {"apps": [{"app_name": "hello"}, {"app_name": "shop", "bind": "0.0.0.0:8001"}]},
+    # pip through an explicit CA bundle, as behind a company's TLS proxy
+    "asgi-web3": {"pip_ca_bundle": "/etc/ssl/certs/ca-certificates.crt"},
+}
+
+
+def _with_settings(entry):
+    name, data = entry
+    short = name.removeprefix("@docker/")
+    return name, {**data, **_HOST_SETTINGS.get(short, {})}
+
+
+app = [_with_settings(_entry(_h)) for _h in _hosts.TEST_HOSTS]

@@ -31,7 +31,7 @@ def test_activation_kind(running, changed, expected):
 
 
 def test_parse_running_master():
-    out = ("pid 42\nexe /srv/shop/venvs/aaa/bin/python3\n"
+    out = ("pid 42\nsite /srv/shop/venvs/aaa/lib/python3.11/site-packages/\n"
            "worker 43 /srv/shop/releases/r2\nworker 44 /srv/shop/releases/r2\n")
     assert parse_running_master(out) == RunningMaster(42, VENV, (RELEASE, RELEASE))
 
