@@ -7,6 +7,9 @@ they load it with pyinfra's own loader, then reach each host with testinfra.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +48,29 @@ class InventoryHost:
         )
 
 
-def load_inventory(path: str, override_data: dict[str, Any] | None = None) -> list[InventoryHost]:
-    """The hosts of a pyinfra inventory file, in inventory order, with their data."""
+def load_inventory(path: str) -> list[InventoryHost]:
+    """The hosts of a pyinfra inventory file, in inventory order, with their data.
+
+    pyinfra's loader runs in a child process: importing pyinfra_cli
+    monkey-patches the whole interpreter for gevent, which a test runner or a
+    tool using threads and subprocesses must not inherit.
+    """
+    output = subprocess.run(
+        [sys.executable, "-m", "asgi_fleet.inventory", path], cwd=PROJECT_ROOT,
+        check=True, text=True, stdout=subprocess.PIPE,
+    ).stdout
+    return [InventoryHost(name, data) for name, data in json.loads(output)]
+
+
+def _dump_inventory(path: str) -> str:
     from pyinfra.api import State
     from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory
 
     with ctx_state.use(State()):  # pyinfra's loader expects a state in context
-        inventory = make_inventory(path, override_data=override_data or {}, cwd=str(PROJECT_ROOT))
-    return [InventoryHost(host.name, dict(host.data.dict())) for host in inventory]
+        inventory = make_inventory(path, cwd=str(PROJECT_ROOT))
+    return json.dumps([(host.name, host.data.dict()) for host in inventory], default=str)
+
+
+if __name__ == "__main__":
+    print(_dump_inventory(sys.argv[1]))

@@ -66,7 +66,7 @@ def fleet_targets() -> list[Target]:
 _testinfra_hosts: dict[str, object] = {}
 
 
-def testinfra_host(host: InventoryHost):
+def infra_of(host: InventoryHost):
     if host.name not in _testinfra_hosts:
         _testinfra_hosts[host.name] = host.testinfra_host()
     return _testinfra_hosts[host.name]

@@ -7,22 +7,27 @@ import textwrap
 
 from asgi_fleet import commands
 from asgi_fleet.status import expected_workers, observe_app
-from e2e_helpers import Target, fleet_hosts, run_deploy, testinfra_host
+from e2e_helpers import Target, fleet_hosts, infra_of, run_deploy
 
 
 def test_units_are_enabled_active_and_the_socket_listens(deployed, target: Target):
-    host, paths = testinfra_host(target.host), target.plan.paths
+    host, paths = infra_of(target.host), target.plan.paths
     service = host.service(paths.service)
     assert service.is_enabled and service.is_running
-    socket = host.check_output(f"systemctl show -p SubState,UnitFileState --value {paths.socket}")
-    assert socket.split() == ["listening", "enabled"]
-    listen = host.check_output(f"systemctl show -p Listen --value {paths.socket}")
+    socket = host.check_output(
+        f"systemctl show -p ActiveState,SubState,UnitFileState --value {paths.socket}").split()
+    # "running": systemd has handed the listening socket to the service
+    assert socket[0] == "active" and socket[1] in ("listening", "running") and socket[2] == "enabled"
     bind = target.plan.app["bind"]
+    listen = host.check_output(f"systemctl show -p Listen --value {paths.socket}")
     assert listen == f"{bind.removeprefix('unix:')} (Stream)"
+    if not bind.startswith("unix:"):  # the kernel's own word: a TCP socket in LISTEN state (0A)
+        port = f"{int(bind.rsplit(':', 1)[1]):04X}"
+        assert host.run(f"awk '$2 ~ /:{port}$/ && $4 == \"0A\"' /proc/net/tcp /proc/net/tcp6").stdout
 
 
 def test_one_master_and_the_sized_number_of_workers_run_as_the_app_user(deployed, target: Target):
-    host = testinfra_host(target.host)
+    host = infra_of(target.host)
     seen = observe_app(target.host, host, target.plan)
     assert seen.workers_running == seen.workers_expected > 0
     assert set(seen.worker_users) == {target.plan.paths.app}
@@ -33,19 +38,19 @@ def test_one_master_and_the_sized_number_of_workers_run_as_the_app_user(deployed
 
 
 def test_every_worker_runs_the_deployed_release(deployed, target: Target):
-    seen = observe_app(target.host, testinfra_host(target.host), target.plan)
+    seen = observe_app(target.host, infra_of(target.host), target.plan)
     assert seen.releases_running == (target.plan.release_id,)
 
 
 def test_health_endpoint_answers_200_through_the_socket(deployed, target: Target):
-    host = testinfra_host(target.host)
+    host = infra_of(target.host)
     args = " ".join(commands.q(a) for a in commands.curl_args(target.plan.app["bind"], "/healthz"))
     body = json.loads(host.check_output(f"curl -sf --max-time 5 {args}"))
     assert body["status"] == "ok" and body["release"] == target.plan.release_id
 
 
 def test_code_and_virtualenv_belong_to_root(deployed, target: Target):
-    host, plan = testinfra_host(target.host), target.plan
+    host, plan = infra_of(target.host), target.plan
     for path in (plan.release_dir, plan.venv_dir, plan.paths.gunicorn_conf):
         file = host.file(path)
         assert file.user == "root", path
@@ -55,7 +60,7 @@ def test_code_and_virtualenv_belong_to_root(deployed, target: Target):
 
 
 def test_worker_count_follows_each_hosts_usable_cpus(deployed):
-    counts = {h.name.removeprefix("@docker/"): expected_workers(testinfra_host(h), plan_app(h))
+    counts = {h.name.removeprefix("@docker/"): expected_workers(infra_of(h), plan_app(h))
               for h in fleet_hosts()}
     assert counts["asgi-web1"] == 2  # two CPUs, no limits
     assert counts["asgi-web2"] == 1  # --cpuset-cpus=0
@@ -71,7 +76,7 @@ def test_two_apps_coexist_on_one_host(deployed):
     [host] = [h for h in fleet_hosts() if len(h.data.get("apps") or []) >= 2]
     from asgi_fleet.plan import plan_host
     plans = plan_host(host.data, host.name)
-    infra = testinfra_host(host)
+    infra = infra_of(host)
     users, roots, masters = set(), set(), set()
     for plan in plans:
         seen = observe_app(host, infra, plan)
@@ -100,13 +105,13 @@ def fingerprint(host) -> str:
 
 def test_bad_settings_stop_the_run_before_any_host_changes(deployed, tmp_path):
     hosts = fleet_hosts()
-    before = {h.name: fingerprint(testinfra_host(h)) for h in hosts}
+    before = {h.name: fingerprint(infra_of(h)) for h in hosts}
     run = run_deploy(tmp_path, "--data", "graceful_timeout=90", "--data", "worker_policy=lots")
     assert run.returncode != 0
     assert "graceful_timeout=90" not in run.output or "must be <= timeout" in run.output
     assert "worker_policy='lots': must be one of 'cores', 'cores+1', '2*cores+1'" in run.output
     assert all(not h["ops"] for h in run.record["hosts"].values())
-    assert {h.name: fingerprint(testinfra_host(h)) for h in hosts} == before
+    assert {h.name: fingerprint(infra_of(h)) for h in hosts} == before
 
 
 def test_a_failing_and_an_unreachable_host_do_not_stop_the_others(deployed, tmp_path):
