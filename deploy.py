@@ -9,7 +9,7 @@ from pyinfra import host, state
 from asgi_fleet.plan import plan_host
 from asgi_fleet.record import record_run
 from tasks.config import write_config
-from tasks.python_env import install_virtualenv
+from tasks.python_env import install_verify_tools, install_virtualenv, package_index
 from tasks.release import ship_release, switch_current
 from tasks.service import run_service
 from tasks.system import prepare_host
@@ -19,10 +19,13 @@ from tasks.system import prepare_host
 plans = plan_host(host.data.dict(), where=host.name)
 record = record_run(state, host, plans)
 
-prepare_host(plans, host.data.dict())
+settings = plans[0].app  # host-wide settings are the same in every app
+prepare_host(plans, settings)
+pip = package_index(settings)
+install_verify_tools(pip)
 for plan in plans:
-    install_virtualenv(plan)
+    venv = install_virtualenv(plan, pip)
     ship_release(plan)
     config, env = write_config(plan)
     code = switch_current(plan)
-    run_service(plan, config, env, code, record.app(plan))
+    run_service(plan, venv, config, env, code, record.app(plan))

@@ -77,6 +77,23 @@ class AppPaths:
 VENV_MARKER = ".asgi-fleet-complete"  # written last: a venv without it is rebuilt
 
 
+def installed_dists_digest(venv: str) -> str:
+    """A digest of the distributions installed in a venv (their dist-info names).
+
+    Recorded when the venv is built and recomputed on every run: a package
+    removed or added by hand (say `pip uninstall uvloop`) changes it, and the
+    venv is rebuilt instead of trusted.
+    """
+    return (f"ls -d {q(venv)}/lib/python3*/site-packages/*.dist-info 2>/dev/null"
+            " | sed 's#.*/##' | LC_ALL=C sort | sha256sum | cut -c1-64")
+
+
+def venv_state(venv: str) -> str:
+    """Three lines: the lock digest and dists digest recorded at build, the dists digest now."""
+    return (f"{{ cat {q(venv + '/' + VENV_MARKER)} 2>/dev/null || printf '\\n\\n'; }} | head -n2; "
+            + installed_dists_digest(venv))
+
+
 def curl_args(bind: str, path: str) -> list[str]:
     """curl arguments that reach `path` through the app's own socket, from the host."""
     if bind.startswith("unix:"):
@@ -146,7 +163,8 @@ def build_virtualenv(
         f"{q(python)} -m venv {q(venv)}",
         " ".join(q(p) for p in pip),
         f"{q(venv + '/bin/pip')} check",
-        f"sha256sum {q(lock)} | cut -c1-64 > {q(venv + '/' + VENV_MARKER)}",
+        f"{{ sha256sum {q(lock)} | cut -c1-64; {installed_dists_digest(venv)}; }}"
+        f" > {q(venv + '/' + VENV_MARKER)}",
     ])
 
 

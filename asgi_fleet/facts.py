@@ -19,14 +19,15 @@ class HostResourcesFact(FactBase):
         return parse_resources("\n".join(output))
 
 
-class FileContent(FactBase):
-    """The first line of a small file, or None when it does not exist."""
+class VenvState(FactBase):
+    """(lock digest at build, dists digest at build, dists digest now) of a virtualenv."""
 
     def command(self, path):
-        return f"cat {commands.q(path)} 2>/dev/null || true"
+        return commands.venv_state(path)
 
     def process(self, output):
-        return output[0].strip() if output else None
+        lines = [line.strip() for line in output] + ["", "", ""]
+        return tuple(lines[:3])
 
 
 class HealthStatus(FactBase):

@@ -12,7 +12,7 @@ from pyinfra.facts.files import Directory, Link
 
 from asgi_fleet import commands
 from asgi_fleet.activation import ACTIVATION_COMMANDS, NONE, activation_kind
-from asgi_fleet.facts import FileContent, HealthStatus, RunningMasterFact
+from asgi_fleet.facts import HealthStatus, RunningMasterFact, VenvState
 
 
 @operation()
@@ -34,8 +34,9 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, index_url: str | None
         virtualenv(path="/srv/shop/venvs/0123abcd", lock_src="requirements.lock",
                    lock_sha256=sha256_of_lock)
     """
-    if host.get_fact(FileContent, path=f"{path}/{commands.VENV_MARKER}") == lock_sha256:
-        host.noop(f"virtualenv {path} is complete")
+    built_lock, built_dists, dists_now = host.get_fact(VenvState, path=path)
+    if built_lock == lock_sha256 and built_dists == dists_now:
+        host.noop(f"virtualenv {path} is complete and unchanged")
         return
     lock = f"{path}.lock"
     yield FileUploadCommand(lock_src, lock)

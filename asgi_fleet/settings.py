@@ -199,8 +199,8 @@ RULES: dict[str, Rule] = {
     # host packages and the package index
     "extra_system_packages": Rule(string_list, per_app=False),
     "apt_cache_time": Rule(integer(0, 30 * 86400), per_app=False),
-    "pip_index_url": Rule(text(optional=True)),
-    "pip_ca_bundle": Rule(local_file(optional=True)),
+    "pip_index_url": Rule(text(optional=True), per_app=False),
+    "pip_ca_bundle": Rule(local_file(optional=True), per_app=False),
 }
 
 

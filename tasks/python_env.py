@@ -1,26 +1,55 @@
-"""The app's virtualenv, built from its hash-locked requirements."""
+"""Virtualenvs, built from hash-locked requirements: one per app lock, and the
+verification tools."""
+
+import hashlib
+from dataclasses import dataclass
 
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from asgi_fleet import operations
-from asgi_fleet.plan import PROJECT_ROOT
+from asgi_fleet.settings import PROJECT_ROOT
 
 PIP_CA_BUNDLE = "/etc/asgi-fleet/pip-ca.pem"
+VERIFY_TOOLS_LOCK = PROJECT_ROOT / "requirements" / "verify-tools.lock"
+VERIFY_TOOLS_VENV = "/opt/asgi-fleet/verify-tools"
+
+
+@dataclass(frozen=True)
+class PipOptions:
+    index_url: str | None
+    ca_bundle: str | None  # on the host
+
+
+@deploy("Package index")
+def package_index(settings) -> PipOptions:
+    """Where pip installs from: a custom index and CA bundle, if set (host-wide)."""
+    if not settings["pip_ca_bundle"]:
+        return PipOptions(settings["pip_index_url"], None)
+    files.put(name="CA bundle for pip", src=str(PROJECT_ROOT / settings["pip_ca_bundle"]),
+              dest=PIP_CA_BUNDLE, user="root", group="root", mode="644")
+    return PipOptions(settings["pip_index_url"], PIP_CA_BUNDLE)
+
+
+@deploy("Verification tools")
+def install_verify_tools(pip: PipOptions):
+    """py-spy, with which the verification suite reads live workers' stacks."""
+    files.directory(name="/opt/asgi-fleet/", path="/opt/asgi-fleet", user="root", group="root",
+                    mode="755")
+    operations.virtualenv(
+        name=f"Virtualenv {VERIFY_TOOLS_VENV}", path=VERIFY_TOOLS_VENV,
+        lock_src=str(VERIFY_TOOLS_LOCK),
+        lock_sha256=hashlib.sha256(VERIFY_TOOLS_LOCK.read_bytes()).hexdigest(),
+        index_url=pip.index_url, ca_bundle=pip.ca_bundle,
+    )
 
 
 @deploy("Virtualenv")
-def install_virtualenv(plan):
-    app = plan.app
+def install_virtualenv(plan, pip: PipOptions):
     files.directory(name=f"{plan.paths.venvs}/", path=plan.paths.venvs,
                     user="root", group="root", mode="755")
-    ca_bundle = None
-    if app["pip_ca_bundle"]:
-        files.put(name="CA bundle for pip", src=str(PROJECT_ROOT / app["pip_ca_bundle"]),
-                  dest=PIP_CA_BUNDLE, user="root", group="root", mode="644")
-        ca_bundle = PIP_CA_BUNDLE
     return operations.virtualenv(
         name=f"Virtualenv {plan.venv_id} from {plan.lock_file.name}",
         path=plan.venv_dir, lock_src=str(plan.lock_file), lock_sha256=plan.lock_sha256,
-        index_url=app["pip_index_url"], ca_bundle=ca_bundle,
+        index_url=pip.index_url, ca_bundle=pip.ca_bundle,
     )

@@ -10,7 +10,7 @@ UNIT_DIR = "/etc/systemd/system"
 
 
 @deploy("Service")
-def run_service(plan, config_op, env_op, code_op, record):
+def run_service(plan, venv_op, config_op, env_op, code_op, record):
     paths = plan.paths
     socket_unit = files.template(
         name=f"{UNIT_DIR}/{paths.socket}", src=template("app.socket.j2"),
@@ -30,7 +30,7 @@ def run_service(plan, config_op, env_op, code_op, record):
 
     def changed_files():
         ops = {"socket_unit": socket_unit, "service_unit": service_unit,
-               "env": env_op, "config": config_op, "code": code_op}
+               "env": env_op, "config": config_op, "code": code_op, "venv": venv_op}
         return {kind for kind, op in ops.items() if changed(op)}
 
     activation = operations.activate(

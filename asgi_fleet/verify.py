@@ -1,0 +1,203 @@
+"""What is really running on a host, read off the live processes, and what it means.
+
+The verification suite (tests/verify) and `python -m asgi_fleet.status` both
+use `AppProbe`: it reads the master and its workers through testinfra (the
+workers' Python stacks with py-spy, their memory maps, their cwd), asks the
+master for its effective configuration over gunicorn's control socket, and
+GETs the health endpoint through the real bind. The interpretation of what it
+reads is in pure functions below, unit-tested on captured samples.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from functools import cached_property
+
+from asgi_fleet import commands
+from asgi_fleet.activation import parse_running_master
+from asgi_fleet.sizing import RESOURCES_PROBE, parse_resources, worker_count
+
+PY_SPY = "/opt/asgi-fleet/verify-tools/bin/py-spy"
+
+# Lines in a unit's journal that mean the service is not healthy, and why.
+JOURNAL_ALARMS = {
+    "WORKER TIMEOUT": "a worker's event loop blocked past `timeout` and was killed",
+    "Worker failed to boot": "a worker could not import the app or the worker class",
+    "was never awaited": "a coroutine was called without await: a bug in the app",
+    "Task was destroyed but it is pending": "a task was lost at shutdown or by a crash",
+    "Perhaps out of memory?": "a worker was killed by a signal, often the OOM killer",
+}
+
+# Worker implementations recognised in a worker's Python stack, by module path.
+KNOWN_WORKERS = {
+    "gunicorn/workers/sync.py": "gunicorn's sync worker",
+    "gunicorn/workers/gthread.py": "gunicorn's gthread worker",
+    "uvicorn/workers.py": "the deprecated uvicorn.workers.UvicornWorker",
+    "uvicorn_worker/": "uvicorn_worker.UvicornWorker",
+}
+
+
+def module_file_patterns(dotted_class: str) -> tuple[str, str]:
+    """Where a class's module shows in a stack: a.b.C -> ('/a/b.py', '/a/b/')."""
+    module = dotted_class.rsplit(".", 1)[0].replace(".", "/")
+    return f"/{module}.py", f"/{module}/"
+
+
+def worker_in_stack(dump: str, worker_class: str) -> bool:
+    """Whether a py-spy dump shows code of the configured worker class's module."""
+    return any(pattern in dump for pattern in module_file_patterns(worker_class))
+
+
+def recognised_worker(dump: str) -> str:
+    """The worker implementation a stack shows, for an operator to read."""
+    for fragment, name in KNOWN_WORKERS.items():
+        if f"/{fragment}" in dump:
+            return name
+    return "an unrecognised worker"
+
+
+def fast_stack(maps: str) -> dict[str, bool]:
+    """Whether uvloop and httptools' compiled extensions are mapped in a process."""
+    return {
+        "uvloop": bool(re.search(r"/uvloop/loop\.cpython-[^/\s]*\.so", maps)),
+        "httptools": bool(re.search(r"/httptools/parser/parser\.cpython-[^/\s]*\.so", maps)),
+    }
+
+
+def journal_alarms(journal: str) -> dict[str, list[str]]:
+    """{alarm: matching lines} for each alarm found in a journal excerpt."""
+    found: dict[str, list[str]] = {}
+    for line in journal.splitlines():
+        for alarm in JOURNAL_ALARMS:
+            if alarm in line:
+                found.setdefault(alarm, []).append(line.strip())
+    return found
+
+
+def seconds(systemd_usec: str) -> float:
+    """systemd's TimeoutStopUSec ('40s', '1min 30s', '500ms', 'infinity') in seconds."""
+    if systemd_usec.strip() == "infinity":
+        return float("inf")
+    units = {"min": 60, "ms": 0.001, "us": 1e-6, "s": 1, "h": 3600}
+    total = 0.0
+    for amount, unit in re.findall(r"(\d+(?:\.\d+)?)\s*(min|ms|us|h|s)", systemd_usec):
+        total += float(amount) * units[unit]
+    return total
+
+
+@dataclass(frozen=True)
+class Worker:
+    pid: int
+    cwd: str
+
+
+class AppProbe:
+    """Lazily read one app's live state on one host (each fact read once)."""
+
+    def __init__(self, label: str, testinfra_host, app: dict, paths: commands.AppPaths):
+        self.label = label  # "host/app", how failure messages name it
+        self.host = testinfra_host
+        self.app = app
+        self.paths = paths
+
+    def run(self, command: str) -> str:
+        return self.host.run(command).stdout
+
+    @cached_property
+    def master(self):
+        return parse_running_master(self.run(commands.running_master(self.paths.service)))
+
+    @cached_property
+    def workers(self) -> list[Worker]:
+        if not self.master:
+            return []
+        out = self.run(commands.running_master(self.paths.service))
+        return [Worker(int(pid), cwd) for pid, _, cwd in
+                (line.split(" ", 1)[1].partition(" ") for line in out.splitlines()
+                 if line.startswith("worker "))]
+
+    @cached_property
+    def master_user(self) -> str | None:
+        return self.run(f"ps -o user= -p {self.master.pid}").strip() if self.master else None
+
+    @cached_property
+    def worker_users(self) -> list[str]:
+        return [self.run(f"ps -o user= -p {w.pid}").strip() for w in self.workers]
+
+    @cached_property
+    def expected_workers(self) -> int:
+        resources = parse_resources(self.host.check_output(RESOURCES_PROBE))
+        return worker_count(resources, policy=self.app["worker_policy"],
+                            worker_memory_mb=self.app["worker_memory_mb"],
+                            memory_reserve_mb=self.app["memory_reserve_mb"],
+                            override=self.app["workers"]).count
+
+    @cached_property
+    def stacks(self) -> dict[int, str]:
+        """Each worker's Python stack (py-spy; it pauses the worker for a moment)."""
+        return {w.pid: self.run(f"{PY_SPY} dump --full-filenames --pid {w.pid} 2>&1")
+                for w in self.workers}
+
+    @cached_property
+    def maps(self) -> dict[int, str]:
+        return {w.pid: self.run(f"cat /proc/{w.pid}/maps") for w in self.workers}
+
+    @cached_property
+    def current_release(self) -> str:
+        return self.run(f"readlink -f {shlex.quote(self.paths.current)}").strip()
+
+    @cached_property
+    def health(self) -> dict:
+        """GET health_path through the real bind: status, server header, body."""
+        args = " ".join(shlex.quote(a) for a in
+                        commands.curl_args(self.app["bind"], self.app["health_path"]))
+        out = self.run(f"curl -s -i --max-time 5 {args}")
+        head, _, body = out.replace("\r\n", "\n").partition("\n\n")
+        lines = head.splitlines()
+        status = lines[0].split()[1] if lines and len(lines[0].split()) > 1 else "000"
+        headers = {k.strip().lower(): v.strip() for k, _, v in
+                   (line.partition(":") for line in lines[1:])}
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = {}
+        return {"status": status, "server": headers.get("server", ""), "body": data}
+
+    @cached_property
+    def effective_config(self) -> dict:
+        """The running master's configuration, from gunicorn's control socket."""
+        venv = self.master.venv if self.master else f"{self.paths.current}/.venv"
+        out = self.run(f"{venv}/bin/gunicornc -s {self.paths.control_socket} -j -c 'show config'")
+        try:
+            return json.loads(out)
+        except ValueError:
+            return {}
+
+    @cached_property
+    def timeout_stop_seconds(self) -> float:
+        return seconds(self.run(f"systemctl show -p TimeoutStopUSec --value {self.paths.service}"))
+
+    @cached_property
+    def journal(self) -> str:
+        """The unit's journal since the current master started."""
+        service = shlex.quote(self.paths.service)
+        return self.run(
+            f"since=$(date -d \"$(systemctl show -p ExecMainStartTimestamp --value {service})\" +%s)"
+            f" && journalctl -u {service} --since @$since --no-pager -o cat")
+
+    # --- summaries for the table ---
+    def summary(self) -> dict:
+        stacks = self.stacks.values()
+        classes = sorted({recognised_worker(s) for s in stacks}) or ["-"]
+        fast = [fast_stack(m) for m in self.maps.values()]
+        return {
+            "release": self.current_release.rsplit("/", 1)[-1] or "-",
+            "workers": f"{self.expected_workers}/{len(self.workers)}",
+            "worker class": ", ".join(classes),
+            "loop": "uvloop" if fast and all(f["uvloop"] for f in fast) else "asyncio",
+            "http parser": "httptools" if fast and all(f["httptools"] for f in fast) else "h11",
+            "health": self.health["status"],
+        }

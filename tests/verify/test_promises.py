@@ -1,0 +1,136 @@
+"""Every promise the deploy makes, one test each, per host and app.
+
+Each failure says what is wrong where, the likely cause and the fix.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from asgi_fleet.verify import (
+    JOURNAL_ALARMS, AppProbe, fast_stack, journal_alarms, recognised_worker, worker_in_stack,
+)
+from verify_session import connect, short
+
+
+def test_host_is_reachable(inventory_host):
+    connection = connect(inventory_host)
+    if isinstance(connection, Exception):
+        first_line = (str(connection).strip().splitlines() or [type(connection).__name__])[0]
+        pytest.fail(f"{short(inventory_host.name)}: unreachable ({first_line[:200]}); "
+                    "check that the host is up and that SSH and sudo work for the inventory's user")
+
+
+def test_service_is_active_and_enabled(probe: AppProbe):
+    service = probe.host.service(probe.paths.service)
+    assert service.is_running, (
+        f"{probe.label}: {probe.paths.service} is not running; read "
+        f"`journalctl -u {probe.paths.service}` for why, fix, and redeploy")
+    assert service.is_enabled, (
+        f"{probe.label}: {probe.paths.service} is not enabled, so it will not come back after a "
+        f"reboot; run `systemctl enable {probe.paths.service}` or redeploy")
+
+
+def test_socket_listens_on_the_configured_address(probe: AppProbe):
+    socket = probe.paths.socket
+    state = probe.run(f"systemctl show -p ActiveState,UnitFileState,Listen --value {socket}").split("\n")
+    bind = probe.app["bind"].removeprefix("unix:")
+    assert state[0] == "active", f"{probe.label}: {socket} is {state[0]}; redeploy to start it"
+    assert state[1] == "enabled", f"{probe.label}: {socket} is not enabled; redeploy"
+    assert state[2] == f"{bind} (Stream)", (
+        f"{probe.label}: {socket} listens on {state[2]!r} but bind is {probe.app['bind']!r}; "
+        "the unit is stale: redeploy")
+
+
+def test_master_runs_as_the_app_user(probe: AppProbe):
+    assert probe.master, f"{probe.label}: no gunicorn master runs for {probe.paths.service}"
+    assert probe.master_user == probe.paths.app, (
+        f"{probe.label}: the master runs as {probe.master_user}, not {probe.paths.app}; "
+        "the unit lost its User=: redeploy")
+    others = [u for u in probe.worker_users if u != probe.paths.app]
+    assert not others, f"{probe.label}: workers run as {sorted(set(others))}, not {probe.paths.app}"
+
+
+def test_worker_count_matches_the_hosts_sizing(probe: AppProbe):
+    running, expected = len(probe.workers), probe.expected_workers
+    assert running == expected, (
+        f"{probe.label}: {running} workers run but this host should run {expected} "
+        f"(worker_policy={probe.app['worker_policy']!r}, workers={probe.app['workers']!r}); "
+        + ("a worker may have been removed with TTOU or died; " if running < expected else "")
+        + f"`systemctl reload {probe.paths.service}` restores the configured count, "
+        "or redeploy if the host's CPUs or memory changed")
+
+
+def test_workers_run_the_configured_worker_class(probe: AppProbe):
+    wanted = probe.app["worker_class"]
+    assert probe.stacks, f"{probe.label}: no workers to inspect"
+    wrong = {pid: recognised_worker(stack) for pid, stack in probe.stacks.items()
+             if not worker_in_stack(stack, wanted)}
+    if wrong:
+        kinds = ", ".join(sorted(set(wrong.values())))
+        pytest.fail(
+            f"{probe.label}: {len(wrong)} of {len(probe.stacks)} workers run {kinds}, "
+            f"but an ASGI app needs {wanted}; set worker_class and redeploy")
+
+
+def test_workers_run_uvloop_and_httptools(probe: AppProbe):
+    missing = {}
+    for pid, maps in probe.maps.items():
+        for name, loaded in fast_stack(maps).items():
+            if not loaded:
+                missing.setdefault(name, []).append(pid)
+    assert not missing, (
+        f"{probe.label}: workers run without "
+        + "; ".join(f"{name} (pids {', '.join(map(str, pids))})" for name, pids in missing.items())
+        + ": uvicorn silently fell back to asyncio/h11 because the virtualenv lacks "
+        "uvicorn[standard]'s extras; lock uvicorn[standard] (not plain uvicorn) and redeploy")
+
+
+def test_health_endpoint_answers_through_the_bind(probe: AppProbe):
+    health = probe.health
+    assert health["status"] == "200", (
+        f"{probe.label}: GET {probe.app['health_path']} through {probe.app['bind']} answered "
+        f"{health['status']} (000: nothing answered); read `journalctl -u {probe.paths.service}`")
+    assert health["server"] == "uvicorn", (
+        f"{probe.label}: the answer came from server {health['server']!r}, not uvicorn: "
+        "something else serves this bind")
+
+
+def test_workers_run_the_release_current_points_to(probe: AppProbe):
+    current = probe.current_release
+    stale = [w.pid for w in probe.workers if w.cwd != current]
+    assert not stale, (
+        f"{probe.label}: workers {stale} run code from {sorted({w.cwd for w in probe.workers})} "
+        f"but current points to {current}; `current` was switched without a reload: "
+        f"`systemctl reload {probe.paths.service}` or redeploy")
+    module = probe.app["app_module"].split(":")[0].replace(".", "/")
+    assert probe.host.run(f"test -e {current}/{module}.py -o -d {current}/{module}").rc == 0, (
+        f"{probe.label}: the app module {module} is not in {current}")
+    reported = probe.health["body"].get("release")
+    if reported is not None:  # the example app reports REVISION; other apps may not
+        assert reported == current.rsplit("/", 1)[-1], (
+            f"{probe.label}: the health endpoint reports release {reported} but current is "
+            f"{current}: workers serve old code; reload or redeploy")
+
+
+def test_configuration_is_coherent(probe: AppProbe):
+    config = probe.effective_config
+    assert config, (f"{probe.label}: the master does not answer on its control socket "
+                    f"{probe.paths.control_socket}; is it running with asgi-fleet's config?")
+    graceful, timeout, stop = config["graceful_timeout"], config["timeout"], probe.timeout_stop_seconds
+    assert graceful <= timeout < stop, (
+        f"{probe.label}: want graceful_timeout ({graceful}) <= timeout ({timeout}) < "
+        f"TimeoutStopSec ({stop:g}); otherwise systemd kills draining workers mid-request: "
+        "fix the settings or the unit, and redeploy")
+    assert config["preload_app"] is False, (
+        f"{probe.label}: preload_app is on, so a reload (HUP) keeps the old code; turn it off")
+    assert str(config["control_socket"]).startswith(probe.paths.runtime_dir + "/"), (
+        f"{probe.label}: the control socket {config['control_socket']} is outside "
+        f"{probe.paths.runtime_dir}; another gunicorn may unlink it")
+
+
+def test_journal_since_the_master_started_has_no_alarms(probe: AppProbe):
+    found = journal_alarms(probe.journal)
+    assert not found, f"{probe.label}: the journal since the master started says:\n" + "\n".join(
+        f"  {alarm!r} ({JOURNAL_ALARMS[alarm]}), e.g. {lines[0][:160]}"
+        for alarm, lines in found.items())
