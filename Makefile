@@ -9,7 +9,7 @@ INVENTORY ?= inventories/docker.py
 
 include Makefile.fleet
 
-.PHONY: demo test unit e2e deploy status venv docker-engine lock clean
+.PHONY: demo test unit e2e deploy status verify venv docker-engine lock clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +29,10 @@ deploy: venv
 
 status: venv
 	$(PY) -m asgi_fleet.status $(INVENTORY)
+
+# Check every promise of the deploy against the live processes of INVENTORY.
+verify: venv
+	$(VENV)/bin/pytest tests/verify --inventory $(INVENTORY)
 
 test: venv docker-engine fleet
 	$(VENV)/bin/pytest -ra tests/unit tests/e2e

@@ -54,8 +54,12 @@ def parse_running_master(output: str) -> RunningMaster | None:
 
 
 def activation_kind(master: RunningMaster | None, *, venv: str, release_dir: str,
-                    changed: set[str]) -> str:
-    """The activation a host needs: none, start, reload, restart or rebind."""
+                    workers: int, changed: set[str]) -> str:
+    """The activation a host needs: none, start, reload, restart or rebind.
+
+    A HUP also restores the configured worker count (after a TTOU, say), so a
+    master with the wrong number of workers gets one.
+    """
     if changed & NEEDS_REBIND:
         return REBIND
     if master is None:
@@ -63,7 +67,7 @@ def activation_kind(master: RunningMaster | None, *, venv: str, release_dir: str
     if master.venv != venv or changed & NEEDS_RESTART:
         return RESTART
     stale_code = any(cwd != release_dir for cwd in master.worker_releases)
-    if stale_code or not master.worker_releases or changed & NEEDS_RELOAD:
+    if stale_code or len(master.worker_releases) != workers or changed & NEEDS_RELOAD:
         return RELOAD
     return NONE
 

@@ -99,7 +99,7 @@ def health_gate(bind: str, path: str, deadline: int, service: str,
 
 
 @operation()
-def activate(paths: commands.AppPaths, venv: str, release_dir: str,
+def activate(paths: commands.AppPaths, venv: str, release_dir: str, workers: int,
              changed: Callable[[], set[str]], record: dict):
     """
     Make the service run what was deployed, with the gentlest mechanism that applies it.
@@ -107,11 +107,13 @@ def activate(paths: commands.AppPaths, venv: str, release_dir: str,
     + paths: the app's paths (unit names)
     + venv: the virtualenv the new release runs with
     + release_dir: the release `current` points at
+    + workers: how many workers the master should have
     + changed: which managed files changed in this run (see activation.py)
     + record: receives the kind of activation, for the run's summary
     """
     master = host.get_fact(RunningMasterFact, service=paths.service)
-    kind = activation_kind(master, venv=venv, release_dir=release_dir, changed=changed())
+    kind = activation_kind(master, venv=venv, release_dir=release_dir, workers=workers,
+                           changed=changed())
     record["activation"] = kind
     if kind == NONE:
         host.noop(f"{paths.service} already runs release {release_dir} with {venv}")

@@ -106,6 +106,10 @@ class AppProbe:
     def run(self, command: str) -> str:
         return self.host.run(command).stdout
 
+    def unit_properties(self, unit: str, *names: str) -> dict[str, str]:
+        out = self.run(f"systemctl show {shlex.quote(unit)} " + " ".join(f"-p {n}" for n in names))
+        return dict(line.partition("=")[::2] for line in out.splitlines())
+
     @cached_property
     def master(self):
         return parse_running_master(self.run(commands.running_master(self.paths.service)))
@@ -178,7 +182,7 @@ class AppProbe:
 
     @cached_property
     def timeout_stop_seconds(self) -> float:
-        return seconds(self.run(f"systemctl show -p TimeoutStopUSec --value {self.paths.service}"))
+        return seconds(self.unit_properties(self.paths.service, "TimeoutStopUSec")["TimeoutStopUSec"])
 
     @cached_property
     def journal(self) -> str:

@@ -5,6 +5,7 @@ from pyinfra.operations import files, systemd
 
 from asgi_fleet import operations
 from tasks import changed, template
+from tasks.config import worker_plan
 
 UNIT_DIR = "/etc/systemd/system"
 
@@ -35,7 +36,8 @@ def run_service(plan, venv_op, config_op, env_op, code_op, record):
 
     activation = operations.activate(
         name=f"Activate {paths.service}", paths=paths, venv=plan.venv_dir,
-        release_dir=plan.release_dir, changed=changed_files, record=record,
+        release_dir=plan.release_dir, workers=worker_plan(plan.app).count,
+        changed=changed_files, record=record,
     )
     operations.health_gate(
         name=f"Health gate: GET {plan.app['health_path']} answers 200",

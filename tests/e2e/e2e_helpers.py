@@ -70,3 +70,41 @@ def infra_of(host: InventoryHost):
     if host.name not in _testinfra_hosts:
         _testinfra_hosts[host.name] = host.testinfra_host()
     return _testinfra_hosts[host.name]
+
+
+@dataclass
+class VerifyRun:
+    returncode: int
+    output: str
+    failures: dict[str, str]  # test id -> failure message
+    passed: int
+
+
+def run_verify(tmp_path: Path, inventory: str = INVENTORY) -> VerifyRun:
+    """Run the verification suite as an operator would, and read its JUnit report."""
+    import xml.etree.ElementTree as ET
+
+    report = tmp_path / f"verify-{len(list(tmp_path.glob('verify-*')))}.xml"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/verify", "--inventory", inventory, "-q",
+         "-p", "no:cacheprovider", f"--junitxml={report}"],
+        cwd=PROJECT_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
+    )
+    failures, passed = {}, 0
+    for case in ET.parse(report).iter("testcase"):
+        failure = case.find("failure")
+        if failure is None:
+            failure = case.find("error")
+        name = case.get("name")
+        if failure is not None:
+            failures[name] = failure.get("message", "")
+        elif case.find("skipped") is None:
+            passed += 1
+    return VerifyRun(result.returncode, result.stdout, failures, passed)
+
+
+def wait_until(host, condition: str, timeout: float = 60) -> None:
+    """Poll a shell condition on a host until it holds (bounded)."""
+    result = host.run(f"for i in $(seq {int(timeout * 2)}); do ({condition}) && exit 0; "
+                      "sleep 0.5; done; exit 1")
+    assert result.rc == 0, f"timed out after {timeout}s waiting for: {condition}"

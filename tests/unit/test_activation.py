@@ -20,6 +20,7 @@ def master(venv=VENV, workers=(RELEASE, RELEASE)):
     (master(workers=("/srv/shop/releases/r1",) * 2), set(), RELOAD),  # new code
     (master(workers=(RELEASE, "/srv/shop/releases/r1")), set(), RELOAD),  # half old
     (master(workers=()), set(), RELOAD),  # master without workers: respawn them
+    (master(workers=(RELEASE,)), set(), RELOAD),  # one removed by TTOU: HUP restores the count
     (master(venv="/srv/shop/venvs/old"), set(), RESTART),  # HUP can't swap packages
     (master(), {"env"}, RESTART),
     (master(), {"service_unit", "config"}, RESTART),
@@ -27,7 +28,7 @@ def master(venv=VENV, workers=(RELEASE, RELEASE)):
     (None, {"socket_unit"}, REBIND),
 ])
 def test_activation_kind(running, changed, expected):
-    assert activation_kind(running, venv=VENV, release_dir=RELEASE, changed=changed) == expected
+    assert activation_kind(running, venv=VENV, release_dir=RELEASE, workers=2, changed=changed) == expected
 
 
 def test_parse_running_master():

@@ -33,13 +33,14 @@ def test_service_is_active_and_enabled(probe: AppProbe):
 
 def test_socket_listens_on_the_configured_address(probe: AppProbe):
     socket = probe.paths.socket
-    state = probe.run(f"systemctl show -p ActiveState,UnitFileState,Listen --value {socket}").split("\n")
+    state = probe.unit_properties(socket, "ActiveState", "UnitFileState", "Listen")
     bind = probe.app["bind"].removeprefix("unix:")
-    assert state[0] == "active", f"{probe.label}: {socket} is {state[0]}; redeploy to start it"
-    assert state[1] == "enabled", f"{probe.label}: {socket} is not enabled; redeploy"
-    assert state[2] == f"{bind} (Stream)", (
-        f"{probe.label}: {socket} listens on {state[2]!r} but bind is {probe.app['bind']!r}; "
-        "the unit is stale: redeploy")
+    assert state["ActiveState"] == "active", (
+        f"{probe.label}: {socket} is {state['ActiveState']}; redeploy to start it")
+    assert state["UnitFileState"] == "enabled", f"{probe.label}: {socket} is not enabled; redeploy"
+    assert state["Listen"] == f"{bind} (Stream)", (
+        f"{probe.label}: {socket} listens on {state['Listen']!r} but bind is "
+        f"{probe.app['bind']!r}; the unit is stale: redeploy")
 
 
 def test_master_runs_as_the_app_user(probe: AppProbe):
