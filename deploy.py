@@ -8,7 +8,8 @@ from pyinfra import host, state
 
 from asgi_fleet.plan import plan_host
 from asgi_fleet.record import record_run
-from tasks.config import write_config
+from tasks.config import install_config, write_candidate_config
+from tasks.preflight import install_preflight_script, preflight
 from tasks.python_env import install_verify_tools, install_virtualenv, package_index
 from tasks.release import ship_release, switch_current
 from tasks.service import run_service
@@ -23,9 +24,12 @@ settings = plans[0].app  # host-wide settings are the same in every app
 prepare_host(plans, settings)
 pip = package_index(settings)
 install_verify_tools(pip)
+install_preflight_script()
 for plan in plans:
     venv = install_virtualenv(plan, pip)
     ship_release(plan)
-    config, env = write_config(plan)
+    write_candidate_config(plan)
+    preflight(plan)  # a release that fails here never takes traffic
+    config, env = install_config(plan)
     code = switch_current(plan)
     run_service(plan, venv, config, env, code, record.app(plan))

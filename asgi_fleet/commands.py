@@ -109,23 +109,39 @@ def health_probe(bind: str, path: str) -> str:
     return f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {args} || true"
 
 
-def wait_healthy(bind: str, path: str, deadline: int, service: str, journal_lines: int = 30) -> str:
+def wait_healthy(bind: str, path: str, deadline: int, service: str, journal_lines: int = 30,
+                 label: str = "health gate", release_dir: str | None = None,
+                 workers: int | None = None) -> str:
     """Poll until GET answers 200; past the deadline fail with the unit's journal.
 
-    The unit's start time bounds the journal so the operator reads this start's
-    failure, not an older one.
+    With release_dir and workers, also wait until the unit's master has
+    exactly that many workers, all running from release_dir: after a HUP the
+    old workers keep answering 200 for a while, and a gate that stops at the
+    first 200 would pass on the old code.
     """
     args = " ".join(q(a) for a in curl_args(bind, path))
     url = q(curl_args(bind, path)[-1])
+    on_release = "true"
+    why = ""
+    if release_dir is not None and workers is not None:
+        on_release = "workers_on_release"
+        why = f" and {workers} workers on {release_dir} (seen: $seen)"
     return f"""
-end=$(( $(date +%s) + {deadline} )); code=000
+workers_on_release() {{
+    pid=$(systemctl show -p MainPID --value {q(service)}); seen=0
+    for child in $(cat /proc/$pid/task/*/children 2>/dev/null); do
+        [ "$(readlink /proc/$child/cwd)" = {q(release_dir or "")} ] && seen=$((seen + 1))
+    done
+    [ "$seen" = {workers or 0} ] && [ "$(cat /proc/$pid/task/*/children | wc -w)" = {workers or 0} ]
+}}
+end=$(( $(date +%s) + {deadline} )); code=000; seen=0
 while :; do
     code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {args}) || true
-    [ "$code" = 200 ] && exit 0
+    [ "$code" = 200 ] && {on_release} && exit 0
     [ "$(date +%s)" -ge "$end" ] && break
     sleep 0.5
 done
-echo "health gate failed: GET {url} answered ${{code}} (want 200) within {deadline}s." >&2
+echo "{label} failed: want GET {url} to answer 200{why} within {deadline}s; it answered $code." >&2
 echo "$(systemctl is-active {q(service)}) {q(service)}; last journal lines:" >&2
 journalctl -u {q(service)} -n {journal_lines} --no-pager -o cat >&2
 exit 1
@@ -205,4 +221,53 @@ echo "site $(grep -o '/[^ ]*/site-packages/' /proc/$pid/maps | head -n1)"
 for child in $(cat /proc/$pid/task/*/children 2>/dev/null); do
     echo "worker $child $(readlink /proc/$child/cwd)"
 done
+""".strip()
+
+
+def files_digest(*paths: str) -> str:
+    """sha256 over the named files' contents (missing files count as empty)."""
+    return f"cat {' '.join(q(p) for p in paths)} 2>/dev/null | sha256sum | cut -c1-64"
+
+
+def run_as_app(paths: AppPaths, release_dir: str, env_file: str) -> str:
+    """Run a command the way the service runs: as the app user, with its environment."""
+    return (f"systemd-run --quiet --collect --wait --pipe -p User={paths.app} -p Group={paths.app}"
+            f" -p EnvironmentFile={q(env_file)} -p WorkingDirectory={q(release_dir)}")
+
+
+def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_class: str,
+              health_path: str, deadline: int, script: str, stamp: str, digest: str) -> str:
+    """Check a release with its virtualenv and the candidate config, before any switch.
+
+    1. the preflight script imports the app (an ASGI callable, or a factory
+       called as such) and the worker class;
+    2. `gunicorn --check-config` loads the candidate gunicorn.conf.py;
+    3. a one-worker canary boots from the release on a private unix socket
+       (a transient unit, as the app user, with the candidate environment)
+       and must answer the health endpoint with 200 within the deadline.
+    Only then is the stamp written. Nothing here touches the running service.
+    """
+    unit = f"{paths.app}-preflight"
+    sock = f"/run/{unit}/canary.sock"
+    gunicorn = q(f"{release_dir}/.venv/bin/gunicorn")
+    as_app = run_as_app(paths, release_dir, f"{paths.env_file}.next")
+    canary = (
+        f"systemd-run --quiet --collect --unit={unit} -p User={paths.app} -p Group={paths.app}"
+        f" -p EnvironmentFile={q(paths.env_file + '.next')} -p WorkingDirectory={q(release_dir)}"
+        f" -p RuntimeDirectory={unit} {gunicorn} -c {q(paths.gunicorn_conf + '.next')}"
+        f" --chdir {q(release_dir)} --workers 1 --bind unix:{sock} --control-socket /run/{unit}/ctl"
+        f" --worker-tmp-dir /run/{unit} {q(app_module)}"
+    )
+    wait = wait_healthy(f"unix:{sock}", health_path, deadline, f"{unit}.service",
+                        label="preflight: the canary's health check")
+    return f"""
+{as_app} {q(release_dir + '/.venv/bin/python')} {q(script)} {q(app_module)} {q(worker_class)} || exit 1
+{as_app} {gunicorn} --check-config -c {q(paths.gunicorn_conf + '.next')} --chdir {q(release_dir)} {q(app_module)} \\
+    || {{ echo "preflight failed: gunicorn --check-config refused the candidate config" >&2; exit 1; }}
+systemctl stop {unit}.service 2>/dev/null; systemctl reset-failed {unit}.service 2>/dev/null
+{canary} || exit 1
+if ( {wait} ); then healthy=yes; else healthy=no; fi
+systemctl stop {unit}.service 2>/dev/null
+[ "$healthy" = yes ] || exit 1
+echo {q(digest)} > {q(stamp)}
 """.strip()

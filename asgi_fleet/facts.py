@@ -48,3 +48,23 @@ class RunningMasterFact(FactBase):
 
     def process(self, output):
         return parse_running_master("\n".join(output))
+
+
+class FileContent(FactBase):
+    """The first line of a small file, or None when it does not exist."""
+
+    def command(self, path):
+        return f"cat {commands.q(path)} 2>/dev/null || true"
+
+    def process(self, output):
+        return output[0].strip() if output else None
+
+
+class FilesDigest(FactBase):
+    """sha256 over the contents of some files."""
+
+    def command(self, paths):
+        return commands.files_digest(*paths)
+
+    def process(self, output):
+        return output[0].strip()

@@ -12,7 +12,7 @@ from pyinfra.facts.files import Directory, Link
 
 from asgi_fleet import commands
 from asgi_fleet.activation import ACTIVATION_COMMANDS, NONE, activation_kind
-from asgi_fleet.facts import HealthStatus, RunningMasterFact, VenvState
+from asgi_fleet.facts import FileContent, FilesDigest, HealthStatus, RunningMasterFact, VenvState
 
 
 @operation()
@@ -77,8 +77,8 @@ def symlink(path: str, target: str):
 
 
 @operation()
-def health_gate(bind: str, path: str, deadline: int, service: str,
-                activated: Callable[[], bool] = lambda: False):
+def health_gate(bind: str, path: str, deadline: int, service: str, release_dir: str,
+                workers: int, activated: Callable[[], bool] = lambda: False):
     """
     Fail unless GET `path` through the app's socket answers 200 within `deadline`.
 
@@ -86,6 +86,7 @@ def health_gate(bind: str, path: str, deadline: int, service: str,
     + path: the health endpoint
     + deadline: seconds to wait for a 200
     + service: the unit whose journal tail explains a failure
+    + release_dir, workers: the gate also waits for that many workers, all on that release
     + activated: true (at execution) when this run started, restarted or
       reloaded the service; then the gate always waits for fresh workers.
       Otherwise a healthy service is left alone (no change), and an unhealthy
@@ -95,7 +96,8 @@ def health_gate(bind: str, path: str, deadline: int, service: str,
     if not (executing and activated()) and host.get_fact(HealthStatus, bind=bind, path=path) == "200":
         host.noop(f"{service} answers 200 on {path}")
         return
-    yield commands.wait_healthy(bind, path, deadline, service)
+    yield commands.wait_healthy(bind, path, deadline, service, release_dir=release_dir,
+                                workers=workers)
 
 
 @operation()
@@ -119,3 +121,28 @@ def activate(paths: commands.AppPaths, venv: str, release_dir: str, workers: int
         host.noop(f"{paths.service} already runs release {release_dir} with {venv}")
         return
     yield ACTIVATION_COMMANDS[kind].format(service=paths.service, socket=paths.socket)
+
+
+@operation()
+def preflight(paths: commands.AppPaths, release_dir: str, app_module: str, worker_class: str,
+              health_path: str, deadline: int, script: str, candidates: tuple[str, ...]):
+    """
+    Check a release before any switch (see commands.preflight); once per
+    release and candidate config: a stamp in the release records the pass.
+
+    + paths: the app's paths
+    + release_dir: the release to check, with its .venv
+    + app_module, worker_class: what the candidate config runs
+    + health_path, deadline: the canary's health check
+    + script: the preflight script on the host
+    + candidates: the candidate config files the check covers
+    """
+    stamp = f"{release_dir}/.preflight-ok"
+    digest = host.get_fact(FilesDigest, paths=(*candidates, script))
+    if host.get_fact(FileContent, path=stamp) == digest:
+        host.noop(f"release {release_dir} passed preflight with this config")
+        return
+    yield commands.preflight(
+        paths, release_dir, app_module=app_module, worker_class=worker_class,
+        health_path=health_path, deadline=deadline, script=script, stamp=stamp, digest=digest,
+    )

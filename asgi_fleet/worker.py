@@ -49,9 +49,12 @@ The only close left that can race a client is the keep-alive timer itself,
 which is the same race the server has at every keep-alive timeout in steady
 state (HTTP/1.1 leaves it to the client to retry idempotent requests).
 
-Bounds are unchanged: a drain lasts at most the keep-alive timeout longer
-than the in-flight requests, and Gunicorn still kills a worker that outlives
-``graceful_timeout`` (stop) or ``timeout`` (HUP). WebSocket connections are
+Bounds: a drain lasts at most the keep-alive timeout longer than the
+in-flight requests, and never longer than ``graceful_timeout`` minus one
+second: the worker sets uvicorn's ``timeout_graceful_shutdown`` (unset in the
+stock worker, which waits until Gunicorn SIGKILLs it: at ``graceful_timeout``
+on stop, at ``timeout`` on HUP), then cancels what is left and runs the
+lifespan shutdown. WebSocket connections are
 not HTTP protocols and keep uvicorn's own shutdown (close code 1012).
 """
 
@@ -170,6 +173,12 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):
         if isinstance(http, str):
             http = import_from_string(HTTP_PROTOCOLS.get(http, http))
         self.config.http = draining_protocol(http)
+        # Stock uvicorn waits for connections without a limit and relies on
+        # Gunicorn's SIGKILL; end the drain ourselves just before
+        # graceful_timeout so the app's lifespan shutdown still runs (also on
+        # HUP, where the arbiter only kills at `timeout`).
+        if self.config.timeout_graceful_shutdown is None:
+            self.config.timeout_graceful_shutdown = max(0.5, self.cfg.graceful_timeout - 1)
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi

@@ -15,6 +15,11 @@ restarted, between the two); the original config is restored at the end.
 
     python3 bench/reload_failures.py --container asgi-lab1 \
         --kinds none,hup,restart --keepalive off,on --activations 5
+    python3 bench/reload_failures.py --container asgi-lab1 --method POST --path /items
+
+Go's net/http (inside hey) silently retries an idempotent GET that failed on
+a reused keep-alive connection, which hides server-side closes of idle
+keep-alive connections; a POST is not retried, so use --method POST to see them.
 
 Needs: a running container with the service deployed by asgi-fleet and `hey`
 installed in it (`apt-get install -y hey`). Stdlib only. Every load run is
@@ -139,6 +144,8 @@ def one_run(args: argparse.Namespace, worker: str, kind: str, keepalive: bool) -
     n = args.activations if kind != "none" else 0
     duration = args.lead + max(n, 1) * args.interval + args.tail
     cmd = ["hey", "-z", f"{duration:g}s", "-c", str(args.concurrency), "-t", "10"]
+    if args.method != "GET":
+        cmd += ["-m", args.method, "-T", args.content_type, "-d", args.body]
     if not keepalive:
         cmd.append("-disable-keepalive")
     cmd.append(f"http://127.0.0.1:{args.port}{args.path}")
@@ -170,6 +177,7 @@ def one_run(args: argparse.Namespace, worker: str, kind: str, keepalive: bool) -
         "activation_seconds": times,
         "duration_s": duration,
         "concurrency": args.concurrency,
+        "request": f"{args.method} {args.path}",
         **parsed,
     }
     # Let old workers finish draining before the next run.
@@ -185,6 +193,9 @@ def main() -> int:
     p.add_argument("--conf", default=None, help="default /etc/APP/gunicorn.conf.py")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--path", default="/")
+    p.add_argument("--method", default="GET", help="POST is never retried by hey's Go client")
+    p.add_argument("--body", default='{"name": "bench"}')
+    p.add_argument("--content-type", default="application/json")
     p.add_argument("--kinds", default="hup,restart", help="comma list of none,hup,restart")
     p.add_argument("--keepalive", default="off,on", help="comma list of off,on")
     p.add_argument("--workers", default="stock,fixed", help="comma list of stock,fixed")
@@ -216,7 +227,7 @@ def main() -> int:
         sh(args.container, f"systemctl reset-failed {args.app} || true; systemctl restart {args.app}", timeout=90)
     summary: dict = {}
     for r in results:
-        key = f"{r['worker']}/{r['kind']}/keepalive={'on' if r['keepalive'] else 'off'}"
+        key = f"{r['worker']}/{r['request']}/{r['kind']}/keepalive={'on' if r['keepalive'] else 'off'}"
         s = summary.setdefault(key, {"runs": 0, "requests": 0, "failed": 0, "activations": 0})
         s["runs"] += 1
         s["requests"] += r["requests"]

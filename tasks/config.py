@@ -1,4 +1,9 @@
-"""gunicorn.conf.py and the app's environment file, sized for this host."""
+"""gunicorn.conf.py and the app's environment file, sized for this host.
+
+Both are written twice: first as candidates (NAME.next), which preflight
+checks with the new release, then in place once preflight passed. A bad
+config never reaches the file the running master re-reads on HUP.
+"""
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -7,6 +12,8 @@ from pyinfra.operations import files
 from asgi_fleet.facts import HostResourcesFact
 from asgi_fleet.sizing import worker_count
 from tasks import template
+
+CANDIDATE = ".next"
 
 
 def worker_plan(app):
@@ -18,18 +25,29 @@ def worker_plan(app):
     )
 
 
-@deploy("Configuration")
-def write_config(plan):
-    """Returns the ops whose change needs a reload (config) and a restart (env)."""
+def _render(plan, suffix: str):
     paths = plan.paths
-    files.directory(name=f"{paths.etc}/", path=paths.etc, user="root", group=paths.app, mode="750")
     config = files.template(
-        name=f"{paths.gunicorn_conf}", src=template("gunicorn.conf.py.j2"),
-        dest=paths.gunicorn_conf, user="root", group=paths.app, mode="640",
+        name=f"{paths.gunicorn_conf}{suffix}", src=template("gunicorn.conf.py.j2"),
+        dest=f"{paths.gunicorn_conf}{suffix}", user="root", group=paths.app, mode="640",
         app=plan.app, paths=paths, worker_plan=worker_plan(plan.app),
     )
     env = files.template(
-        name=f"{paths.env_file}", src=template("app.env.j2"), dest=paths.env_file,
-        user="root", group=paths.app, mode="640", app=plan.app, paths=paths,
+        name=f"{paths.env_file}{suffix}", src=template("app.env.j2"),
+        dest=f"{paths.env_file}{suffix}", user="root", group=paths.app, mode="640",
+        app=plan.app, paths=paths,
     )
     return config, env
+
+
+@deploy("Candidate configuration")
+def write_candidate_config(plan):
+    paths = plan.paths
+    files.directory(name=f"{paths.etc}/", path=paths.etc, user="root", group=paths.app, mode="750")
+    _render(plan, CANDIDATE)
+
+
+@deploy("Configuration")
+def install_config(plan):
+    """Returns the ops whose change needs a reload (config) and a restart (env)."""
+    return _render(plan, "")

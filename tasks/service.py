@@ -34,14 +34,14 @@ def run_service(plan, venv_op, config_op, env_op, code_op, record):
                "env": env_op, "config": config_op, "code": code_op, "venv": venv_op}
         return {kind for kind, op in ops.items() if changed(op)}
 
+    workers = worker_plan(plan.app).count
     activation = operations.activate(
         name=f"Activate {paths.service}", paths=paths, venv=plan.venv_dir,
-        release_dir=plan.release_dir, workers=worker_plan(plan.app).count,
-        changed=changed_files, record=record,
+        release_dir=plan.release_dir, workers=workers, changed=changed_files, record=record,
     )
     operations.health_gate(
-        name=f"Health gate: GET {plan.app['health_path']} answers 200",
+        name=f"Health gate: GET {plan.app['health_path']} answers 200 from {workers} new workers",
         bind=plan.app["bind"], path=plan.app["health_path"],
         deadline=plan.app["health_deadline"], service=paths.service,
-        activated=lambda: changed(activation),
+        release_dir=plan.release_dir, workers=workers, activated=lambda: changed(activation),
     )

@@ -131,4 +131,5 @@ def test_a_failing_and_an_unreachable_host_do_not_stop_the_others(deployed, tmp_
     assert run.host("@docker/asgi-web4")["status"] == "failed"
     assert run.host("ghost")["status"] == "unreachable"
     assert "[ghost]" in run.output
-    assert "health gate failed: GET http://127.0.0.1:8000/no-such-path answered 404" in run.output
+    assert "health gate failed: want GET http://127.0.0.1:8000/no-such-path to answer 200" in run.output
+    assert "it answered 404" in run.output

@@ -99,6 +99,11 @@ def test_worker_config_uses_draining_protocol(worker_class, base):
     assert w.config.http_protocol_class is w.config.http
 
 
+def test_worker_bounds_the_drain_by_graceful_timeout():
+    assert _make_worker(fleet_worker.UvicornWorker, graceful_timeout=25).config.timeout_graceful_shutdown == 24
+    assert _make_worker(fleet_worker.UvicornWorker, graceful_timeout=1).config.timeout_graceful_shutdown == 0.5
+
+
 # -- shutdown behaviour with a real server on loopback ------------------------
 
 

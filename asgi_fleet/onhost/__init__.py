@@ -1,0 +1,1 @@
+"""Files that land on hosts as they are (no templating), run by the host's Python."""
