@@ -271,3 +271,38 @@ systemctl stop {unit}.service 2>/dev/null
 [ "$healthy" = yes ] || exit 1
 echo {q(digest)} > {q(stamp)}
 """.strip()
+
+
+def releases_state(paths: AppPaths) -> str:
+    """Report `current`, the activation history, each release's venv, and the venvs."""
+    root = q(paths.root)
+    return f"""
+echo "current $(readlink {root}/current)"
+sed 's/^/history /' {root}/history 2>/dev/null
+for dir in {root}/releases/*/; do
+    [ -d "$dir" ] && echo "release $(basename "$dir") $(readlink "$dir.venv")"
+done
+for dir in {root}/venvs/*/; do [ -d "$dir" ] && echo "venv $(basename "$dir")"; done
+true
+""".strip()
+
+
+def switch_release(paths: AppPaths, release_id: str) -> str:
+    """Point `current` at a release (atomically) and append it to the history."""
+    return (f"{atomic_symlink(paths.current, f'releases/{release_id}')}"
+            f" && echo \"$(date +%s) {release_id}\" >> {q(paths.root + '/history')}")
+
+
+DEPLOY_LOCK = "/run/lock/asgi-fleet.deploy"
+
+
+def acquire_lock(owner: str) -> str:
+    """Create the host's deploy lock, or print who holds it (noclobber: atomic)."""
+    return (f"mkdir -p /run/lock && ( set -C; echo {q(owner)} > {DEPLOY_LOCK} ) 2>/dev/null"
+            f" && echo acquired || echo \"held $(cat {DEPLOY_LOCK})\"")
+
+
+def release_lock(run_id: str) -> str:
+    """Remove the deploy lock if this run holds it."""
+    return (f"[ \"$(cut -d' ' -f1 {DEPLOY_LOCK} 2>/dev/null)\" = {q(run_id)} ]"
+            f" && rm -f {DEPLOY_LOCK}; true")

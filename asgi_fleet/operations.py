@@ -8,11 +8,14 @@ from typing import Callable
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
-from pyinfra.facts.files import Directory, Link
+from pyinfra.facts.files import Directory
 
 from asgi_fleet import commands
 from asgi_fleet.activation import ACTIVATION_COMMANDS, NONE, activation_kind
-from asgi_fleet.facts import FileContent, FilesDigest, HealthStatus, RunningMasterFact, VenvState
+from asgi_fleet.facts import (
+    FileContent, FilesDigest, HealthStatus, Releases, RunningMasterFact, VenvState,
+)
+from asgi_fleet.release import releases_to_prune, venvs_to_prune
 
 
 @operation()
@@ -62,18 +65,71 @@ def release(path: str, release_id: str, tarball_src, venv: str):
 
 
 @operation()
-def symlink(path: str, target: str):
+def switch_release(paths: commands.AppPaths, release_id: str):
     """
-    Point the symlink `path` at `target`, atomically (rename over the old link).
+    Point `current` at a release, atomically (rename over the old link), and
+    record the switch in the app's history (what rollback goes back through).
 
-    + path: the link, e.g. /srv/shop/current
-    + target: what it points at, e.g. releases/0123abcd (relative to the link's folder)
+    + paths: the app's paths
+    + release_id: the release to run
     """
-    link = host.get_fact(Link, path=path)
-    if link and link.get("link_target") == target:
-        host.noop(f"{path} already points at {target}")
+    if host.get_fact(Releases, paths=paths).current == release_id:
+        host.noop(f"current already points at releases/{release_id}")
         return
-    yield commands.atomic_symlink(path, target)
+    yield commands.switch_release(paths, release_id)
+
+
+@operation()
+def prune_releases(paths: commands.AppPaths, keep: int):
+    """
+    Keep the `keep` most recently activated releases (never the running or
+    the previous one) and the virtualenvs they use; delete the rest.
+
+    + paths: the app's paths
+    + keep: how many releases to keep
+    """
+    state = host.get_fact(Releases, paths=paths)
+    doomed = releases_to_prune(state.history, list(state.releases), state.current, keep)
+    kept = [r for r in state.releases if r not in doomed]
+    doomed_venvs = venvs_to_prune(state, kept)
+    if not doomed and not doomed_venvs:
+        host.noop(f"{len(state.releases)} releases, {len(state.venvs)} virtualenvs: nothing to prune")
+        return
+    targets = [paths.release(r) for r in doomed] + [paths.venv(v) for v in doomed_venvs]
+    yield "rm -rf " + " ".join(commands.q(t) for t in targets)
+
+
+@operation()
+def deploy_lock(owner: str, run_id: str, acquire: bool):
+    """
+    Take (or give back) the host's deploy lock, so two deploys never interleave.
+
+    The lock is coordination, not configuration: taking and giving it back
+    leaves the host as it was, so neither counts as a change. A held lock
+    fails this host at once, before anything else runs.
+
+    + owner: "RUN_ID CONTROLLER PID EPOCH", written into the lock
+    + run_id: this run's id
+    + acquire: True to take the lock, False to give it back
+    """
+    if not host.state.is_executing:
+        return
+    sudo = {"_sudo": bool(host.data.get("_sudo"))}
+    if not acquire:
+        host.run_shell_command(commands.release_lock(run_id), **sudo)
+        host.noop("deploy lock given back")
+        return
+    _, output = host.run_shell_command(commands.acquire_lock(owner), **sudo)
+    answer = " ".join(output.stdout_lines).strip()
+    if answer == "acquired":
+        host.noop("deploy lock taken")
+        return
+    holder = answer.removeprefix("held ").split()
+    when = holder[3] if len(holder) > 3 else "?"
+    message = (f"another deploy is running on this host (run {holder[0] if holder else '?'} from "
+               f"{holder[1] if len(holder) > 1 else '?'}, since epoch {when}); nothing was changed. "
+               f"Wait for it, or if it died, remove {commands.DEPLOY_LOCK} on the host.")
+    yield f"echo {commands.q(message)} >&2; exit 1"
 
 
 @operation()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from asgi_fleet import release
 from asgi_fleet.commands import AppPaths
+from asgi_fleet.release import ReleasesState, previous_release
 from asgi_fleet.settings import PROJECT_ROOT, InvalidSettings, app_settings
 
 BUILD_DIR = PROJECT_ROOT / ".asgi-fleet" / "build"
@@ -28,6 +29,18 @@ class AppPlan:
     lock_file: Path
     lock_sha256: str
     tarball: Path
+    rollback: bool = False  # go back to a release already on the host; ship nothing
+
+    def rolled_back(self, state: ReleasesState, where: str) -> AppPlan:
+        """This app's plan for a rollback: the release that ran before `current`."""
+        target = previous_release(state.history, state.current)
+        if target is None or target not in state.releases:
+            raise InvalidSettings([
+                f"{where}: rollback=True: no previous release of {self.paths.app} to go back to "
+                f"(current {state.current}, history {state.history[-5:]}, "
+                f"releases on the host {sorted(state.releases)})"])
+        venv_id = state.releases[target].rstrip("/").rsplit("/", 1)[-1]
+        return replace(self, release_id=target, venv_id=venv_id, rollback=True)
 
     @property
     def release_dir(self) -> str:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from pyinfra.api.state import BaseStateCallback
 
+from asgi_fleet import commands
 from asgi_fleet.settings import PROJECT_ROOT
 
 
@@ -28,6 +32,8 @@ class RunRecord(BaseStateCallback):
     def __init__(self, path: Path):
         self.path = path
         self.hosts: dict[str, dict[str, Any]] = {}
+        self.run_id = uuid.uuid4().hex[:12]
+        self.lock_owner = f"{self.run_id} {socket.gethostname()} {os.getpid()} {int(time.time())}"
 
     def host(self, name: str) -> dict[str, Any]:
         return self.hosts.setdefault(name, {"status": "pending", "ops": [], "apps": {}})
@@ -35,7 +41,8 @@ class RunRecord(BaseStateCallback):
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"hosts": self.hosts}, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps({"run_id": self.run_id, "hosts": self.hosts}, indent=2,
+                                  sort_keys=True))
         os.replace(tmp, self.path)
 
     # pyinfra calls these with the state first. An op's result is complete only
@@ -59,6 +66,10 @@ class RunRecord(BaseStateCallback):
                 entry["status"] = "ok"
         self.write()
 
+    def operation_host_error(self, state, host, op_hash, retry_count=0, max_retries=0):
+        # A failed host runs no more operations: give its deploy lock back now.
+        host.run_shell_command(commands.release_lock(self.run_id), _sudo=bool(host.data.get("_sudo")))
+
     def host_connect_error(self, state, host, error):
         self.host(host.name).update(status="unreachable", error=str(error))
         self.write()
@@ -71,6 +82,14 @@ class HostRecord:
         self.entry = run.host(host_name)
         self.run = run
 
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def lock_owner(self) -> str:
+        return self.run.lock_owner
+
     def app(self, plan) -> dict[str, Any]:
         app = self.entry["apps"].setdefault(plan.paths.app, {})
         app.update(release=plan.release_id, venv=plan.venv_id)
@@ -78,7 +97,7 @@ class HostRecord:
         return app
 
 
-def record_run(state, host, plans) -> HostRecord:
+def record_run(state, host) -> HostRecord:
     """The run's record (created with the first host), and this host's part of it."""
     run = getattr(state, "asgi_fleet_record", None)
     if run is None:

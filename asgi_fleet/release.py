@@ -12,6 +12,7 @@ import hashlib
 import io
 import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # Never part of a release: build and editor leftovers on the controller.
@@ -95,3 +96,70 @@ def lock_problems(lock_text: str, lock_name: str) -> list[str]:
     if "--hash=" not in lock_text:
         problems.append(f"app_lock={lock_name!r}: has no --hash lines; generate it with hashes (make lock)")
     return problems
+
+
+def parse_history(text: str) -> list[str]:
+    """Release ids in the order they were activated (a line "EPOCH RELEASE_ID" each)."""
+    return [line.split()[1] for line in text.splitlines() if len(line.split()) >= 2]
+
+
+def previous_release(history: list[str], current: str | None) -> str | None:
+    """The release that ran before `current`: what a rollback goes back to."""
+    seen_current = False
+    for release in reversed(history):
+        if release == current:
+            seen_current = True
+        elif seen_current:
+            return release
+    return None
+
+
+def releases_to_prune(history: list[str], present: list[str], current: str | None,
+                      keep: int) -> list[str]:
+    """Releases to delete so that `keep` remain: the most recently activated
+    ones stay, and the running and previous releases are never deleted.
+    Releases never activated (one that failed preflight) count as the oldest.
+    """
+    recency = {release: i for i, release in enumerate(history)}  # later = more recent
+    ranked = sorted(present, key=lambda r: recency.get(r, -1), reverse=True)
+    protected = {current, previous_release(history, current)} - {None}
+    kept = [r for r in ranked if r in protected]
+    for release in ranked:
+        if len(kept) >= keep:
+            break
+        if release not in kept:
+            kept.append(release)
+    return [r for r in present if r not in kept]
+
+
+@dataclass(frozen=True)
+class ReleasesState:
+    """An app's releases on a host, as the releases_state command reports them."""
+
+    current: str | None
+    history: list[str]
+    releases: dict[str, str]  # release id -> its venv dir
+    venvs: list[str]
+
+
+def parse_releases_state(output: str) -> ReleasesState:
+    current, history, releases, venvs = None, [], {}, []
+    for line in output.splitlines():
+        key, _, rest = line.strip().partition(" ")
+        if key == "current" and rest:
+            current = rest.rsplit("/", 1)[-1]
+        elif key == "history":
+            history += parse_history(rest)
+        elif key == "release" and not rest.split(" ")[0].endswith(".tmp"):
+            name, _, venv = rest.partition(" ")
+            releases[name] = venv
+        elif key == "venv":
+            venvs.append(rest)
+    return ReleasesState(current, history, releases, venvs)
+
+
+def venvs_to_prune(state: ReleasesState, kept_releases: list[str]) -> list[str]:
+    """Virtualenvs that no kept release links to."""
+    used = {state.releases[r].rstrip("/").rsplit("/", 1)[-1] for r in kept_releases
+            if r in state.releases}
+    return [v for v in state.venvs if v not in used]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from pyinfra.api.exceptions import PyinfraError
+
 from asgi_fleet.sizing import WORKER_POLICIES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,7 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 GUNICORN_WSGI_WORKERS = {"sync", "gthread", "eventlet", "gevent", "tornado"}
 
 
-class InvalidSettings(Exception):
+class InvalidSettings(PyinfraError):
     """One or more settings are wrong. Raised before any host is changed."""
 
     def __init__(self, problems: list[str], where: str = ""):
@@ -196,6 +198,7 @@ RULES: dict[str, Rule] = {
     # releases
     "srv_root": Rule(matches(re.compile(r"^/[\w./-]+[^/]$"), "/srv")),
     "keep_releases": Rule(integer(2, 100)),
+    "rollback": Rule(one_of(False, True), per_app=False),
     # host packages and the package index
     "extra_system_packages": Rule(string_list, per_app=False),
     "apt_cache_time": Rule(integer(0, 30 * 86400), per_app=False),

@@ -38,6 +38,7 @@ health_deadline = 60  # seconds to wait for a 200 before the deploy fails on tha
 # --- Releases ----------------------------------------------------------------
 srv_root = "/srv"  # apps live in SRV_ROOT/APP/{releases,venvs,current}
 keep_releases = 5  # releases kept per app; the running and the previous one are never pruned
+rollback = False  # --data rollback=1: go back to each app's previous release (ships nothing)
 
 # --- Host packages and the package index ----------------------------------------
 extra_system_packages = []  # more Debian packages, e.g. ["libpq5"] for the app's wheels

@@ -46,6 +46,10 @@ def install_verify_tools(pip: PipOptions):
 
 @deploy("Virtualenv")
 def install_virtualenv(plan, pip: PipOptions):
+    """Returns the op, whose change means a new master (None on a rollback:
+    the release's virtualenv is already on the host)."""
+    if plan.rollback:
+        return None
     files.directory(name=f"{plan.paths.venvs}/", path=plan.paths.venvs,
                     user="root", group="root", mode="755")
     return operations.virtualenv(

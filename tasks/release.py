@@ -8,6 +8,8 @@ from asgi_fleet import operations
 
 @deploy("Release")
 def ship_release(plan):
+    if plan.rollback:  # the release is already on the host
+        return
     for path in (plan.paths.root, plan.paths.releases):
         files.directory(name=f"{path}/", path=path, user="root", group="root", mode="755")
     return operations.release(
@@ -18,7 +20,13 @@ def ship_release(plan):
 
 @deploy("Switch current")
 def switch_current(plan):
-    return operations.symlink(
-        name=f"current -> releases/{plan.release_id}",
-        path=plan.paths.current, target=f"releases/{plan.release_id}",
+    return operations.switch_release(
+        name=f"current -> releases/{plan.release_id}", paths=plan.paths, release_id=plan.release_id,
     )
+
+
+@deploy("Prune releases")
+def prune_releases(plan):
+    """After a healthy activation only: the releases to roll back to stay."""
+    operations.prune_releases(name=f"Keep {plan.app['keep_releases']} releases",
+                              paths=plan.paths, keep=plan.app["keep_releases"])

@@ -32,7 +32,7 @@ def run_service(plan, venv_op, config_op, env_op, code_op, record):
     def changed_files():
         ops = {"socket_unit": socket_unit, "service_unit": service_unit,
                "env": env_op, "config": config_op, "code": code_op, "venv": venv_op}
-        return {kind for kind, op in ops.items() if changed(op)}
+        return {kind for kind, op in ops.items() if op is not None and changed(op)}
 
     workers = worker_plan(plan.app).count
     activation = operations.activate(

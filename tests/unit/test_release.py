@@ -68,3 +68,51 @@ def test_lock_without_the_fast_stack_is_refused():
 
 def test_lock_without_hashes_is_refused():
     assert any("no --hash" in p for p in lock_problems("gunicorn==1\n", "x"))
+
+
+from asgi_fleet.release import parse_history, previous_release, releases_to_prune  # noqa: E402
+
+
+def test_history_and_previous_release():
+    history = parse_history("100 r1\n200 r2\n300 r3\n")
+    assert history == ["r1", "r2", "r3"]
+    assert previous_release(history, "r3") == "r2"
+    assert previous_release(history, "r1") is None
+    # after a rollback from r3 to r2, the previous release of r2 is r3
+    assert previous_release(history + ["r2"], "r2") == "r3"
+
+
+def test_prune_keeps_the_most_recent_and_never_the_running_or_previous():
+    history = ["r1", "r2", "r3", "r4", "r5", "r6"]
+    present = ["r1", "r2", "r3", "r4", "r5", "r6", "failed"]
+    assert sorted(releases_to_prune(history, present, "r6", keep=3)) == ["failed", "r1", "r2", "r3"]
+    # rolled back to r2: r2 runs, r6 is its previous; both stay even with keep=2
+    assert sorted(releases_to_prune(history + ["r2"], present, "r2", keep=2)) == [
+        "failed", "r1", "r3", "r4", "r5"]
+
+
+def test_prune_with_fewer_releases_than_kept_deletes_nothing():
+    assert releases_to_prune(["r1"], ["r1"], "r1", keep=5) == []
+
+
+from asgi_fleet.release import parse_releases_state, venvs_to_prune  # noqa: E402
+
+STATE = """\
+current releases/r2
+history 100 r1
+history 200 r2
+release r1 /srv/shop/venvs/v1
+release r2 /srv/shop/venvs/v2
+release r3.tmp /srv/shop/venvs/v2
+venv v1
+venv v2
+venv v0
+"""
+
+
+def test_parse_releases_state_and_prune_unused_venvs():
+    state = parse_releases_state(STATE)
+    assert (state.current, state.history) == ("r2", ["r1", "r2"])
+    assert state.releases == {"r1": "/srv/shop/venvs/v1", "r2": "/srv/shop/venvs/v2"}
+    assert venvs_to_prune(state, ["r2"]) == ["v1", "v0"]
+    assert venvs_to_prune(state, ["r1", "r2"]) == ["v0"]

@@ -1,0 +1,18 @@
+"""The per-host deploy lock: a second deploy that starts while one runs fails
+fast on that host, before it changes anything."""
+
+from pyinfra.api import deploy
+
+from asgi_fleet import operations
+
+
+@deploy("Deploy lock")
+def take_deploy_lock(run):
+    operations.deploy_lock(name="Take the deploy lock", owner=run.lock_owner, run_id=run.run_id,
+                           acquire=True)
+
+
+@deploy("Deploy lock")
+def give_back_deploy_lock(run):
+    operations.deploy_lock(name="Give back the deploy lock", owner=run.lock_owner,
+                           run_id=run.run_id, acquire=False)
