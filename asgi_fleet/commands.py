@@ -160,13 +160,15 @@ def atomic_symlink(link: str, target: str) -> str:
 
 def build_virtualenv(
     venv: str, lock: str, *, python: str = "python3", index_url: str | None = None,
-    ca_bundle: str | None = None,
+    ca_bundle: str | None = None, modules: tuple[str, ...] = (),
 ) -> str:
     """Create a virtualenv in place and install a hash-locked requirements file.
 
     It is built where it will live (scripts carry the venv path in their
     shebang, so it cannot be moved), and marked complete only at the end. A
     half-built venv from an interrupted run has no marker and is rebuilt.
+    `modules` are single-file modules uploaded beside the venv as VENV.NAME.py,
+    moved into its site-packages (asgi-fleet's worker class).
     """
     pip = [f"{venv}/bin/pip", "install", "--no-input", "--disable-pip-version-check",
            "--require-hashes", "--no-deps", "-r", lock]
@@ -179,6 +181,8 @@ def build_virtualenv(
         f"{q(python)} -m venv {q(venv)}",
         " ".join(q(p) for p in pip),
         f"{q(venv + '/bin/pip')} check",
+        *[f"mv {q(f'{venv}.{name}.py')} $(echo {q(venv)}/lib/python3*/site-packages)/{name}.py"
+          for name in modules],
         f"{{ sha256sum {q(lock)} | cut -c1-64; {installed_dists_digest(venv)}; }}"
         f" > {q(venv + '/' + VENV_MARKER)}",
     ])

@@ -20,7 +20,7 @@ from asgi_fleet.release import releases_to_prune, venvs_to_prune
 
 @operation()
 def virtualenv(path: str, lock_src: str, lock_sha256: str, index_url: str | None = None,
-               ca_bundle: str | None = None):
+               ca_bundle: str | None = None, modules: dict[str, str] | None = None):
     """
     Build a virtualenv from a hash-locked requirements file, once per lock.
 
@@ -29,6 +29,7 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, index_url: str | None
     + lock_sha256: its sha256, recorded in the venv when the build completed
     + index_url: a package index to use instead of PyPI
     + ca_bundle: a CA bundle on the host for pip (TLS proxy, private CA)
+    + modules: {module name: file on the controller} added to site-packages
 
     **Example:**
 
@@ -43,7 +44,10 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, index_url: str | None
         return
     lock = f"{path}.lock"
     yield FileUploadCommand(lock_src, lock)
-    yield commands.build_virtualenv(path, lock, index_url=index_url, ca_bundle=ca_bundle)
+    for name, src in (modules or {}).items():
+        yield FileUploadCommand(src, f"{path}.{name}.py")
+    yield commands.build_virtualenv(path, lock, index_url=index_url, ca_bundle=ca_bundle,
+                                    modules=tuple(modules or ()))
 
 
 @operation()

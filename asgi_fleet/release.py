@@ -57,9 +57,17 @@ def release_id(app_dir: Path, lock_file: Path) -> str:
     return digest(app_dir, lock_file)[:12]
 
 
+# asgi-fleet's worker class, installed into every app virtualenv as a module.
+WORKER_MODULE = "asgi_fleet_worker"
+WORKER_SOURCE = Path(__file__).resolve().parent / "worker.py"
+
+
 def venv_id(lock_file: Path) -> str:
-    """Virtualenvs are keyed by their lock: releases that share a lock share it."""
-    return hashlib.sha256(lock_file.read_bytes()).hexdigest()[:12]
+    """Virtualenvs are keyed by their lock and asgi-fleet's worker module:
+    releases that share both share a virtualenv."""
+    sha = hashlib.sha256(lock_file.read_bytes())
+    sha.update(WORKER_SOURCE.read_bytes())
+    return sha.hexdigest()[:12]
 
 
 def release_tarball(app_dir: Path) -> bytes:

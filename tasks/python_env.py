@@ -8,6 +8,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from asgi_fleet import operations
+from asgi_fleet.release import WORKER_MODULE, WORKER_SOURCE
 from asgi_fleet.settings import PROJECT_ROOT
 
 PIP_CA_BUNDLE = "/etc/asgi-fleet/pip-ca.pem"
@@ -56,4 +57,5 @@ def install_virtualenv(plan, pip: PipOptions):
         name=f"Virtualenv {plan.venv_id} from {plan.lock_file.name}",
         path=plan.venv_dir, lock_src=str(plan.lock_file), lock_sha256=plan.lock_sha256,
         index_url=pip.index_url, ca_bundle=pip.ca_bundle,
+        modules={WORKER_MODULE: str(WORKER_SOURCE)},
     )

@@ -270,3 +270,33 @@ def test_in_flight_request_completes_with_connection_close():
     data = asyncio.run(run())
     assert data.startswith(b"HTTP/1.1 200")
     assert b"connection: close" in data.lower()
+
+
+@pytest.mark.parametrize("protocol", [HttpToolsProtocol, H11Protocol])
+def test_websocket_still_upgrades_and_gets_1012_on_shutdown(protocol):
+    """Upgrades go through the wrapped HTTP protocol; uvicorn's own
+    WebSocket shutdown (close code 1012, service restart) is kept."""
+    websockets_client = pytest.importorskip("websockets.asyncio.client")
+    from websockets.exceptions import ConnectionClosed
+
+    async def ws_app(scope, receive, send):
+        assert scope["type"] == "websocket"
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            await send({"type": "websocket.send", "text": "pong"})
+
+    async def run():
+        server, task, port = await _start(fleet_worker.DrainingServer, fleet_worker.draining_protocol(protocol))
+        server.config.loaded_app = ws_app
+        async with websockets_client.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.send("ping")
+            assert await asyncio.wait_for(ws.recv(), 5) == "pong"
+            server.should_exit = True
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            code = closed.value.rcvd.code if closed.value.rcvd else None
+        await asyncio.wait_for(task, 10)
+        return code
+
+    assert asyncio.run(run()) == 1012

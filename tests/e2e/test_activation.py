@@ -1,0 +1,203 @@
+"""Issue 4: zero failed requests while config, code, dependencies or a rollback
+go live, and a broken release never takes traffic.
+
+A bounded load (bench/loadgen.py: keep-alive and one-connection-per-request
+clients, GET and POST) runs inside the test host against the real bind while
+the deploy activates each kind of change five times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from asgi_fleet.settings import PROJECT_ROOT
+from e2e_helpers import fleet_hosts, infra_of, run_deploy
+
+HOST = "@docker/asgi-web1"
+CONTAINER = "asgi-web1"
+SERVICE = "hello.service"
+ROUNDS = 5
+
+
+@pytest.fixture(scope="module")
+def web1(deployed):
+    [host] = [h for h in fleet_hosts() if h.name == HOST]
+    return infra_of(host)
+
+
+@pytest.fixture(scope="module")
+def inventory(tmp_path_factory) -> str:
+    """web1 with only the hello app, so the load's target is the only app changing."""
+    path = tmp_path_factory.mktemp("inventory") / "web1.py"
+    path.write_text(f'app = [("{HOST}", {{"apps": [{{"app_name": "hello"}}]}})]\n')
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> dict[str, Path]:
+    """Copies of the example app that differ only in code, and a broken pair."""
+    root = tmp_path_factory.mktemp("apps")
+    made = {}
+    for name, edit in {
+        "code-a": lambda text: text + "\n# variant a\n",
+        "code-b": lambda text: text + "\n# variant b\n",
+        "import-error": lambda text: "import module_that_is_not_installed\n" + text,
+        "health-500": lambda text: text.replace(
+            'async def healthz() -> dict:\n',
+            'async def healthz():\n'
+            '    from fastapi.responses import JSONResponse\n'
+            '    return JSONResponse({"status": "broken"}, status_code=500)\n'),
+    }.items():
+        target = root / name
+        shutil.copytree(PROJECT_ROOT / "example", target)
+        app = target / "app.py"
+        app.write_text(edit(app.read_text()))
+        made[name] = target
+    return made
+
+
+@pytest.fixture(scope="module")
+def alternative_lock() -> Path:
+    """The example lock plus one more locked package: a dependency change."""
+    return PROJECT_ROOT / "tests" / "e2e" / "data" / "requirements-with-six.lock"
+
+
+class Load:
+    """bench/loadgen.py running on the host as a transient unit, bounded in time."""
+
+    def __init__(self, host):
+        self.host = host
+
+    def __enter__(self):
+        subprocess.run(["docker", "cp", str(PROJECT_ROOT / "bench" / "loadgen.py"),
+                        f"{CONTAINER}:/tmp/loadgen.py"], check=True)
+        self.host.run("systemctl stop asgi-fleet-loadgen 2>/dev/null; rm -f /tmp/loadgen.stop /tmp/loadgen.json")
+        self.host.check_output(
+            "systemd-run --quiet --collect --unit=asgi-fleet-loadgen python3 /tmp/loadgen.py "
+            "--clients 6 --max-seconds 600 --stop-file /tmp/loadgen.stop --output /tmp/loadgen.json")
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        self.host.run("touch /tmp/loadgen.stop")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.host.run("test -e /tmp/loadgen.json").rc:
+            time.sleep(0.5)
+        self.result = json.loads(self.host.check_output("cat /tmp/loadgen.json"))
+
+
+def master_pid(host) -> str:
+    return host.check_output(f"systemctl show -p MainPID --value {SERVICE}")
+
+
+def served_release(host) -> str:
+    return json.loads(host.check_output("curl -sf 127.0.0.1:8000/healthz"))["release"]
+
+
+def deploy(tmp_path, inventory, *data: str):
+    args = [arg for item in data for arg in ("--data", item)]
+    return run_deploy(tmp_path, *args, inventory=inventory)
+
+
+def activation_of(run) -> dict:
+    return run.host(HOST)["apps"]["hello"]
+
+
+def under_load(web1, steps):
+    """Run steps (each a callable) under load; return the load's result."""
+    with Load(web1) as load:
+        for step in steps:
+            step()
+    return load.result
+
+
+def assert_no_failed_request(result):
+    assert result["failed"] == 0, json.dumps(result, indent=1)
+    assert result["by_mode"]["keepalive"]["requests"] > 0 and result["by_mode"]["close"]["requests"] > 0
+
+
+@pytest.mark.parametrize("kind", ["config", "code", "dependencies", "rollback"])
+def test_activation_under_load_fails_no_request(web1, inventory, variants, alternative_lock,
+                                                tmp_path, kind):
+    source = f"app_source={variants['code-a']}"
+    base = deploy(tmp_path, inventory, source)  # a known starting point, outside the load
+    assert base.returncode == 0, base.output[-3000:]
+    if kind == "rollback":  # two releases in the history to go back and forth between
+        second = deploy(tmp_path, inventory, f"app_source={variants['code-b']}")
+        assert second.returncode == 0, second.output[-3000:]
+
+    def step(round_no: int):
+        def run():
+            pid = master_pid(web1)
+            if kind == "config":
+                data = [source, f"keepalive={6 + round_no % 2}"]
+            elif kind == "code":
+                data = [f"app_source={variants['code-b' if round_no % 2 == 0 else 'code-a']}"]
+            elif kind == "dependencies":
+                lock = alternative_lock if round_no % 2 == 0 else "example/requirements.lock"
+                data = [source, f"app_lock={lock}"]
+            else:
+                data = ["rollback=1"]
+            run_ = deploy(tmp_path, inventory, *data)
+            assert run_.returncode == 0, run_.output[-3000:]
+            activation = activation_of(run_)
+            expected = {"config": "reload", "code": "reload", "dependencies": "restart",
+                        "rollback": "reload"}[kind]
+            assert activation["activation"] == expected
+            assert served_release(web1) == activation["release"]  # every worker on the new code
+            assert (master_pid(web1) == pid) == (expected == "reload")
+        return run
+
+    result = under_load(web1, [step(i) for i in range(ROUNDS)])
+    assert_no_failed_request(result)
+
+
+@pytest.mark.parametrize("broken, cause", [
+    ("import-error", "ModuleNotFoundError: No module named 'module_that_is_not_installed'"),
+    ("health-500", "the canary's health check failed"),
+])
+def test_a_broken_release_is_refused_at_preflight(web1, inventory, variants, tmp_path,
+                                                   broken, cause):
+    good = deploy(tmp_path, inventory, f"app_source={variants['code-a']}")
+    assert good.returncode == 0, good.output[-3000:]
+    pid, release = master_pid(web1), served_release(web1)
+    current = web1.check_output("readlink /srv/hello/current")
+    with Load(web1) as load:
+        refused = deploy(tmp_path, inventory, f"app_source={variants[broken]}")
+    assert refused.returncode != 0
+    assert cause in refused.output, refused.output[-3000:]
+    assert "preflight" in refused.output
+    assert web1.check_output("readlink /srv/hello/current") == current
+    assert (master_pid(web1), served_release(web1)) == (pid, release)  # never signalled
+    assert_no_failed_request(load.result)
+
+
+def test_two_concurrent_deploys_one_fails_fast_and_the_host_ends_on_one_release(
+        web1, inventory, variants, tmp_path):
+    base = deploy(tmp_path, inventory, f"app_source={variants['code-a']}")
+    assert base.returncode == 0, base.output[-3000:]
+    command = [str(Path(PROJECT_ROOT / ".venv" / "bin" / "pyinfra")), "-y", inventory, "deploy.py"]
+    procs = []
+    for n, variant in enumerate(["code-b", "code-a"]):
+        procs.append(subprocess.Popen(
+            command + ["--data", f"app_source={variants[variant]}"], cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "ASGI_FLEET_RECORD": str(tmp_path / f"c{n}.json")}))
+        time.sleep(1.5)
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 1], outputs
+    loser = outputs[codes.index(1)]
+    assert "another deploy is running on this host" in loser, loser[-3000:]
+    winner = json.loads((tmp_path / f"c{codes.index(0)}.json").read_text())
+    release = winner["hosts"][HOST]["apps"]["hello"]["release"]
+    assert web1.check_output("readlink /srv/hello/current") == f"releases/{release}"
+    assert served_release(web1) == release
+    assert web1.run("test -e /run/lock/asgi-fleet.deploy").rc != 0  # both gave the lock back
