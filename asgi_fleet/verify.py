@@ -31,13 +31,26 @@ JOURNAL_ALARMS = {
     "Perhaps out of memory?": "a worker was killed by a signal, often the OOM killer",
 }
 
-# Worker implementations recognised in a worker's Python stack, by module path.
+# Worker implementations an operator should recognise, by where their run() lives.
 KNOWN_WORKERS = {
-    "gunicorn/workers/sync.py": "gunicorn's sync worker",
-    "gunicorn/workers/gthread.py": "gunicorn's gthread worker",
-    "uvicorn/workers.py": "the deprecated uvicorn.workers.UvicornWorker",
-    "uvicorn_worker/": "uvicorn_worker.UvicornWorker",
+    "/gunicorn/workers/sync.py": "gunicorn's sync worker",
+    "/gunicorn/workers/gthread.py": "gunicorn's gthread worker",
+    "/uvicorn/workers.py": "the deprecated uvicorn.workers.UvicornWorker",
 }
+
+# In `py-spy dump --locals`: the worker's run() frame and the class of its self.
+_RUN_FRAME = re.compile(r"^\s*(\w+)\.run \(([^)]*)\)\n\s*Arguments:\n\s*self: <(\w+) at 0x", re.M)
+
+
+def running_worker(dump: str) -> tuple[str, str, str] | None:
+    """(class defining run(), its file, the worker's own class) from a py-spy dump.
+
+    The stack is printed innermost first, so the worker's run() is the last
+    run() frame above gunicorn's Worker.init_process, which called it.
+    """
+    above_init = dump.split("Worker.init_process (", 1)[0]
+    matches = _RUN_FRAME.findall(above_init)
+    return matches[-1] if matches else None
 
 
 def module_file_patterns(dotted_class: str) -> tuple[str, str]:
@@ -47,16 +60,35 @@ def module_file_patterns(dotted_class: str) -> tuple[str, str]:
 
 
 def worker_in_stack(dump: str, worker_class: str) -> bool:
-    """Whether a py-spy dump shows code of the configured worker class's module."""
-    return any(pattern in dump for pattern in module_file_patterns(worker_class))
+    """Whether a live worker's stack shows an instance of the configured class.
+
+    The worker's class name comes from its run() frame's `self`. When that
+    class defines run() itself, the frame's file must also be the configured
+    module (uvicorn_worker.UvicornWorker and the deprecated
+    uvicorn.workers.UvicornWorker share a name); a subclass that inherits
+    run() (asgi_fleet_worker.DrainingUvicornWorker) is known by its name.
+    """
+    found = running_worker(dump)
+    if not found:
+        return False
+    defining, path, instance = found
+    wanted = worker_class.rsplit(".", 1)[1]
+    if instance != wanted:
+        return False
+    return defining != wanted or any(p in path for p in module_file_patterns(worker_class))
 
 
 def recognised_worker(dump: str) -> str:
     """The worker implementation a stack shows, for an operator to read."""
+    found = running_worker(dump)
+    if not found:
+        return "an unrecognised worker"
+    defining, path, instance = found
     for fragment, name in KNOWN_WORKERS.items():
-        if f"/{fragment}" in dump:
+        if fragment in path and defining == instance:
             return name
-    return "an unrecognised worker"
+    module = path.rsplit("/site-packages/", 1)[-1].rsplit(":", 1)[0]
+    return f"{instance} (run() from {module})"
 
 
 def fast_stack(maps: str) -> dict[str, bool]:
@@ -142,7 +174,7 @@ class AppProbe:
     @cached_property
     def stacks(self) -> dict[int, str]:
         """Each worker's Python stack (py-spy; it pauses the worker for a moment)."""
-        return {w.pid: self.run(f"{PY_SPY} dump --full-filenames --pid {w.pid} 2>&1")
+        return {w.pid: self.run(f"{PY_SPY} dump --locals --full-filenames --pid {w.pid} 2>&1")
                 for w in self.workers}
 
     @cached_property

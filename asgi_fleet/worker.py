@@ -2,7 +2,7 @@
 
 asgi-fleet copies this file, as a single module, into each host's virtualenv
 (``site-packages/asgi_fleet_worker.py``) and configures
-``worker_class = "asgi_fleet_worker.UvicornWorker"``. It imports only the
+``worker_class = "asgi_fleet_worker.DrainingUvicornWorker"``. It imports only the
 standard library, gunicorn, uvicorn and uvicorn_worker.
 
 What goes wrong in the stock worker
@@ -70,7 +70,7 @@ from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 from uvicorn.server import Server
 
-__all__ = ["DrainingServer", "UvicornH11Worker", "UvicornWorker", "draining_protocol"]
+__all__ = ["DrainingServer", "DrainingUvicornH11Worker", "DrainingUvicornWorker", "draining_protocol"]
 
 # Set on uvicorn's shared ServerState once shutdown has begun.
 _DRAINING = "asgi_fleet_draining"
@@ -163,7 +163,7 @@ class DrainingServer(Server):
         await super().shutdown(sockets=sockets)
 
 
-class UvicornWorker(uvicorn_worker.UvicornWorker):
+class DrainingUvicornWorker(uvicorn_worker.UvicornWorker):
     """uvicorn_worker.UvicornWorker that serves, on shutdown, every connection
     it already accepted (see the module docstring)."""
 
@@ -189,5 +189,5 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
-class UvicornH11Worker(UvicornWorker):
+class DrainingUvicornH11Worker(DrainingUvicornWorker):
     CONFIG_KWARGS = {"loop": "asyncio", "http": "h11"}

@@ -40,7 +40,7 @@ from pathlib import Path
 
 WORKERS = {
     "stock": "uvicorn_worker.UvicornWorker",
-    "fixed": "asgi_fleet_worker.UvicornWorker",
+    "fixed": "asgi_fleet_worker.DrainingUvicornWorker",
 }
 WORKER_FILE = Path(__file__).resolve().parent.parent / "asgi_fleet" / "worker.py"
 

@@ -14,7 +14,11 @@ apps = None  # several apps on a host: a list of per-app overrides, e.g. [{"app_
 # --- Serving -----------------------------------------------------------------
 bind = "0.0.0.0:8000"  # held by systemd's APP.socket, so a restart queues instead of refusing
 backlog = 2048  # listen backlog: room for the connections that wait during a restart
-worker_class = "uvicorn_worker.UvicornWorker"  # not uvicorn.workers.UvicornWorker: deprecated
+# asgi-fleet's subclass of uvicorn_worker.UvicornWorker (installed into every
+# virtualenv): on reload or restart it serves every connection it already
+# accepted instead of dropping it (bench/notes-reload.md). The stock class is
+# "uvicorn_worker.UvicornWorker"; never "uvicorn.workers.UvicornWorker" (deprecated).
+worker_class = "asgi_fleet_worker.DrainingUvicornWorker"
 workers = None  # None: sized per host by worker_policy; an integer forces that count
 # "cores": one worker per usable CPU. A Uvicorn worker is one event loop that
 # saturates one core; gunicorn's ASGI docs say nproc and benchmarks of

@@ -36,7 +36,7 @@ BREAKS = {
         {"workers_run_the_configured_worker_class", "workers_run_uvloop_and_httptools",
          "health_endpoint_answers_through_the_bind"},
         "asgi-web1/hello: 2 of 2 workers run gunicorn's sync worker, but an ASGI app needs "
-        "uvicorn_worker.UvicornWorker; set worker_class and redeploy",
+        "asgi_fleet_worker.DrainingUvicornWorker; set worker_class and redeploy",
         "deploy",
     ),
     "no-fast-stack": (

@@ -41,7 +41,7 @@ def test_gunicorn_conf_is_a_valid_gunicorn_config(app, tmp_path):
         if not key.startswith("__"):
             config.set(key, value)  # raises for a name gunicorn does not know
     assert config.workers == 3
-    assert config.worker_class_str == "uvicorn_worker.UvicornWorker"
+    assert config.worker_class_str == "asgi_fleet_worker.DrainingUvicornWorker"
     assert config.chdir == f"{tmp_path}/hello/current"  # the link, re-resolved on every HUP
     assert config.preload_app is False
     assert config.control_socket == "/run/hello/gunicorn.ctl"

@@ -6,26 +6,32 @@ from asgi_fleet.verify import (
     fast_stack, journal_alarms, module_file_patterns, recognised_worker, seconds, worker_in_stack,
 )
 
-UVICORN_WORKER_STACK = """\
-Process 2201: gunicorn: worker [hello]
+SITE = "/srv/hello/venvs/39443187d4c5/lib/python3.11/site-packages"
+
+
+def stack(defining, path, instance):
+    """A worker's stack as `py-spy dump --locals --full-filenames` prints it."""
+    return f"""\
+Process 12364: gunicorn: worker [hello]
 Python v3.11.2 (/usr/bin/python3.11)
 
-Thread 2201 (idle): "MainThread"
-    run (/srv/hello/venvs/39443187d4c5/lib/python3.11/site-packages/uvicorn/server.py:67)
-    run (/usr/lib/python3.11/asyncio/runners.py:118)
-    run (/srv/hello/venvs/39443187d4c5/lib/python3.11/site-packages/uvicorn_worker/_workers.py:122)
-    init_process (/srv/hello/venvs/39443187d4c5/lib/python3.11/site-packages/gunicorn/workers/base.py:150)
+Thread 12364 (idle): "MainThread"
+    Runner.run (/usr/lib/python3.11/asyncio/runners.py:118)
+        Arguments:
+            self: <Runner at 0x7f4f35182390>
+    {defining}.run ({SITE}/{path}:126)
+        Arguments:
+            self: <{instance} at 0x7f4f34eb6290>
+    Worker.init_process ({SITE}/gunicorn/workers/base.py:146)
+        Arguments:
+            self: <cell at 0x7f4f34e8e260>
 """
 
-SYNC_STACK = """\
-Thread 2301 (idle): "MainThread"
-    wait (/srv/hello/venvs/x/lib/python3.11/site-packages/gunicorn/workers/sync.py:37)
-    run_for_one (/srv/hello/venvs/x/lib/python3.11/site-packages/gunicorn/workers/sync.py:79)
-"""
 
-DEPRECATED_STACK = """\
-    run (/srv/hello/venvs/x/lib/python3.11/site-packages/uvicorn/workers.py:106)
-"""
+UVICORN_WORKER_STACK = stack("UvicornWorker", "uvicorn_worker/_workers.py", "UvicornWorker")
+DRAINING_STACK = stack("UvicornWorker", "uvicorn_worker/_workers.py", "DrainingUvicornWorker")
+SYNC_STACK = stack("SyncWorker", "gunicorn/workers/sync.py", "SyncWorker")
+DEPRECATED_STACK = stack("UvicornWorker", "uvicorn/workers.py", "UvicornWorker")
 
 MAPS_FAST = """\
 7f1c1e000000-7f1c1e0a0000 r--p 00000000 fd:01 1 /srv/hello/venvs/x/lib/python3.11/site-packages/uvloop/loop.cpython-311-x86_64-linux-gnu.so
@@ -38,21 +44,29 @@ def test_module_file_patterns():
     assert module_file_patterns("uvicorn.workers.UvicornWorker") == ("/uvicorn/workers.py", "/uvicorn/workers/")
 
 
-def test_the_configured_worker_is_found_in_its_stack():
-    assert worker_in_stack(UVICORN_WORKER_STACK, "uvicorn_worker.UvicornWorker")
-    assert not worker_in_stack(SYNC_STACK, "uvicorn_worker.UvicornWorker")
-    assert not worker_in_stack(DEPRECATED_STACK, "uvicorn_worker.UvicornWorker")
-    assert worker_in_stack(DEPRECATED_STACK, "uvicorn.workers.UvicornWorker")
+@pytest.mark.parametrize("dump, configured, runs_it", [
+    (UVICORN_WORKER_STACK, "uvicorn_worker.UvicornWorker", True),
+    (DRAINING_STACK, "asgi_fleet_worker.DrainingUvicornWorker", True),
+    (DRAINING_STACK, "uvicorn_worker.UvicornWorker", False),
+    (UVICORN_WORKER_STACK, "asgi_fleet_worker.DrainingUvicornWorker", False),
+    (SYNC_STACK, "asgi_fleet_worker.DrainingUvicornWorker", False),
+    (DEPRECATED_STACK, "uvicorn_worker.UvicornWorker", False),  # same class name, other module
+    (DEPRECATED_STACK, "uvicorn.workers.UvicornWorker", True),
+    ("Error: no such process", "uvicorn_worker.UvicornWorker", False),
+])
+def test_the_configured_worker_is_found_in_the_live_stack(dump, configured, runs_it):
+    assert worker_in_stack(dump, configured) is runs_it
 
 
-@pytest.mark.parametrize("stack, name", [
-    (UVICORN_WORKER_STACK, "uvicorn_worker.UvicornWorker"),
+@pytest.mark.parametrize("dump, name", [
+    (UVICORN_WORKER_STACK, "UvicornWorker (run() from uvicorn_worker/_workers.py)"),
+    (DRAINING_STACK, "DrainingUvicornWorker (run() from uvicorn_worker/_workers.py)"),
     (SYNC_STACK, "gunicorn's sync worker"),
     (DEPRECATED_STACK, "the deprecated uvicorn.workers.UvicornWorker"),
     ("nothing useful", "an unrecognised worker"),
 ])
-def test_recognised_worker(stack, name):
-    assert recognised_worker(stack) == name
+def test_recognised_worker(dump, name):
+    assert recognised_worker(dump) == name
 
 
 def test_fast_stack_reads_the_extensions_in_memory_maps():

@@ -28,9 +28,9 @@ WORKER_PY = Path(fleet_worker.__file__)
 
 
 def test_subclasses_the_uvicorn_worker_package():
-    assert issubclass(fleet_worker.UvicornWorker, uvicorn_worker.UvicornWorker)
-    assert issubclass(fleet_worker.UvicornH11Worker, fleet_worker.UvicornWorker)
-    assert fleet_worker.UvicornH11Worker.CONFIG_KWARGS["http"] == "h11"
+    assert issubclass(fleet_worker.DrainingUvicornWorker, uvicorn_worker.UvicornWorker)
+    assert issubclass(fleet_worker.DrainingUvicornH11Worker, fleet_worker.DrainingUvicornWorker)
+    assert fleet_worker.DrainingUvicornH11Worker.CONFIG_KWARGS["http"] == "h11"
 
 
 def test_module_is_self_contained():
@@ -56,7 +56,7 @@ def test_importable_under_its_host_name(tmp_path, monkeypatch):
 
     mod = importlib.import_module("asgi_fleet_worker")
     try:
-        assert issubclass(mod.UvicornWorker, uvicorn_worker.UvicornWorker)
+        assert issubclass(mod.DrainingUvicornWorker, uvicorn_worker.UvicornWorker)
     finally:
         import sys
 
@@ -87,7 +87,7 @@ def _make_worker(worker_class, **settings):
 
 @pytest.mark.parametrize(
     ("worker_class", "base"),
-    [(fleet_worker.UvicornWorker, HttpToolsProtocol), (fleet_worker.UvicornH11Worker, H11Protocol)],
+    [(fleet_worker.DrainingUvicornWorker, HttpToolsProtocol), (fleet_worker.DrainingUvicornH11Worker, H11Protocol)],
 )
 def test_worker_config_uses_draining_protocol(worker_class, base):
     w = _make_worker(worker_class, keepalive=7)
@@ -100,8 +100,8 @@ def test_worker_config_uses_draining_protocol(worker_class, base):
 
 
 def test_worker_bounds_the_drain_by_graceful_timeout():
-    assert _make_worker(fleet_worker.UvicornWorker, graceful_timeout=25).config.timeout_graceful_shutdown == 24
-    assert _make_worker(fleet_worker.UvicornWorker, graceful_timeout=1).config.timeout_graceful_shutdown == 0.5
+    assert _make_worker(fleet_worker.DrainingUvicornWorker, graceful_timeout=25).config.timeout_graceful_shutdown == 24
+    assert _make_worker(fleet_worker.DrainingUvicornWorker, graceful_timeout=1).config.timeout_graceful_shutdown == 0.5
 
 
 # -- shutdown behaviour with a real server on loopback ------------------------
