@@ -181,8 +181,8 @@ def build_virtualenv(
         f"{q(python)} -m venv {q(venv)}",
         " ".join(q(p) for p in pip),
         f"{q(venv + '/bin/pip')} check",
-        *[f"mv {q(f'{venv}.{name}.py')} $(echo {q(venv)}/lib/python3*/site-packages)/{name}.py"
-          for name in modules],
+        *[f"install -m 644 {q(f'{venv}.{name}.py')} $(echo {q(venv)}/lib/python3*/site-packages)/{name}.py"
+          f" && rm {q(f'{venv}.{name}.py')}" for name in modules],
         f"{{ sha256sum {q(lock)} | cut -c1-64; {installed_dists_digest(venv)}; }}"
         f" > {q(venv + '/' + VENV_MARKER)}",
     ])

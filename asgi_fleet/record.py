@@ -67,6 +67,10 @@ class RunRecord(BaseStateCallback):
         self.write()
 
     def operation_host_error(self, state, host, op_hash, retry_count=0, max_retries=0):
+        entry = self.host(host.name)
+        entry["status"] = "failed"
+        entry["failed_op"] = sorted(state.get_op_meta(op_hash).names)[0]
+        self.write()
         # A failed host runs no more operations: give its deploy lock back now.
         host.run_shell_command(commands.release_lock(self.run_id), _sudo=bool(host.data.get("_sudo")))
 

@@ -45,15 +45,16 @@ def release_files(app_dir: Path) -> list[Path]:
 
 
 def digest(app_dir: Path, lock_file: Path) -> str:
-    """sha256 over every release file (path and bytes) and the lock file."""
+    """sha256 over every release file (path and bytes) and the release's virtualenv."""
     sha = hashlib.sha256()
     for rel in release_files(app_dir):
         sha.update(str(rel).encode() + b"\0" + (app_dir / rel).read_bytes() + b"\0")
-    sha.update(b"lock\0" + lock_file.read_bytes())
+    sha.update(b"venv\0" + venv_id(lock_file).encode())
     return sha.hexdigest()
 
 
 def release_id(app_dir: Path, lock_file: Path) -> str:
+    """What will run: the app's files and the virtualenv (lock + worker module)."""
     return digest(app_dir, lock_file)[:12]
 
 

@@ -227,7 +227,7 @@ class AppProbe:
     # --- summaries for the table ---
     def summary(self) -> dict:
         stacks = self.stacks.values()
-        classes = sorted({recognised_worker(s) for s in stacks}) or ["-"]
+        classes = sorted({(running_worker(s) or ("", "", "?"))[2] for s in stacks}) or ["-"]
         fast = [fast_stack(m) for m in self.maps.values()]
         return {
             "release": self.current_release.rsplit("/", 1)[-1] or "-",
