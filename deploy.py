@@ -10,7 +10,7 @@ from pyinfra import host, state
 from asgi_fleet.facts import Releases
 from asgi_fleet.plan import plan_host
 from asgi_fleet.record import record_run
-from tasks.config import install_config, write_candidate_config
+from tasks.config import install_config, install_secrets, write_candidate_config
 from tasks.lock import give_back_deploy_lock, take_deploy_lock
 from tasks.preflight import install_preflight_script, preflight
 from tasks.python_env import install_verify_tools, install_virtualenv, package_index
@@ -35,10 +35,12 @@ install_preflight_script()
 for plan in plans:
     venv = install_virtualenv(plan, pip)
     ship_release(plan)
+    secrets = install_secrets(plan)
     write_candidate_config(plan)
     preflight(plan)  # a release that fails here never takes traffic
     config, env = install_config(plan)
     code = switch_current(plan)
-    run_service(plan, venv, config, env, code, run.app(plan))
+    changes = {"venv": venv, "secrets": secrets, "config": config, "env": env, "code": code}
+    run_service(plan, changes, run.app(plan))
     prune_releases(plan)
 give_back_deploy_lock(run)

@@ -23,7 +23,7 @@ NONE, START, RELOAD, RESTART, REBIND = "none", "start", "reload", "restart", "re
 # Files a deploy manages, by the mechanism a change to them needs.
 NEEDS_REBIND = {"socket_unit"}
 NEEDS_RESTART = {"service_unit", "env", "venv"}  # "venv": rebuilt in place
-NEEDS_RELOAD = {"config"}
+NEEDS_RELOAD = {"config", "secrets"}  # gunicorn.conf.py loads the secrets on every HUP
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,10 @@ class AppPaths:
         return f"{self.etc}/env"
 
     @property
+    def secrets_file(self) -> str:
+        return f"{self.etc}/secrets"
+
+    @property
     def runtime_dir(self) -> str:
         return f"/run/{self.app}"
 
@@ -310,3 +314,9 @@ def release_lock(run_id: str) -> str:
     """Remove the deploy lock if this run holds it."""
     return (f"[ \"$(cut -d' ' -f1 {DEPLOY_LOCK} 2>/dev/null)\" = {q(run_id)} ]"
             f" && rm -f {DEPLOY_LOCK}; true")
+
+
+def file_state(path: str) -> str:
+    """One line: sha256, owner, group and octal mode of a file (empty if missing)."""
+    return (f"[ -f {q(path)} ] && echo \"$(sha256sum < {q(path)} | cut -c1-64)"
+            f" $(stat -c '%U %G %a' {q(path)})\" || true")

@@ -79,3 +79,13 @@ class Releases(FactBase):
 
     def process(self, output):
         return parse_releases_state("\n".join(output))
+
+
+class FileState(FactBase):
+    """"SHA256 OWNER GROUP MODE" of a file, or "" when it does not exist."""
+
+    def command(self, path):
+        return commands.file_state(path)
+
+    def process(self, output):
+        return output[0].strip() if output else ""

@@ -4,16 +4,17 @@ the commands needed to reach it, so that an unchanged re-run changes nothing.
 
 from __future__ import annotations
 
+import io
 from typing import Callable
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.files import Directory
 
-from asgi_fleet import commands
+from asgi_fleet import commands, secrets
 from asgi_fleet.activation import ACTIVATION_COMMANDS, NONE, activation_kind
 from asgi_fleet.facts import (
-    FileContent, FilesDigest, HealthStatus, Releases, RunningMasterFact, VenvState,
+    FileContent, FilesDigest, FileState, HealthStatus, Releases, RunningMasterFact, VenvState,
 )
 from asgi_fleet.release import releases_to_prune, venvs_to_prune
 
@@ -181,6 +182,28 @@ def activate(paths: commands.AppPaths, venv: str, release_dir: str, workers: int
         host.noop(f"{paths.service} already runs release {release_dir} with {venv}")
         return
     yield ACTIVATION_COMMANDS[kind].format(service=paths.service, socket=paths.socket)
+
+
+@operation()
+def secret_file(path: str, content: bytes, group: str):
+    """
+    Write a file of secrets (root:GROUP, 0640) without ever showing its content.
+
+    The change check compares digests, so no diff of the content is possible;
+    the content travels as an upload, never on a command line.
+
+    + path: where the secrets land
+    + content: the file's bytes (a secrets.Redacted)
+    + group: the app's group, which may read them
+    """
+    want = f"{secrets.digest(content)} root {group} 640"
+    if host.get_fact(FileState, path=path) == want:
+        host.noop(f"{path} is up to date")
+        return
+    upload = f"{path}.upload"
+    yield FileUploadCommand(io.BytesIO(content), upload)
+    yield (f"install -m 640 -o root -g {commands.q(group)} {commands.q(upload)} {commands.q(path)}"
+           f" && rm -f {commands.q(upload)}")
 
 
 @operation()

@@ -15,6 +15,7 @@ from typing import Any
 from asgi_fleet import release
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.release import ReleasesState, previous_release
+from asgi_fleet.secrets import secrets_file
 from asgi_fleet.settings import PROJECT_ROOT, InvalidSettings, app_settings
 
 BUILD_DIR = PROJECT_ROOT / ".asgi-fleet" / "build"
@@ -29,6 +30,7 @@ class AppPlan:
     lock_file: Path
     lock_sha256: str
     tarball: Path
+    secrets: bytes = b""  # the content of /etc/APP/secrets (a secrets.Redacted)
     rollback: bool = False  # go back to a release already on the host; ship nothing
 
     def rolled_back(self, state: ReleasesState, where: str) -> AppPlan:
@@ -77,6 +79,7 @@ def plan_app(app: dict[str, Any], where: str = "") -> AppPlan:
         lock_file=lock_file,
         lock_sha256=hashlib.sha256(lock_file.read_bytes()).hexdigest(),
         tarball=tarball,
+        secrets=secrets_file(app["app_secrets"]),
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from pyinfra.api.exceptions import PyinfraError
 
+from asgi_fleet.secrets import source_problems
 from asgi_fleet.sizing import WORKER_POLICIES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +164,18 @@ def forwarded_ips(value) -> str | None:
     return None
 
 
+def networks(value) -> str | None:
+    allowed = "must be None or a list of IP networks, e.g. ['10.0.0.0/8']"
+    if not isinstance(value, (list, tuple)):
+        return allowed
+    try:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+    except (TypeError, ValueError):
+        return allowed
+    return None
+
+
 @dataclass(frozen=True)
 class Rule:
     check: Check
@@ -176,6 +189,7 @@ RULES: dict[str, Rule] = {
     "app_module": Rule(matches(APP_MODULE_RE, "main:app")),
     "app_lock": Rule(local_file()),
     "app_env": Rule(environment),
+    "app_secrets": Rule(lambda v: "; ".join(source_problems(v)) or None),
     "apps": Rule(lambda v: None if v is None else _apps_shape(v), per_app=False),
     # serving
     "bind": Rule(bind_address),
@@ -192,6 +206,11 @@ RULES: dict[str, Rule] = {
     "max_requests_jitter": Rule(integer(0, 10_000_000)),
     "forwarded_allow_ips": Rule(forwarded_ips),
     "log_level": Rule(one_of("debug", "info", "warning", "error", "critical")),
+    # sandbox
+    "unit_read_write_paths": Rule(lambda v: string_list(v) or (
+        None if all(p.startswith("/") for p in v) else "must be absolute paths")),
+    "unit_ip_address_allow": Rule(lambda v: None if v is None else networks(v)),
+    "unit_memory_deny_write_execute": Rule(one_of(False, True)),
     # health gate
     "health_path": Rule(matches(re.compile(r"^/\S*$"), "/healthz")),
     "health_deadline": Rule(integer(1, 600)),

@@ -224,6 +224,13 @@ class AppProbe:
             f"since=$(date -d \"$(systemctl show -p ExecMainStartTimestamp --value {service})\" +%s)"
             f" && journalctl -u {service} --since @$since --no-pager -o cat")
 
+    @cached_property
+    def exposure(self) -> float | None:
+        """The unit's overall exposure level in `systemd-analyze security`."""
+        out = self.run(f"systemd-analyze security --no-pager {shlex.quote(self.paths.service)}")
+        match = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+        return float(match.group(1)) if match else None
+
     # --- summaries for the table ---
     def summary(self) -> dict:
         stacks = self.stacks.values()
@@ -236,4 +243,5 @@ class AppProbe:
             "loop": "uvloop" if fast and all(f["uvloop"] for f in fast) else "asyncio",
             "http parser": "httptools" if fast and all(f["httptools"] for f in fast) else "h11",
             "health": self.health["status"],
+            "exposure": self.exposure if self.exposure is not None else "-",
         }

@@ -9,6 +9,10 @@ app_source = "example"  # the app's directory on the controller, shipped as a re
 app_module = "app:app"  # the ASGI callable, "module:attribute" (a factory: "module:create_app()")
 app_lock = "example/requirements.lock"  # hash-locked requirements: server stack + the app's own
 app_env = {}  # environment for the app (systemd EnvironmentFile /etc/APP/env)
+# Secrets: where each value comes from on the controller, never the value itself:
+# {"API_TOKEN": "env:SHOP_API_TOKEN", "DB_PASSWORD": "file:~/.secrets/shop-db"}.
+# They land in /etc/APP/secrets (root:APP 0640) and reach the app's environment.
+app_secrets = {}
 apps = None  # several apps on a host: a list of per-app overrides, e.g. [{"app_name": "shop", "bind": "0.0.0.0:8001"}]
 
 # --- Serving -----------------------------------------------------------------
@@ -34,6 +38,12 @@ max_requests = 10000  # recycle a worker after this many requests (0: never), ag
 max_requests_jitter = 1000  # spread recycling so workers do not restart together
 forwarded_allow_ips = "127.0.0.1"  # proxies trusted for X-Forwarded-* ("*" behind a unix socket)
 log_level = "info"  # gunicorn's log level; logs go to journald
+
+# --- Sandbox (the unit scores <= 1.5 in `systemd-analyze security` by default) ---
+unit_read_write_paths = []  # more paths the app may write (its runtime and state dirs always)
+unit_ip_address_allow = None  # None: any egress; a list of networks restricts it, e.g. ["10.0.0.0/8"]
+# MemoryDenyWriteExecute breaks cffi callbacks and some JITs, so it is opt-in.
+unit_memory_deny_write_execute = False
 
 # --- Health gate -------------------------------------------------------------
 health_path = "/healthz"  # GET through the real socket after every start or reload; 200 = healthy

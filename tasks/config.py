@@ -9,6 +9,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
+from asgi_fleet import operations
 from asgi_fleet.facts import HostResourcesFact
 from asgi_fleet.sizing import worker_count
 from tasks import template
@@ -45,6 +46,13 @@ def write_candidate_config(plan):
     paths = plan.paths
     files.directory(name=f"{paths.etc}/", path=paths.etc, user="root", group=paths.app, mode="750")
     _render(plan, CANDIDATE)
+
+
+@deploy("Secrets")
+def install_secrets(plan):
+    """Returns the op: a change is a reload (gunicorn.conf.py re-reads them)."""
+    return operations.secret_file(name=plan.paths.secrets_file, path=plan.paths.secrets_file,
+                                  content=plan.secrets, group=plan.paths.app)
 
 
 @deploy("Configuration")

@@ -11,7 +11,8 @@ UNIT_DIR = "/etc/systemd/system"
 
 
 @deploy("Service")
-def run_service(plan, venv_op, config_op, env_op, code_op, record):
+def run_service(plan, changes, record):
+    """`changes`: {kind: the op that manages it} for the kinds activation.py knows."""
     paths = plan.paths
     socket_unit = files.template(
         name=f"{UNIT_DIR}/{paths.socket}", src=template("app.socket.j2"),
@@ -30,8 +31,7 @@ def run_service(plan, venv_op, config_op, env_op, code_op, record):
     systemd.service(name=f"{paths.service} enabled", service=paths.service, enabled=True)
 
     def changed_files():
-        ops = {"socket_unit": socket_unit, "service_unit": service_unit,
-               "env": env_op, "config": config_op, "code": code_op, "venv": venv_op}
+        ops = {"socket_unit": socket_unit, "service_unit": service_unit, **changes}
         return {kind for kind, op in ops.items() if op is not None and changed(op)}
 
     workers = worker_plan(plan.app).count

@@ -31,13 +31,14 @@ class Run:
                 for name, host in self.record["hosts"].items()}
 
 
-def run_deploy(tmp_path: Path, *args: str, inventory: str = INVENTORY, timeout: int = 1500) -> Run:
+def run_deploy(tmp_path: Path, *args: str, inventory: str = INVENTORY, timeout: int = 1500,
+               env: dict[str, str] | None = None) -> Run:
     """`pyinfra -y INVENTORY deploy.py ARGS`, with the run's own record."""
     record = tmp_path / f"record-{len(list(tmp_path.glob('record-*')))}.json"
     result = subprocess.run(
         [PYINFRA, "-y", inventory, "deploy.py", *args], cwd=PROJECT_ROOT, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-        env=os.environ | {"ASGI_FLEET_RECORD": str(record)},
+        env=os.environ | (env or {}) | {"ASGI_FLEET_RECORD": str(record)},
     )
     data = json.loads(record.read_text()) if record.exists() else {"hosts": {}}
     return Run(result.returncode, result.stdout, data)

@@ -38,7 +38,7 @@ def test_gunicorn_conf_is_a_valid_gunicorn_config(app, tmp_path):
     exec(compile(conf.read_text(), str(conf), "exec"), namespace)
     config = Config()
     for key, value in namespace.items():
-        if not key.startswith("__"):
+        if not key.startswith("_"):  # gunicorn skips private helpers, as here
             config.set(key, value)  # raises for a name gunicorn does not know
     assert config.workers == 3
     assert config.worker_class_str == "asgi_fleet_worker.DrainingUvicornWorker"
@@ -80,3 +80,32 @@ def test_env_file_quotes_values(app):
     app = app | {"app_env": {"GREETING": 'say "hi"', "A": "1"}}
     text = render("app.env.j2", app=app, paths=AppPaths("hello"))
     assert text.splitlines()[1:] == ['A="1"', 'GREETING="say \\"hi\\""']
+
+
+def test_secrets_are_loaded_into_the_environment_not_into_gunicorn_settings(app, tmp_path, monkeypatch):
+    paths = AppPaths("hello", str(tmp_path))
+    text = render("gunicorn.conf.py.j2", app=app, paths=paths, worker_plan=WorkerPlan(1, "x"))
+    (tmp_path / "secrets").write_text("API_TOKEN=s3cr=t\n")
+    text = text.replace(paths.secrets_file, str(tmp_path / "secrets"))
+    monkeypatch.delenv("API_TOKEN", raising=False)
+    namespace = {}
+    exec(compile(text, "gunicorn.conf.py", "exec"), namespace)
+    import os
+    assert os.environ["API_TOKEN"] == "s3cr=t"
+    assert "raw_env" not in namespace  # gunicorn logs its settings at debug level
+
+
+def test_the_default_unit_scores_at_most_1_5_in_systemd_analyze_security(app, tmp_path):
+    """The exposure score systemd itself computes, offline, on the rendered unit."""
+    import re
+    import shutil
+    import subprocess
+
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed here (the fleet tests check the hosts)")
+    unit_file = tmp_path / "hello.service"
+    unit_file.write_text(render("app.service.j2", app=app, paths=AppPaths("hello")))
+    out = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit_file)],
+                         capture_output=True, text=True).stdout
+    score = float(re.search(r"Overall exposure level for hello.service: ([\d.]+)", out).group(1))
+    assert score <= 1.5, out

@@ -51,14 +51,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _connections:
         return
     columns = ["host", "app", "release", "workers", "worker class", "loop", "http parser",
-               "health"]
+               "health", "exposure"]
     rows = []
     for host, app in targets(path):
         connection = _connections.get(host.name)
         if connection is None:
             continue
         if isinstance(connection, Exception):
-            rows.append([short(host.name), app["app_name"], "UNREACHABLE"] + ["-"] * 5)
+            rows.append([short(host.name), app["app_name"], "UNREACHABLE"] + ["-"] * 6)
             continue
         probe = _probes.get((host.name, app["app_name"]))
         if probe:

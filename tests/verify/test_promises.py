@@ -135,3 +135,49 @@ def test_journal_since_the_master_started_has_no_alarms(probe: AppProbe):
     assert not found, f"{probe.label}: the journal since the master started says:\n" + "\n".join(
         f"  {alarm!r} ({JOURNAL_ALARMS[alarm]}), e.g. {lines[0][:160]}"
         for alarm, lines in found.items())
+
+
+EXPOSURE_THRESHOLD = 1.5  # systemd-analyze security: 0 is locked down, 10 is exposed
+
+
+def test_unit_is_sandboxed(probe: AppProbe):
+    score = probe.exposure
+    assert score is not None, f"{probe.label}: `systemd-analyze security` gave no score"
+    assert score <= EXPOSURE_THRESHOLD, (
+        f"{probe.label}: {probe.paths.service} scores {score} in `systemd-analyze security` "
+        f"(want <= {EXPOSURE_THRESHOLD}); the unit lost its sandbox directives: redeploy, or "
+        "look for a drop-in that loosens it (`systemctl cat`)")
+
+
+def test_code_config_and_secrets_are_root_owned_and_not_writable_by_the_app(probe: AppProbe):
+    app, paths = probe.paths.app, probe.paths
+    release = probe.current_release
+    expected = {  # path: (owner, group, mode)
+        release: ("root", "root", "755"),
+        probe.run(f"readlink -f {release}/.venv").strip(): ("root", "root", "755"),
+        paths.etc: ("root", app, "750"),
+        paths.gunicorn_conf: ("root", app, "640"),
+        paths.env_file: ("root", app, "640"),
+        paths.secrets_file: ("root", app, "640"),
+    }
+    for path, (owner, group, mode) in expected.items():
+        seen = probe.run(f"stat -c '%U %G %a' {path}").split()
+        assert seen == [owner, group, mode], (
+            f"{probe.label}: {path} is {' '.join(seen) or 'missing'}, want {owner} {group} {mode}; "
+            "something changed it after the deploy: redeploy")
+        writable = probe.host.run(f"runuser -u {app} -- test -w {path}").rc == 0
+        assert not writable, f"{probe.label}: the app user {app} can write {path}; redeploy"
+
+
+def test_sockets_are_reachable_only_by_root_the_app_and_its_group(probe: AppProbe):
+    app, paths = probe.paths.app, probe.paths
+    control = probe.run(f"stat -c '%U %a' {paths.control_socket}").split()
+    assert control == [app, "600"], (
+        f"{probe.label}: the control socket {paths.control_socket} is {' '.join(control) or 'missing'}"
+        f", want {app} 600: anyone who can open it controls the workers")
+    bind = probe.app["bind"]
+    if bind.startswith("unix:"):
+        seen = probe.run(f"stat -c '%U %G %a' {bind[5:]}").split()
+        assert seen == ["root", app, "660"], (
+            f"{probe.label}: {bind[5:]} is {' '.join(seen)}, want root {app} 660 (a reverse proxy "
+            f"joins group {app})")

@@ -1,0 +1,66 @@
+"""Issue 7: a sandboxed unit, least privilege, and secrets that never leak."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import uuid
+
+from asgi_fleet.settings import PROJECT_ROOT
+from e2e_helpers import Target, fleet_hosts, infra_of, run_deploy, run_verify
+
+HOST = "@docker/asgi-web2"
+
+
+def test_the_unit_scores_at_most_1_5_and_still_runs_the_fast_stack(deployed, target: Target):
+    host = infra_of(target.host)
+    out = host.check_output(f"systemd-analyze security --no-pager {target.plan.paths.service}")
+    score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))
+    assert score <= 1.5, out[-2000:]
+    # sandboxed, it still serves through uvloop + httptools (the verify suite checks the maps)
+    assert host.run(f"curl -sf {'127.0.0.1:' + target.plan.app['bind'].rsplit(':', 1)[1]}/healthz").rc == 0
+
+
+def test_the_app_user_cannot_write_its_code_virtualenv_or_config(deployed, target: Target):
+    host, plan = infra_of(target.host), target.plan
+    for path in (plan.release_dir, f"{plan.release_dir}/app.py", plan.venv_dir,
+                 f"{plan.venv_dir}/bin/python3", plan.paths.etc, plan.paths.gunicorn_conf,
+                 plan.paths.secrets_file):
+        attempt = host.run(f"runuser -u {plan.paths.app} -- sh -c "
+                           f"'touch {path}/.probe 2>/dev/null || touch {path} 2>/dev/null'")
+        host.run(f"rm -f {path}/.probe")
+        assert attempt.rc != 0, f"{plan.paths.app} could write {path}"
+
+
+def test_a_secret_reaches_the_app_and_never_shows(deployed, tmp_path):
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    inventory = tmp_path / "web2.py"
+    inventory.write_text(textwrap.dedent(f"""
+        app = [("{HOST}", {{"app_secrets": {{"API_TOKEN": "env:ASGI_FLEET_TEST_SECRET"}}}})]
+    """))
+    [web2] = [h for h in fleet_hosts() if h.name == HOST]
+    host = infra_of(web2)
+    pid = host.check_output("systemctl show -p MainPID --value hello.service")
+    try:
+        run = run_deploy(tmp_path, "-vvv", inventory=str(inventory),
+                         env={"ASGI_FLEET_TEST_SECRET": secret})
+        assert run.returncode == 0, run.output[-3000:]
+        assert secret not in run.output  # stdout and stderr, at pyinfra's most verbose
+        debug_log = PROJECT_ROOT / "pyinfra-debug.log"
+        assert not debug_log.exists() or secret not in debug_log.read_text()
+        assert run.host(HOST)["apps"]["hello"]["activation"] == "reload"  # only a secret changed
+        assert host.check_output("systemctl show -p MainPID --value hello.service") == pid
+        # root:hello 0640, and the app's workers have it in their environment
+        assert host.check_output("stat -c '%U %G %a' /etc/hello/secrets") == "root hello 640"
+        workers = host.check_output(f"cat /proc/{pid}/task/*/children").split()
+        for worker in workers:
+            environ = host.check_output(f"tr '\\0' '\\n' < /proc/{worker}/environ")
+            assert f"API_TOKEN={secret}" in environ.splitlines()
+        assert secret not in host.check_output("journalctl --no-pager -o cat")
+        verify = run_verify(tmp_path, inventory=str(inventory))
+        assert verify.returncode == 0, verify.output[-3000:]
+        assert secret not in verify.output
+    finally:
+        restored = run_deploy(tmp_path, "--limit", HOST)  # back to no secrets
+        assert restored.returncode == 0, restored.output[-3000:]
+    assert host.check_output("cat /etc/hello/secrets") == ""
