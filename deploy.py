@@ -35,8 +35,8 @@ install_preflight_script()
 for plan in plans:
     venv = install_virtualenv(plan, pip)
     ship_release(plan)
-    secrets = install_secrets(plan)
     write_candidate_config(plan)
+    secrets = install_secrets(plan)
     preflight(plan)  # a release that fails here never takes traffic
     config, env = install_config(plan)
     code = switch_current(plan)

@@ -44,6 +44,10 @@ class AppPaths:
         return f"{self.etc}/gunicorn.conf.py"
 
     @property
+    def candidates(self) -> str:  # the next config, checked by preflight before it is installed
+        return f"{self.etc}/next"
+
+    @property
     def env_file(self) -> str:
         return f"{self.etc}/env"
 
@@ -258,11 +262,11 @@ def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_clas
     unit = f"{paths.app}-preflight"
     sock = f"/run/{unit}/canary.sock"
     gunicorn = q(f"{release_dir}/.venv/bin/gunicorn")
-    as_app = run_as_app(paths, release_dir, f"{paths.env_file}.next")
+    as_app = run_as_app(paths, release_dir, f"{paths.candidates}/env")
     canary = (
         f"systemd-run --quiet --collect --unit={unit} -p User={paths.app} -p Group={paths.app}"
-        f" -p EnvironmentFile={q(paths.env_file + '.next')} -p WorkingDirectory={q(release_dir)}"
-        f" -p RuntimeDirectory={unit} {gunicorn} -c {q(paths.gunicorn_conf + '.next')}"
+        f" -p EnvironmentFile={q(paths.candidates + '/env')} -p WorkingDirectory={q(release_dir)}"
+        f" -p RuntimeDirectory={unit} {gunicorn} -c {q(paths.candidates + '/gunicorn.conf.py')}"
         f" --chdir {q(release_dir)} --workers 1 --bind unix:{sock} --control-socket /run/{unit}/ctl"
         f" --worker-tmp-dir /run/{unit} {q(app_module)}"
     )
@@ -270,7 +274,7 @@ def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_clas
                         label="preflight: the canary's health check")
     return f"""
 {as_app} {q(release_dir + '/.venv/bin/python')} {q(script)} {q(app_module)} {q(worker_class)} || exit 1
-{as_app} {gunicorn} --check-config -c {q(paths.gunicorn_conf + '.next')} --chdir {q(release_dir)} {q(app_module)} \\
+{as_app} {gunicorn} --check-config -c {q(paths.candidates + '/gunicorn.conf.py')} --chdir {q(release_dir)} {q(app_module)} \\
     || {{ echo "preflight failed: gunicorn --check-config refused the candidate config" >&2; exit 1; }}
 systemctl stop {unit}.service 2>/dev/null; systemctl reset-failed {unit}.service 2>/dev/null
 {canary} || exit 1

@@ -1,8 +1,9 @@
 """gunicorn.conf.py and the app's environment file, sized for this host.
 
-Both are written twice: first as candidates (NAME.next), which preflight
-checks with the new release, then in place once preflight passed. A bad
-config never reaches the file the running master re-reads on HUP.
+Both are written twice: first as candidates in /etc/APP/next/ (chdir on the
+new release itself), which preflight checks with that release, then in place
+once preflight passed. A bad config never reaches the file the running master
+re-reads on HUP.
 """
 
 from pyinfra import host
@@ -14,7 +15,6 @@ from asgi_fleet.facts import HostResourcesFact
 from asgi_fleet.sizing import worker_count
 from tasks import template
 
-CANDIDATE = ".next"
 
 
 def worker_plan(app):
@@ -26,17 +26,16 @@ def worker_plan(app):
     )
 
 
-def _render(plan, suffix: str):
+def _render(plan, etc: str, chdir: str):
     paths = plan.paths
     config = files.template(
-        name=f"{paths.gunicorn_conf}{suffix}", src=template("gunicorn.conf.py.j2"),
-        dest=f"{paths.gunicorn_conf}{suffix}", user="root", group=paths.app, mode="640",
-        app=plan.app, paths=paths, worker_plan=worker_plan(plan.app),
+        name=f"{etc}/gunicorn.conf.py", src=template("gunicorn.conf.py.j2"),
+        dest=f"{etc}/gunicorn.conf.py", user="root", group=paths.app, mode="640",
+        app=plan.app, paths=paths, chdir=chdir, worker_plan=worker_plan(plan.app),
     )
     env = files.template(
-        name=f"{paths.env_file}{suffix}", src=template("app.env.j2"),
-        dest=f"{paths.env_file}{suffix}", user="root", group=paths.app, mode="640",
-        app=plan.app, paths=paths,
+        name=f"{etc}/env", src=template("app.env.j2"), dest=f"{etc}/env",
+        user="root", group=paths.app, mode="640", app=plan.app, paths=paths,
     )
     return config, env
 
@@ -44,8 +43,9 @@ def _render(plan, suffix: str):
 @deploy("Candidate configuration")
 def write_candidate_config(plan):
     paths = plan.paths
-    files.directory(name=f"{paths.etc}/", path=paths.etc, user="root", group=paths.app, mode="750")
-    _render(plan, CANDIDATE)
+    for path in (paths.etc, paths.candidates):
+        files.directory(name=f"{path}/", path=path, user="root", group=paths.app, mode="750")
+    _render(plan, paths.candidates, chdir=plan.release_dir)
 
 
 @deploy("Secrets")
@@ -58,4 +58,4 @@ def install_secrets(plan):
 @deploy("Configuration")
 def install_config(plan):
     """Returns the ops whose change needs a reload (config) and a restart (env)."""
-    return _render(plan, "")
+    return _render(plan, plan.paths.etc, chdir=plan.paths.current)

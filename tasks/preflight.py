@@ -5,7 +5,6 @@ from pyinfra.operations import files
 
 from asgi_fleet import operations
 from asgi_fleet.settings import PROJECT_ROOT
-from tasks.config import CANDIDATE
 
 PREFLIGHT_SCRIPT = "/opt/asgi-fleet/preflight.py"
 
@@ -24,5 +23,5 @@ def preflight(plan):
         paths=paths, release_dir=plan.release_dir, app_module=app["app_module"],
         worker_class=app["worker_class"], health_path=app["health_path"],
         deadline=app["health_deadline"], script=PREFLIGHT_SCRIPT,
-        candidates=(paths.gunicorn_conf + CANDIDATE, paths.env_file + CANDIDATE),
+        candidates=(f"{paths.candidates}/gunicorn.conf.py", f"{paths.candidates}/env"),
     )

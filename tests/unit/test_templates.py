@@ -32,7 +32,7 @@ def test_gunicorn_conf_is_a_valid_gunicorn_config(app, tmp_path):
     paths = AppPaths("hello", str(tmp_path))
     (tmp_path / "hello" / "current").mkdir(parents=True)  # gunicorn checks chdir exists
     conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text(render("gunicorn.conf.py.j2", app=app, paths=paths,
+    conf.write_text(render("gunicorn.conf.py.j2", app=app, paths=paths, chdir=paths.current,
                            worker_plan=WorkerPlan(3, "cores on 3 usable CPUs")))
     namespace = {}
     exec(compile(conf.read_text(), str(conf), "exec"), namespace)
@@ -84,7 +84,7 @@ def test_env_file_quotes_values(app):
 
 def test_secrets_are_loaded_into_the_environment_not_into_gunicorn_settings(app, tmp_path, monkeypatch):
     paths = AppPaths("hello", str(tmp_path))
-    text = render("gunicorn.conf.py.j2", app=app, paths=paths, worker_plan=WorkerPlan(1, "x"))
+    text = render("gunicorn.conf.py.j2", app=app, paths=paths, chdir="/", worker_plan=WorkerPlan(1, "x"))
     (tmp_path / "secrets").write_text("API_TOKEN=s3cr=t\n")
     text = text.replace(paths.secrets_file, str(tmp_path / "secrets"))
     monkeypatch.delenv("API_TOKEN", raising=False)
