@@ -5,6 +5,7 @@ id to REVISION in the release directory, which is the worker's cwd), so a
 health check can tell old code from new.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -24,6 +25,13 @@ async def healthz() -> dict:
 @app.get("/")
 async def index() -> dict:
     return {"hello": "world", "release": RELEASE}
+
+
+@app.get("/secret-fingerprint")
+async def secret_fingerprint() -> dict:
+    """Shows the app can read its API_TOKEN secret, without showing it."""
+    token = os.environ.get("API_TOKEN")
+    return {"api_token_sha256": hashlib.sha256(token.encode()).hexdigest() if token else None}
 
 
 class Item(BaseModel):
