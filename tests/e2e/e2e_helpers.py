@@ -81,7 +81,8 @@ class VerifyRun:
     passed: int
 
 
-def run_verify(tmp_path: Path, inventory: str = INVENTORY) -> VerifyRun:
+def run_verify(tmp_path: Path, inventory: str = INVENTORY,
+               env: dict[str, str] | None = None) -> VerifyRun:
     """Run the verification suite as an operator would, and read its JUnit report."""
     import xml.etree.ElementTree as ET
 
@@ -90,6 +91,7 @@ def run_verify(tmp_path: Path, inventory: str = INVENTORY) -> VerifyRun:
         [sys.executable, "-m", "pytest", "tests/verify", "--inventory", inventory, "-q",
          "-p", "no:cacheprovider", f"--junitxml={report}"],
         cwd=PROJECT_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
+        env=os.environ | (env or {}),
     )
     failures, passed = {}, 0
     for case in ET.parse(report).iter("testcase"):

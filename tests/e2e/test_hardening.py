@@ -60,7 +60,9 @@ def test_a_secret_reaches_the_app_and_never_shows(deployed, tmp_path):
             answer = json.loads(host.check_output("curl -sf 127.0.0.1:8000/secret-fingerprint"))
             assert answer["api_token_sha256"] == want
         assert secret not in host.check_output("journalctl --no-pager -o cat")
-        verify = run_verify(tmp_path, inventory=str(inventory))
+        # the verification reads the same settings, so it resolves the same sources
+        verify = run_verify(tmp_path, inventory=str(inventory),
+                            env={"ASGI_FLEET_TEST_SECRET": secret})
         assert verify.returncode == 0, verify.output[-3000:]
         assert secret not in verify.output
     finally:
