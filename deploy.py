@@ -7,7 +7,7 @@
 
 from pyinfra import host, state
 
-from asgi_fleet.facts import Releases
+from asgi_fleet.facts import HostResourcesFact, Releases
 from asgi_fleet.plan import plan_host
 from asgi_fleet.record import record_run
 from tasks.config import install_config, install_secrets, write_candidate_config
@@ -19,8 +19,10 @@ from tasks.service import run_service
 from tasks.system import prepare_host
 
 # Validates every setting (raising before any host is changed) and works out
-# each app's release, virtualenv and paths.
-plans = plan_host(host.data.dict(), where=host.name)
+# each app's release, virtualenv, paths and, from this host's CPUs and memory,
+# its worker count (the same decision the verification suite recomputes).
+resources = host.get_fact(HostResourcesFact)
+plans = [plan.sized(resources) for plan in plan_host(host.data.dict(), where=host.name)]
 if host.data.get("rollback"):
     plans = [plan.rolled_back(host.get_fact(Releases, paths=plan.paths), f"{host.name}/{plan.paths.app}")
              for plan in plans]

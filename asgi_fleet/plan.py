@@ -16,6 +16,7 @@ from asgi_fleet import release
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.release import ReleasesState, previous_release
 from asgi_fleet.secrets import secrets_file
+from asgi_fleet.sizing import HostResources, WorkerPlan, app_worker_plan
 from asgi_fleet.settings import PROJECT_ROOT, InvalidSettings, app_settings
 
 BUILD_DIR = PROJECT_ROOT / ".asgi-fleet" / "build"
@@ -32,6 +33,11 @@ class AppPlan:
     tarball: Path
     secrets: bytes = b""  # the content of /etc/APP/secrets (a secrets.Redacted)
     rollback: bool = False  # go back to a release already on the host; ship nothing
+    workers: WorkerPlan | None = None  # set by sized(), from the host's own resources
+
+    def sized(self, resources: HostResources) -> AppPlan:
+        """This app's plan with its worker count for a host's CPUs and memory."""
+        return replace(self, workers=app_worker_plan(resources, self.app))
 
     def rolled_back(self, state: ReleasesState, where: str) -> AppPlan:
         """This app's plan for a rollback: the release that ran before `current`."""

@@ -148,3 +148,10 @@ def worker_count(
             f"{worker_memory_mb} MB per worker)",
         )
     return WorkerPlan(by_cpu, f"{policy} on {cpus} usable CPUs")
+
+
+def app_worker_plan(resources: HostResources, app: dict) -> WorkerPlan:
+    """worker_count with an app's settings: what the deploy writes and verify expects."""
+    return worker_count(resources, policy=app["worker_policy"],
+                        worker_memory_mb=app["worker_memory_mb"],
+                        memory_reserve_mb=app["memory_reserve_mb"], override=app["workers"])

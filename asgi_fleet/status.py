@@ -17,7 +17,7 @@ from asgi_fleet import commands
 from asgi_fleet.activation import parse_running_master
 from asgi_fleet.inventory import InventoryHost, load_inventory
 from asgi_fleet.plan import AppPlan, plan_host
-from asgi_fleet.sizing import RESOURCES_PROBE, parse_resources, worker_count
+from asgi_fleet.sizing import RESOURCES_PROBE, app_worker_plan, parse_resources
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,7 @@ class AppObservation:
 
 def expected_workers(testinfra_host, app: dict) -> int:
     resources = parse_resources(testinfra_host.check_output(RESOURCES_PROBE))
-    return worker_count(resources, policy=app["worker_policy"],
-                        worker_memory_mb=app["worker_memory_mb"],
-                        memory_reserve_mb=app["memory_reserve_mb"], override=app["workers"]).count
+    return app_worker_plan(resources, app).count
 
 
 def observe_app(host: InventoryHost, testinfra_host, plan: AppPlan) -> AppObservation:

@@ -18,7 +18,7 @@ from functools import cached_property
 
 from asgi_fleet import commands
 from asgi_fleet.activation import parse_running_master
-from asgi_fleet.sizing import RESOURCES_PROBE, parse_resources, worker_count
+from asgi_fleet.sizing import RESOURCES_PROBE, app_worker_plan, parse_resources
 
 PY_SPY = "/opt/asgi-fleet/verify-tools/bin/py-spy"
 
@@ -166,10 +166,7 @@ class AppProbe:
     @cached_property
     def expected_workers(self) -> int:
         resources = parse_resources(self.host.check_output(RESOURCES_PROBE))
-        return worker_count(resources, policy=self.app["worker_policy"],
-                            worker_memory_mb=self.app["worker_memory_mb"],
-                            memory_reserve_mb=self.app["memory_reserve_mb"],
-                            override=self.app["workers"]).count
+        return app_worker_plan(resources, self.app).count
 
     @cached_property
     def stacks(self) -> dict[int, str]:

@@ -6,24 +6,11 @@ once preflight passed. A bad config never reaches the file the running master
 re-reads on HUP.
 """
 
-from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from asgi_fleet import operations
-from asgi_fleet.facts import HostResourcesFact
-from asgi_fleet.sizing import worker_count
 from tasks import template
-
-
-
-def worker_plan(app):
-    """The same decision the verification suite recomputes for this host."""
-    return worker_count(
-        host.get_fact(HostResourcesFact),
-        policy=app["worker_policy"], worker_memory_mb=app["worker_memory_mb"],
-        memory_reserve_mb=app["memory_reserve_mb"], override=app["workers"],
-    )
 
 
 def _render(plan, etc: str, chdir: str):
@@ -31,7 +18,7 @@ def _render(plan, etc: str, chdir: str):
     config = files.template(
         name=f"{etc}/gunicorn.conf.py", src=template("gunicorn.conf.py.j2"),
         dest=f"{etc}/gunicorn.conf.py", user="root", group=paths.app, mode="640",
-        app=plan.app, paths=paths, chdir=chdir, worker_plan=worker_plan(plan.app),
+        app=plan.app, paths=paths, chdir=chdir, worker_plan=plan.workers,
     )
     env = files.template(
         name=f"{etc}/env", src=template("app.env.j2"), dest=f"{etc}/env",

@@ -5,7 +5,6 @@ from pyinfra.operations import files, systemd
 
 from asgi_fleet import operations
 from tasks import changed, template
-from tasks.config import worker_plan
 
 UNIT_DIR = "/etc/systemd/system"
 
@@ -34,7 +33,7 @@ def run_service(plan, changes, record):
         ops = {"socket_unit": socket_unit, "service_unit": service_unit, **changes}
         return {kind for kind, op in ops.items() if op is not None and changed(op)}
 
-    workers = worker_plan(plan.app).count
+    workers = plan.workers.count
     activation = operations.activate(
         name=f"Activate {paths.service}", paths=paths, venv=plan.venv_dir,
         release_dir=plan.release_dir, workers=workers, changed=changed_files, record=record,

@@ -91,3 +91,13 @@ def test_memory_cap_never_goes_below_one_worker():
 def test_override_wins():
     plan = worker_count(resources(cpus=1, memory_mb=100), override=6)
     assert plan.count == 6 and "explicitly" in plan.reason
+
+
+def test_app_worker_plan_reads_every_sizing_setting():
+    from asgi_fleet.sizing import app_worker_plan
+
+    app = {"worker_policy": "2*cores+1", "worker_memory_mb": 100, "memory_reserve_mb": 0,
+           "workers": None}
+    assert app_worker_plan(resources(cpus=2, memory_mb=8192), app).count == 5
+    assert app_worker_plan(resources(cpus=2, memory_mb=300), app).count == 3
+    assert app_worker_plan(resources(cpus=2), app | {"workers": 7}).count == 7
