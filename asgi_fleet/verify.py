@@ -143,16 +143,19 @@ class AppProbe:
         return dict(line.partition("=")[::2] for line in out.splitlines())
 
     @cached_property
+    def _master_report(self) -> str:
+        return self.run(commands.running_master(self.paths.service))
+
+    @cached_property
     def master(self):
-        return parse_running_master(self.run(commands.running_master(self.paths.service)))
+        return parse_running_master(self._master_report)
 
     @cached_property
     def workers(self) -> list[Worker]:
         if not self.master:
             return []
-        out = self.run(commands.running_master(self.paths.service))
         return [Worker(int(pid), cwd) for pid, _, cwd in
-                (line.split(" ", 1)[1].partition(" ") for line in out.splitlines()
+                (line.split(" ", 1)[1].partition(" ") for line in self._master_report.splitlines()
                  if line.startswith("worker "))]
 
     @cached_property
@@ -228,6 +231,12 @@ class AppProbe:
         match = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
         return float(match.group(1)) if match else None
 
+    def serves(self, release_dir: str) -> bool:
+        """Healthy, with the expected number of workers, all on release_dir, as the app user."""
+        return (self.health["status"] == "200" and len(self.workers) == self.expected_workers
+                and {w.cwd for w in self.workers} == {release_dir}
+                and set(self.worker_users) == {self.paths.app})
+
     # --- summaries for the table ---
     def summary(self) -> dict:
         stacks = self.stacks.values()
@@ -242,3 +251,10 @@ class AppProbe:
             "health": self.health["status"],
             "exposure": self.exposure if self.exposure is not None else "-",
         }
+
+
+def format_table(rows: list[list]) -> list[str]:
+    """Rows of cells as aligned lines (the first row is the header)."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+            for row in rows]

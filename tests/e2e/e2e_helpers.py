@@ -12,6 +12,7 @@ from pathlib import Path
 from asgi_fleet.inventory import InventoryHost, load_inventory
 from asgi_fleet.plan import AppPlan, plan_host
 from asgi_fleet.settings import PROJECT_ROOT
+from asgi_fleet.verify import AppProbe
 
 INVENTORY = "inventories/docker.py"
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -111,3 +112,8 @@ def wait_until(host, condition: str, timeout: float = 60) -> None:
     result = host.run(f"for i in $(seq {int(timeout * 2)}); do ({condition}) && exit 0; "
                       "sleep 0.5; done; exit 1")
     assert result.rc == 0, f"timed out after {timeout}s waiting for: {condition}"
+
+
+def probe_of(target: Target):
+    """The verification suite's probe of one app, for reading its live state."""
+    return AppProbe(target.id, infra_of(target.host), target.plan.app, target.plan.paths)

@@ -6,8 +6,8 @@ import json
 import textwrap
 
 from asgi_fleet import commands
-from asgi_fleet.status import expected_workers, observe_app
-from e2e_helpers import Target, fleet_hosts, infra_of, run_deploy
+from asgi_fleet.plan import plan_host
+from e2e_helpers import Target, fleet_hosts, fleet_targets, infra_of, probe_of, run_deploy
 
 
 def test_units_are_enabled_active_and_the_socket_listens(deployed, target: Target):
@@ -27,10 +27,9 @@ def test_units_are_enabled_active_and_the_socket_listens(deployed, target: Targe
 
 
 def test_one_master_and_the_sized_number_of_workers_run_as_the_app_user(deployed, target: Target):
-    host = infra_of(target.host)
-    seen = observe_app(target.host, host, target.plan)
-    assert seen.workers_running == seen.workers_expected > 0
-    assert set(seen.worker_users) == {target.plan.paths.app}
+    host, probe = infra_of(target.host), probe_of(target)
+    assert len(probe.workers) == probe.expected_workers > 0
+    assert set(probe.worker_users) == {target.plan.paths.app}
     master = host.check_output(
         f"ps -o user=,args= -p $(systemctl show -p MainPID --value {target.plan.paths.service})")
     assert master.split()[0] == target.plan.paths.app
@@ -38,8 +37,8 @@ def test_one_master_and_the_sized_number_of_workers_run_as_the_app_user(deployed
 
 
 def test_every_worker_runs_the_deployed_release(deployed, target: Target):
-    seen = observe_app(target.host, infra_of(target.host), target.plan)
-    assert seen.releases_running == (target.plan.release_id,)
+    releases = {w.cwd.rsplit("/", 1)[-1] for w in probe_of(target).workers}
+    assert sorted(releases) == [target.plan.release_id]
 
 
 def test_health_endpoint_answers_200_through_the_socket(deployed, target: Target):
@@ -60,28 +59,22 @@ def test_code_and_virtualenv_belong_to_root(deployed, target: Target):
 
 
 def test_worker_count_follows_each_hosts_usable_cpus(deployed):
-    counts = {h.name.removeprefix("@docker/"): expected_workers(infra_of(h), plan_app(h))
-              for h in fleet_hosts()}
+    counts = {t.host.name.removeprefix("@docker/"): probe_of(t).expected_workers
+              for t in fleet_targets() if t.plan.paths.app == "hello"}
     assert counts["asgi-web1"] == 2  # two CPUs, no limits
     assert counts["asgi-web2"] == 1  # --cpuset-cpus=0
     assert counts["asgi-web4"] == 1  # --cpus=1: a cgroup quota
 
 
-def plan_app(host):
-    from asgi_fleet.settings import app_settings
-    return app_settings(host.data, host.name)[0]
-
-
 def test_two_apps_coexist_on_one_host(deployed):
     [host] = [h for h in fleet_hosts() if len(h.data.get("apps") or []) >= 2]
-    from asgi_fleet.plan import plan_host
     plans = plan_host(host.data, host.name)
     infra = infra_of(host)
     users, roots, masters = set(), set(), set()
     for plan in plans:
-        seen = observe_app(host, infra, plan)
-        assert seen.ok, seen
-        users.add(seen.worker_users[0])
+        probe = probe_of(Target(host, plan))
+        assert probe.serves(plan.release_dir), probe.summary()
+        users.add(probe.worker_users[0])
         roots.add(plan.paths.root)
         masters.add(infra.check_output(f"systemctl show -p MainPID --value {plan.paths.service}"))
     assert len(users) == len(roots) == len(masters) == len(plans) == 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from asgi_fleet.commands import AppPaths
-from asgi_fleet.verify import AppProbe
+from asgi_fleet.verify import AppProbe, format_table
 from verify_session import _connections, _probes, connect, inventory_hosts, short, targets
 
 
@@ -63,7 +63,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         probe = _probes.get((host.name, app["app_name"]))
         if probe:
             rows.append([short(host.name), app["app_name"], *probe.summary().values()])
-    widths = [max(len(str(r[i])) for r in [columns, *rows]) for i in range(len(columns))]
     terminalreporter.section(f"asgi-fleet: {path}")
-    for row in [columns, *rows]:
-        terminalreporter.write_line("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    for line in format_table([columns, *rows]):
+        terminalreporter.write_line(line)
