@@ -147,11 +147,9 @@ async def _read_all(reader, timeout=5.0):
         return b"<reset>"
 
 
-async def _accepted_then_shutdown(server_class, protocol):
-    """Accept a connection, start shutdown, THEN send the request."""
-    server, task, port = await _start(server_class, protocol)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await _wait_for(lambda: len(server.server_state.connections) == 1)
+async def _request_after_shutdown(server, task, reader, writer):
+    """Start the server's shutdown, then send a request on an open connection;
+    return all the client reads until the server closes it."""
     server.should_exit = True
     await _wait_for(lambda: not server.servers[0].is_serving())
     await asyncio.sleep(0.2)  # past Server.shutdown()'s connection sweep
@@ -164,6 +162,14 @@ async def _accepted_then_shutdown(server_class, protocol):
     writer.close()
     await asyncio.wait_for(task, 10)
     return data
+
+
+async def _accepted_then_shutdown(server_class, protocol):
+    """Accept a connection, start shutdown, THEN send the request."""
+    server, task, port = await _start(server_class, protocol)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await _wait_for(lambda: len(server.server_state.connections) == 1)
+    return await _request_after_shutdown(server, task, reader, writer)
 
 
 @pytest.mark.parametrize("protocol", [HttpToolsProtocol, H11Protocol])
@@ -190,18 +196,7 @@ async def _idle_keepalive_then_shutdown(server_class, protocol):
     await writer.drain()
     first = await asyncio.wait_for(reader.readuntil(b"hello"), 5)
     assert b"200" in first and b"connection: close" not in first.lower()
-    server.should_exit = True
-    await _wait_for(lambda: not server.servers[0].is_serving())
-    await asyncio.sleep(0.2)
-    try:
-        writer.write(REQUEST)
-        await writer.drain()
-    except ConnectionError:
-        pass
-    data = await _read_all(reader)
-    writer.close()
-    await asyncio.wait_for(task, 10)
-    return data
+    return await _request_after_shutdown(server, task, reader, writer)
 
 
 @pytest.mark.parametrize("protocol", [HttpToolsProtocol, H11Protocol])
