@@ -3,6 +3,11 @@
     pyinfra inventories/docker.py deploy.py                   # the local test fleet
     pyinfra inventories/prod.py deploy.py                     # your servers, over SSH + sudo
     pyinfra inventories/prod.py deploy.py --data rollback=1   # back to the previous release
+
+Stage, then activate: the release is shipped, installed and preflighted on
+every host at once, with no change to traffic; then the hosts are activated
+batch by batch in inventory order, each drained at the load balancer (group
+`lb`) and health-gated, and rolled back if it fails.
 """
 
 from pyinfra import host, state
@@ -10,39 +15,51 @@ from pyinfra import host, state
 from asgi_fleet.facts import HostResourcesFact, Releases
 from asgi_fleet.plan import plan_host
 from asgi_fleet.record import record_run
-from tasks.config import install_config, install_secrets, write_candidate_config
+from tasks.config import stage_files
+from tasks.lb import load_balancer
 from tasks.lock import give_back_deploy_lock, take_deploy_lock
 from tasks.preflight import install_preflight_script, preflight
 from tasks.python_env import install_verify_tools, install_virtualenv, package_index
-from tasks.release import prune_releases, ship_release, switch_current
-from tasks.service import run_service
+from tasks.release import prune_releases, ship_release
+from tasks.rollout import activate_batch, is_lb, plan_fleet
+from tasks.service import plan_activation
 from tasks.system import prepare_host
 
-# Validates every setting (raising before any host is changed) and works out
-# each app's release, virtualenv, paths and, from this host's CPUs and memory,
-# its worker count (the same decision the verification suite recomputes).
-resources = host.get_fact(HostResourcesFact)
-plans = [plan.sized(resources) for plan in plan_host(host.data.dict(), where=host.name)]
+# Validates every setting (raising before any host is changed): the fleet's
+# batches and load balancer upstreams, and for this host each app's release,
+# virtualenv, paths and, from its CPUs and memory, its worker count.
+fleet = plan_fleet(state)
+plans = []
+if not is_lb(host):
+    resources = host.get_fact(HostResourcesFact)
+    plans = [plan.sized(resources) for plan in plan_host(host.data.dict(), where=host.name)]
 if host.data.get("rollback"):
     plans = [plan.rolled_back(host.get_fact(Releases, paths=plan.paths), f"{host.name}/{plan.paths.app}")
              for plan in plans]
-run = record_run(state, host)
-
+run = record_run(state, host, fleet)
 take_deploy_lock(run)
-settings = plans[0].app  # host-wide settings are the same in every app
-prepare_host(plans, settings)
-pip = package_index(settings)
-install_verify_tools(pip)
-install_preflight_script()
+
+# Stage: every host at once; nothing that serves traffic changes.
+venvs = []
+if is_lb(host):
+    load_balancer(fleet, host.data.get("apt_cache_time"))
+else:
+    settings = plans[0].app  # host-wide settings are the same in every app
+    prepare_host(plans, settings)
+    pip = package_index(settings)
+    install_verify_tools(pip)
+    install_preflight_script()
 for plan in plans:
-    venv = install_virtualenv(plan, pip)
+    venvs.append(install_virtualenv(plan, pip))
     ship_release(plan)
-    write_candidate_config(plan)
-    secrets = install_secrets(plan)
+    stage_files(plan)
     preflight(plan)  # a release that fails here never takes traffic
-    config, env = install_config(plan)
-    code = switch_current(plan)
-    changes = {"venv": venv, "secrets": secrets, "config": config, "env": env, "code": code}
-    run_service(plan, changes, run.app(plan))
+    plan_activation(plan, venvs[-1], run.app(plan))
+
+# Activate: batch by batch; a failed host is rolled back and stops the rollout.
+for number in host.loop(range(1, len(fleet.batches) + 1)):
+    activate_batch(state, fleet, number, plans, venvs, run)
+
+for plan in plans:
     prune_releases(plan)
 give_back_deploy_lock(run)

@@ -23,7 +23,8 @@ NONE, START, RELOAD, RESTART, REBIND = "none", "start", "reload", "restart", "re
 # Files a deploy manages, by the mechanism a change to them needs.
 NEEDS_REBIND = {"socket_unit"}
 NEEDS_RESTART = {"service_unit", "env", "venv"}  # "venv": rebuilt in place
-NEEDS_RELOAD = {"config", "secrets"}  # gunicorn.conf.py loads the secrets on every HUP
+NEEDS_RELOAD = {"config", "secrets"}
+NEEDS_UNIT_RELOAD = {"service_unit", "socket_unit"}  # systemd re-reads units on daemon-reload  # gunicorn.conf.py loads the secrets on every HUP
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,10 @@ def activation_kind(master: RunningMaster | None, *, venv: str, release_dir: str
     A HUP also restores the configured worker count (after a TTOU, say), so a
     master with the wrong number of workers gets one.
     """
-    if changed & NEEDS_REBIND:
-        return REBIND
     if master is None:
         return START
+    if changed & NEEDS_REBIND:
+        return REBIND
     if master.venv != venv or changed & NEEDS_RESTART:
         return RESTART
     stale_code = any(cwd != release_dir for cwd in master.worker_releases)
@@ -73,8 +74,18 @@ def activation_kind(master: RunningMaster | None, *, venv: str, release_dir: str
 
 
 ACTIVATION_COMMANDS = {
-    START: "systemctl start {service}",
+    START: "systemctl restart {socket} && systemctl start {service}",
     RELOAD: "systemctl reload {service}",
     RESTART: "systemctl restart {service}",
     REBIND: "systemctl stop {service} && systemctl restart {socket} && systemctl start {service}",
+}
+
+# How a failed activation is undone once the previous files and release are
+# back. A reload's new workers may have taken the master down with them
+# ("worker failed to boot"), so its undo also starts a master that is gone.
+UNDO_COMMANDS = {
+    START: "systemctl stop {service}",
+    RELOAD: "systemctl reload-or-restart {service}",
+    RESTART: "systemctl restart {service}",
+    REBIND: ACTIVATION_COMMANDS[REBIND],
 }

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 q = shlex.quote
 
+UNIT_DIR = "/etc/systemd/system"
+
 
 @dataclass(frozen=True)
 class AppPaths:
@@ -75,6 +77,22 @@ class AppPaths:
     def socket(self) -> str:
         return f"{self.app}.socket"
 
+    @property
+    def previous_files(self) -> str:  # the live files an activation replaced, for its rollback
+        return f"{self.etc}/previous"
+
+    @property
+    def staged(self) -> dict[str, tuple[str, str]]:
+        """The files a deploy stages in `candidates` and installs when it activates:
+        {name (as activation.py calls them): (staged path, live path)}."""
+        return {
+            "config": (f"{self.candidates}/gunicorn.conf.py", self.gunicorn_conf),
+            "env": (f"{self.candidates}/env", self.env_file),
+            "secrets": (f"{self.candidates}/secrets", self.secrets_file),
+            "service_unit": (f"{self.candidates}/{self.service}", f"{UNIT_DIR}/{self.service}"),
+            "socket_unit": (f"{self.candidates}/{self.socket}", f"{UNIT_DIR}/{self.socket}"),
+        }
+
     def release(self, release_id: str) -> str:
         return f"{self.releases}/{release_id}"
 
@@ -119,8 +137,9 @@ def health_probe(bind: str, path: str) -> str:
 
 def wait_healthy(bind: str, path: str, deadline: int, service: str, journal_lines: int = 30,
                  label: str = "health gate", release_dir: str | None = None,
-                 workers: int | None = None) -> str:
-    """Poll until GET answers 200; past the deadline fail with the unit's journal.
+                 workers: int | None = None, consecutive: int = 1) -> str:
+    """Poll until GET answers 200 `consecutive` times in a row (0.5 s apart);
+    past the deadline fail with the unit's journal.
 
     With release_dir and workers, also wait until the unit's master has
     exactly that many workers, all running from release_dir: after a HUP the
@@ -134,6 +153,7 @@ def wait_healthy(bind: str, path: str, deadline: int, service: str, journal_line
     if release_dir is not None and workers is not None:
         on_release = "workers_on_release"
         why = f" and {workers} workers on {release_dir} (seen: $seen)"
+    in_a_row = f" {consecutive} times in a row" if consecutive > 1 else ""
     return f"""
 workers_on_release() {{
     pid=$(systemctl show -p MainPID --value {q(service)}); seen=0
@@ -142,14 +162,15 @@ workers_on_release() {{
     done
     [ "$seen" = {workers or 0} ] && [ "$(cat /proc/$pid/task/*/children | wc -w)" = {workers or 0} ]
 }}
-end=$(( $(date +%s) + {deadline} )); code=000; seen=0
+end=$(( $(date +%s) + {deadline} )); code=000; seen=0; healthy=0
 while :; do
     code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {args}) || true
-    [ "$code" = 200 ] && {on_release} && exit 0
+    if [ "$code" = 200 ] && {on_release}; then healthy=$((healthy + 1)); else healthy=0; fi
+    [ "$healthy" -ge {consecutive} ] && exit 0
     [ "$(date +%s)" -ge "$end" ] && break
     sleep 0.5
 done
-echo "{label} failed: want GET {url} to answer 200{why} within {deadline}s; it answered $code." >&2
+echo "{label} failed: want GET {url} to answer 200{in_a_row}{why} within {deadline}s; it answered $code." >&2
 echo "$(systemctl is-active {q(service)}) {q(service)}; last journal lines:" >&2
 journalctl -u {q(service)} -n {journal_lines} --no-pager -o cat >&2
 exit 1
@@ -244,7 +265,8 @@ def files_digest(*paths: str) -> str:
 def run_as_app(paths: AppPaths, release_dir: str, env_file: str) -> str:
     """Run a command the way the service runs: as the app user, with its environment."""
     return (f"systemd-run --quiet --collect --wait --pipe -p User={paths.app} -p Group={paths.app}"
-            f" -p EnvironmentFile={q(env_file)} -p WorkingDirectory={q(release_dir)}")
+            f" -p EnvironmentFile={q(env_file)} -p WorkingDirectory={q(release_dir)}"
+            f" -E ASGI_FLEET_PREFLIGHT_RELEASE={q(release_dir)}")
 
 
 def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_class: str,
@@ -266,7 +288,7 @@ def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_clas
     canary = (
         f"systemd-run --quiet --collect --unit={unit} -p User={paths.app} -p Group={paths.app}"
         f" -p EnvironmentFile={q(paths.candidates + '/env')} -p WorkingDirectory={q(release_dir)}"
-        f" -p RuntimeDirectory={unit} {gunicorn} -c {q(paths.candidates + '/gunicorn.conf.py')}"
+        f" -E ASGI_FLEET_PREFLIGHT_RELEASE={q(release_dir)} -p RuntimeDirectory={unit} {gunicorn} -c {q(paths.candidates + '/gunicorn.conf.py')}"
         f" --chdir {q(release_dir)} --workers 1 --bind unix:{sock} --control-socket /run/{unit}/ctl"
         f" --worker-tmp-dir /run/{unit} {q(app_module)}"
     )
@@ -283,6 +305,64 @@ systemctl stop {unit}.service 2>/dev/null
 [ "$healthy" = yes ] || exit 1
 echo {q(digest)} > {q(stamp)}
 """.strip()
+
+
+def staged_changes(paths: AppPaths) -> str:
+    """Print the name of each staged file that differs from the live one."""
+    return "; ".join(f"cmp -s {q(staged)} {q(live)} || echo {name}"
+                     for name, (staged, live) in paths.staged.items()) + "; true"
+
+
+def activate_release(paths: AppPaths, *, release_id: str, previous: str | None, command: str,
+                     undo: str, reload_units: bool, gate: str, back_gate: str) -> str:
+    """Install the staged files, point `current` at the release, activate, gate;
+    on a failed gate put everything back as it was and exit 1.
+
+    One script on the host, so a host never stays half-activated because the
+    controller moved on: the live files it replaces are kept in
+    /etc/APP/previous, and a failed gate restores them, points `current` back
+    at `previous`, applies that with `undo` and reports whether the old
+    release is healthy again.
+    """
+    install, restore = [], []
+    for name, (staged, live) in paths.staged.items():
+        backup = q(f"{paths.previous_files}/{name}")
+        install.append(f"if [ -e {q(live)} ]; then cp -p {q(live)} {backup}; fi")
+        install.append(f"cp -p {q(staged)} {q(live + '.new')} && mv -f {q(live + '.new')} {q(live)}")
+        restore.append(f"if [ -e {backup} ]; then cp -p {backup} {q(live)}; else rm -f {q(live)}; fi")
+    daemon_reload = "systemctl daemon-reload" if reload_units else "true"
+    switch_back = (switch_release(paths, previous) if previous and previous != release_id
+                   else "true")
+    went_back = f"releases/{previous}" if previous else "nothing (the first release: stopped)"
+    return f"""
+set -u
+rm -rf {q(paths.previous_files)} && mkdir -p {q(paths.previous_files)} || exit 1
+{chr(10).join(install)}
+{switch_release(paths, release_id) if previous != release_id else "true"} || exit 1
+{daemon_reload}
+systemctl enable --quiet {q(paths.socket)} {q(paths.service)} && systemctl start {q(paths.socket)} || exit 1
+if {command} && ( {gate} ); then exit 0; fi
+echo "rolling back {paths.app} to {went_back}" >&2
+{chr(10).join(restore)}
+{switch_back}
+{daemon_reload}
+{undo}
+if [ -z {q(previous or "")} ]; then exit 1; fi
+if ( {back_gate} ) 2>/dev/null; then
+    echo "rolled back: {paths.app} runs releases/{previous} again and answers 200" >&2
+else
+    echo "rollback FAILED: {paths.app} on releases/{previous} does not answer 200 either" >&2
+fi
+exit 1
+""".strip()
+
+
+def set_flags(flag_dir: str, present: list[str], absent: list[str]) -> str:
+    """Make the flag files `present` exist and `absent` not, in flag_dir."""
+    parts = [f"mkdir -p {q(flag_dir)}"]
+    parts += [f"touch {q(flag_dir + '/' + name)}" for name in present]
+    parts += [f"rm -f {q(flag_dir + '/' + name)}" for name in absent]
+    return " && ".join(parts)
 
 
 def releases_state(paths: AppPaths) -> str:

@@ -89,3 +89,27 @@ class FileState(FactBase):
 
     def process(self, output):
         return output[0].strip() if output else ""
+
+
+class StagedChanges(FactBase):
+    """The names of an app's staged files that differ from the live ones."""
+
+    default = set
+
+    def command(self, paths):
+        return commands.staged_changes(paths)
+
+    def process(self, output) -> set[str]:
+        return {line.strip() for line in output if line.strip()}
+
+
+class FlagFiles(FactBase):
+    """The names of the files in a directory (none when it does not exist)."""
+
+    default = set
+
+    def command(self, path):
+        return f"ls -1 {commands.q(path)} 2>/dev/null || true"
+
+    def process(self, output) -> set[str]:
+        return {line.strip() for line in output if line.strip()}

@@ -20,6 +20,11 @@ from asgi_fleet.settings import PROJECT_ROOT
 class InventoryHost:
     name: str  # the pyinfra host name, as the deploy prints it
     data: dict[str, Any]  # all its data: group_data/all.py < groups < host data
+    groups: tuple[str, ...] = ()  # its inventory groups
+
+    @property
+    def is_lb(self) -> bool:  # a load balancer (group `lb`), not an app host
+        return "lb" in self.groups
 
     @property
     def testinfra_spec(self) -> str:
@@ -48,8 +53,9 @@ class InventoryHost:
         )
 
 
-def load_inventory(path: str) -> list[InventoryHost]:
-    """The hosts of a pyinfra inventory file, in inventory order, with their data.
+def load_inventory(path: str, load_balancers: bool = False) -> list[InventoryHost]:
+    """The app hosts of a pyinfra inventory file (or its load balancers), in
+    inventory order, with their data.
 
     pyinfra's loader runs in a child process: importing pyinfra_cli
     monkey-patches the whole interpreter for gevent, which a test runner or a
@@ -59,7 +65,8 @@ def load_inventory(path: str) -> list[InventoryHost]:
         [sys.executable, "-m", "asgi_fleet.inventory", path], cwd=PROJECT_ROOT,
         check=True, text=True, stdout=subprocess.PIPE,
     ).stdout
-    return [InventoryHost(name, data) for name, data in json.loads(output)]
+    hosts = [InventoryHost(name, data, tuple(groups)) for name, data, groups in json.loads(output)]
+    return [h for h in hosts if h.is_lb == load_balancers]
 
 
 def _dump_inventory(path: str) -> str:
@@ -69,7 +76,8 @@ def _dump_inventory(path: str) -> str:
 
     with ctx_state.use(State()):  # pyinfra's loader expects a state in context
         inventory = make_inventory(path, cwd=str(PROJECT_ROOT))
-    return json.dumps([(host.name, host.data.dict()) for host in inventory], default=str)
+    return json.dumps([(host.name, host.data.dict(), sorted(host.groups)) for host in inventory],
+                      default=str)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.files import Directory
 
 from asgi_fleet import commands, secrets
-from asgi_fleet.activation import ACTIVATION_COMMANDS, NONE, activation_kind
+from asgi_fleet.activation import (
+    ACTIVATION_COMMANDS, NEEDS_UNIT_RELOAD, NONE, UNDO_COMMANDS, activation_kind,
+)
 from asgi_fleet.facts import (
-    FileContent, FilesDigest, FileState, HealthStatus, Releases, RunningMasterFact, VenvState,
+    FileContent, FilesDigest, FileState, FlagFiles, HealthStatus, Releases, RunningMasterFact,
+    StagedChanges, VenvState,
 )
 from asgi_fleet.release import releases_to_prune, venvs_to_prune
 
@@ -137,51 +140,107 @@ def deploy_lock(owner: str, run_id: str, acquire: bool):
     yield f"echo {commands.q(message)} >&2; exit 1"
 
 
-@operation()
-def health_gate(bind: str, path: str, deadline: int, service: str, release_dir: str,
-                workers: int, activated: Callable[[], bool] = lambda: False):
-    """
-    Fail unless GET `path` through the app's socket answers 200 within `deadline`.
-
-    + bind: the app's bind (HOST:PORT or unix:/path)
-    + path: the health endpoint
-    + deadline: seconds to wait for a 200
-    + service: the unit whose journal tail explains a failure
-    + release_dir, workers: the gate also waits for that many workers, all on that release
-    + activated: true (at execution) when this run started, restarted or
-      reloaded the service; then the gate always waits for fresh workers.
-      Otherwise a healthy service is left alone (no change), and an unhealthy
-      one fails the run instead of passing it silently.
-    """
-    executing = host.state.is_executing
-    if not (executing and activated()) and host.get_fact(HealthStatus, bind=bind, path=path) == "200":
-        host.noop(f"{service} answers 200 on {path}")
-        return
-    yield commands.wait_healthy(bind, path, deadline, service, release_dir=release_dir,
-                                workers=workers)
-
-
-@operation()
-def activate(paths: commands.AppPaths, venv: str, release_dir: str, workers: int,
-             changed: Callable[[], set[str]], record: dict):
-    """
-    Make the service run what was deployed, with the gentlest mechanism that applies it.
-
-    + paths: the app's paths (unit names)
-    + venv: the virtualenv the new release runs with
-    + release_dir: the release `current` points at
-    + workers: how many workers the master should have
-    + changed: which managed files changed in this run (see activation.py)
-    + record: receives the kind of activation, for the run's summary
-    """
+def planned_activation(plan, venv_changed: bool) -> tuple[str, str | None]:
+    """(the activation this host needs for `plan`, the release `current` points at now)."""
+    paths = plan.paths
     master = host.get_fact(RunningMasterFact, service=paths.service)
-    kind = activation_kind(master, venv=venv, release_dir=release_dir, workers=workers,
-                           changed=changed())
-    record["activation"] = kind
-    if kind == NONE:
-        host.noop(f"{paths.service} already runs release {release_dir} with {venv}")
+    changed = host.get_fact(StagedChanges, paths=paths) | ({"venv"} if venv_changed else set())
+    kind = activation_kind(master, venv=plan.venv_dir, release_dir=plan.release_dir,
+                           workers=plan.workers.count, changed=changed)
+    return kind, host.get_fact(Releases, paths=paths).current
+
+
+@operation()
+def plan_activation(plan, venv_changed: Callable[[], bool], record: dict):
+    """
+    Record what activating `plan` will take on this host (the load balancer
+    drains only hosts that will change). Reads the host, changes nothing.
+
+    + plan: the app's plan (asgi_fleet.plan.AppPlan)
+    + venv_changed: whether this run rebuilt the app's virtualenv
+    + record: receives the activation kind and the release running now
+    """
+    if host.state.is_executing:
+        kind, current = planned_activation(plan, venv_changed())
+        record.update(activation=kind, old_release=current)
+        host.noop(f"{plan.paths.app}: {kind} (now on {current})")
+    else:
+        host.noop(f"{plan.paths.app}: decided once the release is staged")
+    yield from ()  # an operation is a generator, even one that only reads
+
+
+def _gate(plan, release_dir: str | None = None, workers: int | None = None) -> str:
+    app = plan.app
+    return commands.wait_healthy(app["bind"], app["health_path"], app["health_deadline"],
+                                 plan.paths.service, release_dir=release_dir, workers=workers,
+                                 consecutive=app["health_consecutive"])
+
+
+@operation()
+def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | None],
+             record: dict):
+    """
+    Make the service run the staged release, with the gentlest mechanism that
+    applies it, and hold it to the health gate; roll back to what ran before
+    if it fails (commands.activate_release).
+
+    + plan: the app's plan (asgi_fleet.plan.AppPlan)
+    + venv_changed: whether this run rebuilt the app's virtualenv
+    + halted: why the rollout has stopped (None: go on), asked when this runs
+    + record: receives the activation kind and the releases, for the summary
+
+    A healthy service that needs nothing is left alone (no change); an
+    unhealthy one fails the run instead of passing it silently.
+    """
+    if not host.state.is_executing:
+        host.noop(f"{plan.paths.app}: decided when its batch comes")
         return
-    yield ACTIVATION_COMMANDS[kind].format(service=paths.service, socket=paths.socket)
+    reason = halted()
+    if reason:
+        record.update(activation=NONE, health="not activated: rollout stopped")
+        host.noop(f"rollout stopped ({reason}): {plan.paths.app} stays on its release")
+        return
+    paths, app = plan.paths, plan.app
+    kind, current = planned_activation(plan, venv_changed())
+    record.update(activation=kind, old_release=current)
+    if kind == NONE:
+        if host.get_fact(HealthStatus, bind=app["bind"], path=app["health_path"]) == "200":
+            record["health"] = "healthy"
+            host.noop(f"{paths.service} already runs release {plan.release_id}, healthy")
+            return
+        yield _gate(plan)
+        return
+    units = {"service": paths.service, "socket": paths.socket}
+    yield commands.activate_release(
+        paths, release_id=plan.release_id, previous=current,
+        command=ACTIVATION_COMMANDS[kind].format(**units), undo=UNDO_COMMANDS[kind].format(**units),
+        reload_units=bool(host.get_fact(StagedChanges, paths=paths) & NEEDS_UNIT_RELOAD),
+        gate=_gate(plan, plan.release_dir, plan.workers.count), back_gate=_gate(plan),
+    )
+
+
+@operation()
+def lb_rotation(flag_dir: str, drained: Callable[[], set[str]]):
+    """
+    Take app servers out of the load balancer's rotation, or put them back,
+    without reloading nginx: each drain is a flag file the nginx config tests
+    per request (templates/nginx-lb.conf.j2). A reload would drop requests on
+    idle keep-alive connections; a flag is seen by the next request, and
+    requests in flight finish where they are.
+
+    + flag_dir: where the flags live (/run: a reboot puts every server back); None
+      on a host that is not a load balancer
+    + drained: the flags that should exist, asked when this runs
+    """
+    if flag_dir is None:  # an app host: it takes part only to keep the batches in step
+        host.noop("not a load balancer")
+        return
+    want = drained() if host.state.is_executing else set()
+    have = host.get_fact(FlagFiles, path=flag_dir)
+    if want == have:
+        host.noop(f"in rotation: all but {sorted(want)}" if want else "every server in rotation")
+        return
+    yield commands.set_flags(flag_dir, sorted(want), sorted(have - want))
 
 
 @operation()

@@ -10,6 +10,7 @@ The file is .asgi-fleet/last-run.json, or $ASGI_FLEET_RECORD.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -18,9 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pyinfra import logger
 from pyinfra.api.state import BaseStateCallback
 
 from asgi_fleet import commands
+from asgi_fleet.rollout import SUMMARY_COLUMNS, summary_rows
 from asgi_fleet.settings import PROJECT_ROOT
 
 
@@ -32,6 +35,8 @@ class RunRecord(BaseStateCallback):
     def __init__(self, path: Path):
         self.path = path
         self.hosts: dict[str, dict[str, Any]] = {}
+        self.rollout: dict[str, Any] = {"batches": [], "halted": None}
+        self.steps: dict[tuple[str, str], dict[str, Any]] = {}  # (op name, host) -> app entry
         self.run_id = uuid.uuid4().hex[:12]
         self.lock_owner = f"{self.run_id} {socket.gethostname()} {os.getpid()} {int(time.time())}"
 
@@ -41,9 +46,46 @@ class RunRecord(BaseStateCallback):
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": self.run_id, "hosts": self.hosts}, indent=2,
-                                  sort_keys=True))
+        tmp.write_text(json.dumps({"run_id": self.run_id, "hosts": self.hosts,
+                                   "rollout": self.rollout}, indent=2, sort_keys=True))
         os.replace(tmp, self.path)
+
+    def summary(self) -> str:
+        """The table printed when the run ends: one row per host and app."""
+        from asgi_fleet.verify import format_table
+
+        rows = summary_rows(self.hosts)
+        lines = format_table([list(SUMMARY_COLUMNS), *rows]) if rows else []
+        if self.rollout["halted"]:
+            lines.append(f"rollout stopped: {self.rollout['halted']}")
+        for name, entry in self.hosts.items():
+            for app, info in entry["apps"].items():
+                if info.get("cause"):
+                    lines.append(f"{name} {app}: {info.get('step', 'failed')}:")
+                    lines += [f"    {line}" for line in info["cause"]]
+        return "\n".join(["", "--> asgi-fleet summary (" + str(self.path) + ")", *lines])
+
+    # Rolling activation steps: timing, progress lines, outcome and cause.
+    def operation_host_start(self, state, host, op_hash):
+        for step in self._steps(state, host, op_hash):
+            step["started"] = time.time()
+            logger.info(f"    [{host.name}] {step['step']}: started")
+
+    def operation_host_success(self, state, host, op_hash, retry_count=0):
+        self._step_done(state, host, op_hash, ok=True)
+
+    def _step_done(self, state, host, op_hash, ok: bool):
+        for step in self._steps(state, host, op_hash):
+            step["ended"] = time.time()
+            step["seconds"] = round(step["ended"] - step.get("started", step["ended"]), 2)
+            if ok:
+                step.setdefault("health", "healthy")
+            logger.info(f"    [{host.name}] {step['step']}: {'done' if ok else 'FAILED'}"
+                        f" ({step.get('activation', '?')}, {step['seconds']:.1f} s)")
+
+    def _steps(self, state, host, op_hash):
+        names = {name.rpartition(" | ")[2] for name in state.get_op_meta(op_hash).names}
+        return [self.steps[(name, host.name)] for name in names if (name, host.name) in self.steps]
 
     # pyinfra calls these with the state first. An op's result is complete only
     # once every host ran it, hence the recording in operation_end.
@@ -62,6 +104,8 @@ class RunRecord(BaseStateCallback):
                                  "changed": meta.did_change()})
             if not success:
                 entry["status"] = "failed"
+                for step in self._steps(state, host, op_hash):
+                    step["health"], step["cause"] = failure_of(meta)
             elif entry["status"] == "pending":
                 entry["status"] = "ok"
         self.write()
@@ -70,13 +114,35 @@ class RunRecord(BaseStateCallback):
         entry = self.host(host.name)
         entry["status"] = "failed"
         entry["failed_op"] = sorted(state.get_op_meta(op_hash).names)[0]
+        self._step_done(state, host, op_hash, ok=False)
         self.write()
-        # A failed host runs no more operations: give its deploy lock back now.
-        host.run_shell_command(commands.release_lock(self.run_id), _sudo=bool(host.data.get("_sudo")))
+        # A failed host runs no more operations: give its deploy lock back now
+        # (bounded: the host may be the one that stopped answering).
+        try:
+            host.run_shell_command(commands.release_lock(self.run_id),
+                                   _sudo=bool(host.data.get("_sudo")), _timeout=15)
+        except Exception as error:  # noqa: BLE001 - the run goes on; the lock message names the path
+            logger.warning(f"{host.name}: could not give the deploy lock back: {error}")
 
     def host_connect_error(self, state, host, error):
         self.host(host.name).update(status="unreachable", error=str(error))
         self.write()
+
+
+def failure_of(meta) -> tuple[str, list[str]]:
+    """(health, cause) of a failed activation: its own last words, or why it has none."""
+    output = getattr(meta, "_combined_output", None)
+    lines = [line for line in (output.stderr_lines if output else []) if line.strip()]
+    text = "\n".join(lines)
+    if "rolled back:" in text:
+        health = "rolled back"
+    elif "rollback FAILED" in text:
+        health = "rollback failed"
+    elif not lines:
+        return "unreachable", ["no answer from the host in time: unreachable, or hung"]
+    else:
+        health = "failed"
+    return health, lines[-15:]
 
 
 class HostRecord:
@@ -85,6 +151,7 @@ class HostRecord:
     def __init__(self, run: RunRecord, host_name: str):
         self.entry = run.host(host_name)
         self.run = run
+        self.host_name = host_name
 
     @property
     def run_id(self) -> str:
@@ -100,17 +167,44 @@ class HostRecord:
         self.run.write()
         return app
 
+    def app_step(self, plan, step: str, batch: int) -> dict[str, Any]:
+        """This app's entry, tracked as the rollout step `step` of batch `batch`."""
+        app = self.app(plan)
+        app.update(step=step, batch=batch)
+        self.run.steps[(step, self.host_name)] = app
+        return app
 
-def record_run(state, host) -> HostRecord:
-    """The run's record (created with the first host), and this host's part of it."""
+    def activation(self, host_name: str, app: str) -> str | None:
+        """The activation another host's app was planned with (None: not known)."""
+        return self.run.host(host_name)["apps"].get(app, {}).get("activation")
+
+    def broken(self, host_name: str, app: str) -> bool:
+        """Whether a host's app failed and is not serving its old release healthily."""
+        health = self.run.host(host_name)["apps"].get(app, {}).get("health")
+        return health in ("failed", "rollback failed", "unreachable")
+
+    def halted(self, reason: str | None) -> None:
+        if reason and not self.run.rollout["halted"]:
+            self.run.rollout["halted"] = reason
+            logger.warning(f"--> Rollout stopped: {reason}. Hosts not yet activated keep their release.")
+            self.run.write()
+
+
+def record_run(state, host, fleet) -> HostRecord:
+    """The run's record (created with the first host), and this host's part of it.
+    Its summary is printed when the run ends, however it ends."""
     run = getattr(state, "asgi_fleet_record", None)
     if run is None:
         run = state.asgi_fleet_record = RunRecord(record_path())
+        run.rollout.update(batches=fleet.batches, failure_budget=fleet.budget)
         state.add_callback_handler(run)
+        atexit.register(lambda: print(run.summary(), flush=True))
         for other in state.inventory:  # every host of the run, even one that never connected
             if not state.is_host_in_limit(other):
                 continue
             run.host(other.name)
+            if other.name not in fleet.app_hosts:
+                run.host(other.name)["role"] = "lb"
             if other in state.failed_hosts:  # connecting comes before the deploy file runs
                 run.host(other.name)["status"] = "unreachable"
         run.write()

@@ -55,6 +55,19 @@ def integer(low: int, high: int, optional: bool = False) -> Check:
     return check
 
 
+def count_or_percent(low: int, high: int) -> Check:
+    def check(value):
+        match = re.fullmatch(r"(\d+)%", value) if isinstance(value, str) else None
+        if match and 0 <= int(match.group(1)) <= 100 and (low or int(match.group(1))):
+            return None
+        if not isinstance(value, bool) and isinstance(value, int) and low <= value <= high:
+            return None
+        return (f"must be an integer from {low} to {high} or a percentage of the fleet "
+                f"like \"25%\"{' (above 0%)' if low else ''}")
+
+    return check
+
+
 def one_of(*allowed) -> Check:
     def check(value):
         if value not in allowed:
@@ -214,10 +227,15 @@ RULES: dict[str, Rule] = {
     # health gate
     "health_path": Rule(matches(re.compile(r"^/\S*$"), "/healthz")),
     "health_deadline": Rule(integer(1, 600)),
+    "health_consecutive": Rule(integer(1, 100)),
     # releases
     "srv_root": Rule(matches(re.compile(r"^/[\w./-]+[^/]$"), "/srv")),
     "keep_releases": Rule(integer(2, 100)),
     "rollback": Rule(one_of(False, True), per_app=False),
+
+    "rollout_batch": Rule(count_or_percent(1, 10000), per_app=False),
+    "rollout_max_failures": Rule(count_or_percent(0, 10000), per_app=False),
+    "lb_address": Rule(text(optional=True), per_app=False),
     # host packages and the package index
     "extra_system_packages": Rule(string_list, per_app=False),
     "apt_cache_time": Rule(integer(0, 30 * 86400), per_app=False),

@@ -11,7 +11,7 @@ clients do strict host-key checking instead of trust-on-first-use.
 import json
 import time
 
-from .hosts import DEPLOY_USER, LABEL, LABEL_KEY, TEST_HOSTS, TestHost, get_host
+from .hosts import DEPLOY_USER, LABEL, LABEL_KEY, NETWORK, TEST_HOSTS, TestHost, get_host
 from .util import KNOWN_HOSTS, SSH_CONFIG, SSH_KEY, STATE_DIR, FleetError, log, ok, run, timed
 
 BOOT_TIMEOUT = 60  # seconds for systemd to finish booting, and again for sshd + sudo
@@ -79,8 +79,10 @@ def start(host: TestHost) -> None:
         return
     if not ok(["docker", "image", "inspect", host.image]):
         raise FleetError(f"image {host.image} missing: run `python -m fleet build` first")
+    if not ok(["docker", "network", "inspect", NETWORK]):
+        run(["docker", "network", "create", "--label", LABEL, NETWORK], capture=True)
     cmd = ["docker", "run", "-d", "--name", host.name, "--hostname", host.name,
-           "--label", LABEL, *SYSTEMD_FLAGS]
+           "--network", NETWORK, "--label", LABEL, *SYSTEMD_FLAGS]
     if host.cpuset is not None:
         cmd += ["--cpuset-cpus", host.cpuset]
     if host.cpus is not None:

@@ -21,6 +21,10 @@ LABEL = f"{LABEL_KEY}={LABEL_VALUE}"
 #: Host image name; one image per Debian release.
 IMAGE_PATTERN = "asgi-fleet-host:{dist}"
 
+#: The Docker network of the test hosts: its DNS lets the load balancer reach
+#: app hosts by container name, as a private network's DNS would.
+NETWORK = "asgi-fleet"
+
 #: Unprivileged user with passwordless sudo, used by SSH hosts.
 DEPLOY_USER = "deploy"
 
@@ -35,6 +39,7 @@ class TestHost:
     cpuset: Optional[str] = None  # docker --cpuset-cpus, e.g. "0"
     cpus: Optional[float] = None  # docker --cpus, a CFS quota (cpu.cfs_quota_us / cpu.max)
     ssh_port: Optional[int] = None  # published on 127.0.0.1 only, for ssh hosts
+    role: str = "app"  # "app" (inventory group `app`) or "lb" (group `lb`: nginx)
 
     # Not a pytest test class, despite the name.
     __test__ = False
@@ -49,14 +54,19 @@ TEST_HOSTS = [
     TestHost("asgi-web2", "bookworm", "docker", cpuset="0"),
     TestHost("asgi-web3", "bookworm", "ssh", ssh_port=2222),
     TestHost("asgi-web4", "trixie", "docker", cpus=1.0),
+    TestHost("asgi-lb", "bookworm", "docker", role="lb"),
 ]
+
+#: Started only by the tests that need a larger fleet (`fleet up asgi-web5 ...`):
+#: the rollout-order test runs on eight app hosts.
+SPARE_HOSTS = [TestHost(f"asgi-web{n}", "bookworm", "docker") for n in range(5, 9)]
 
 DISTS = sorted({h.dist for h in TEST_HOSTS})
 
 
 def get_host(name: str) -> TestHost:
     """Look a host up by name; raise KeyError with the known names."""
-    for host in TEST_HOSTS:
+    for host in TEST_HOSTS + SPARE_HOSTS:
         if host.name == name:
             return host
-    raise KeyError(f"unknown test host {name!r}; known: {[h.name for h in TEST_HOSTS]}")
+    raise KeyError(f"unknown test host {name!r}; known: {[h.name for h in TEST_HOSTS + SPARE_HOSTS]}")

@@ -47,12 +47,26 @@ unit_memory_deny_write_execute = False
 
 # --- Health gate -------------------------------------------------------------
 health_path = "/healthz"  # GET through the real socket after every start or reload; 200 = healthy
-health_deadline = 60  # seconds to wait for a 200 before the deploy fails on that host
+health_deadline = 60  # seconds for a host to become healthy before it is rolled back
+health_consecutive = 3  # healthy = this many 200s in a row (0.5 s apart), from workers on the new release
 
 # --- Releases ----------------------------------------------------------------
 srv_root = "/srv"  # apps live in SRV_ROOT/APP/{releases,venvs,current}
 keep_releases = 5  # releases kept per app; the running and the previous one are never pruned
 rollback = False  # --data rollback=1: go back to each app's previous release (ships nothing)
+
+# --- Rolling activation ----------------------------------------------------------
+# The release is staged and preflighted on every host at once; then hosts are
+# activated batch by batch, in inventory order, each batch drained at the load
+# balancer and health-gated before the next starts. A host that fails is rolled
+# back to the release it ran before.
+rollout_batch = 1  # hosts activated at a time: a count, or a share of the app hosts like "25%"
+rollout_max_failures = 0  # failed hosts tolerated before the rollout stops: a count or "10%"
+
+# --- Load balancer (hosts in the inventory group `lb`) ------------------------------
+# nginx from Debian, listening on each app's port, with every app host that runs
+# the app as an upstream server.
+lb_address = None  # this app host's address as the load balancer reaches it; None: its inventory name
 
 # --- Host packages and the package index ----------------------------------------
 extra_system_packages = []  # more Debian packages, e.g. ["libpq5"] for the app's wheels

@@ -3,7 +3,7 @@
 Start the hosts first (`python -m fleet up`): pyinfra's @docker connector on a
 name that is not a running container would start a new, systemd-less one.
 
-Groups: `app` (all test hosts), plus pyinfra's automatic `docker` (this file)
+Groups: `app` (the app hosts), `lb` (the load balancer, nginx), plus pyinfra's automatic `docker` (this file)
 and `all`.  Docker hosts are reached with `docker exec` as root; SSH hosts as
 the unprivileged user `deploy` with sudo, key-only, with strict host-key
 checking against .fleet/known_hosts (written by `fleet up`).  Paths are
@@ -66,4 +66,5 @@ def _with_settings(entry):
     return name, {**data, **_HOST_SETTINGS.get(short, {})}
 
 
-app = [_with_settings(_entry(_h)) for _h in _hosts.TEST_HOSTS]
+app = [_with_settings(_entry(_h)) for _h in _hosts.TEST_HOSTS if _h.role == "app"]
+lb = [_entry(_h) for _h in _hosts.TEST_HOSTS if _h.role == "lb"]

@@ -1,9 +1,10 @@
-"""gunicorn.conf.py and the app's environment file, sized for this host.
+"""Stage every file a release runs with, beside the live ones.
 
-Both are written twice: first as candidates in /etc/APP/next/ (chdir on the
-new release itself), which preflight checks with that release, then in place
-once preflight passed. A bad config never reaches the file the running master
-re-reads on HUP.
+gunicorn.conf.py, the environment file, the secrets and both systemd units
+are rendered into /etc/APP/next/ while the host keeps serving: preflight
+checks them there with the new release, and activation (tasks/rollout.py)
+installs them when the host's batch comes. Nothing the running service
+reads changes before then.
 """
 
 from pyinfra.api import deploy
@@ -13,36 +14,21 @@ from asgi_fleet import operations
 from tasks import template
 
 
-def _render(plan, etc: str, chdir: str):
+@deploy("Stage configuration")
+def stage_files(plan):
     paths = plan.paths
-    config = files.template(
-        name=f"{etc}/gunicorn.conf.py", src=template("gunicorn.conf.py.j2"),
-        dest=f"{etc}/gunicorn.conf.py", user="root", group=paths.app, mode="640",
-        app=plan.app, paths=paths, chdir=chdir, worker_plan=plan.workers,
-    )
-    env = files.template(
-        name=f"{etc}/env", src=template("app.env.j2"), dest=f"{etc}/env",
-        user="root", group=paths.app, mode="640", app=plan.app, paths=paths,
-    )
-    return config, env
-
-
-@deploy("Candidate configuration")
-def write_candidate_config(plan):
-    paths = plan.paths
+    staged = {name: path for name, (path, _) in paths.staged.items()}
     for path in (paths.etc, paths.candidates):
         files.directory(name=f"{path}/", path=path, user="root", group=paths.app, mode="750")
-    _render(plan, paths.candidates, chdir=plan.release_dir)
-
-
-@deploy("Secrets")
-def install_secrets(plan):
-    """Returns the op: a change is a reload (gunicorn.conf.py re-reads them)."""
-    return operations.secret_file(name=plan.paths.secrets_file, path=plan.paths.secrets_file,
-                                  content=plan.secrets, group=plan.paths.app)
-
-
-@deploy("Configuration")
-def install_config(plan):
-    """Returns the ops whose change needs a reload (config) and a restart (env)."""
-    return _render(plan, plan.paths.etc, chdir=plan.paths.current)
+    variables = {"app": plan.app, "paths": paths}
+    files.template(name=staged["config"], src=template("gunicorn.conf.py.j2"),
+                   dest=staged["config"], user="root", group=paths.app, mode="640",
+                   chdir=paths.current, worker_plan=plan.workers, **variables)
+    files.template(name=staged["env"], src=template("app.env.j2"), dest=staged["env"],
+                   user="root", group=paths.app, mode="640", **variables)
+    for unit in ("socket_unit", "service_unit"):
+        source = "app.socket.j2" if unit == "socket_unit" else "app.service.j2"
+        files.template(name=staged[unit], src=template(source), dest=staged[unit],
+                       user="root", group="root", mode="644", **variables)
+    operations.secret_file(name=staged["secrets"], path=staged["secrets"],
+                                  content=plan.secrets, group=paths.app)

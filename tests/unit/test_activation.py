@@ -25,7 +25,7 @@ def master(venv=VENV, workers=(RELEASE, RELEASE)):
     (master(), {"env"}, RESTART),
     (master(), {"service_unit", "config"}, RESTART),
     (master(), {"socket_unit"}, REBIND),
-    (None, {"socket_unit"}, REBIND),
+    (None, {"socket_unit"}, START),  # START restarts the socket too
 ])
 def test_activation_kind(running, changed, expected):
     assert activation_kind(running, venv=VENV, release_dir=RELEASE, workers=2, changed=changed) == expected

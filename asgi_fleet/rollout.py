@@ -1,0 +1,129 @@
+"""Rolling activation across a fleet: the pure decisions.
+
+A deploy stages the new release on every host at once (no change to
+traffic), then activates it batch by batch, in inventory order. These
+functions decide the batches, when the rollout must stop, which hosts the
+load balancer keeps out of rotation, and how the run is summed up.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+AMOUNT_RE = re.compile(r"^(\d+)%$")
+
+
+def amount(value: int | str, total: int, *, at_least: int) -> int:
+    """A count, or "N%" of `total` (rounded down), never below `at_least`."""
+    match = AMOUNT_RE.match(value) if isinstance(value, str) else None
+    count = math.floor(total * int(match.group(1)) / 100) if match else int(value)
+    return max(at_least, count)
+
+
+def batches(hosts: list[str], batch: int | str) -> list[list[str]]:
+    """The hosts in activation order: consecutive groups of `batch` (a count or
+    "N%" of the fleet, at least one host), in the order given (inventory order)."""
+    size = amount(batch, len(hosts), at_least=1)
+    return [hosts[i:i + size] for i in range(0, len(hosts), size)]
+
+
+def failure_budget(max_failures: int | str, total: int) -> int:
+    """How many app hosts may fail before the rollout stops (a count or "N%")."""
+    return amount(max_failures, total, at_least=0)
+
+
+def halt_reason(failed: Iterable[str], budget: int) -> str | None:
+    """Why the rollout must stop now, or None while failures are within budget."""
+    failed = sorted(failed)
+    if len(failed) <= budget:
+        return None
+    return (f"{len(failed)} host{'s' if len(failed) > 1 else ''} failed ({', '.join(failed)}); "
+            f"the failure budget (rollout_max_failures) allows {budget}")
+
+
+def drained_upstreams(batch: list[str], servers: dict[str, list[str]]) -> dict[str, list[str]]:
+    """For each app the load balancer fronts, the servers left in rotation while
+    `batch` is drained. An app whose every server is in the batch is not drained
+    (nothing else would serve it; its socket queues requests during a restart)."""
+    left = {}
+    for app, hosts in servers.items():
+        remaining = [h for h in hosts if h not in batch]
+        if remaining and len(remaining) < len(hosts):
+            left[app] = remaining
+    return left
+
+
+@dataclass(frozen=True)
+class LbApp:
+    """An app the load balancer fronts: its port and, in inventory order, the
+    app hosts that run it ({host name: "address:port"})."""
+
+    name: str
+    port: int
+    servers: dict[str, str]
+
+
+def lb_apps(hosts: list[tuple[str, str, dict[str, str]]]) -> list[LbApp]:
+    """The apps to front, from (host name, address, {app name: bind}) per app host.
+
+    Each app listens on the port of its bind; apps bound to a unix socket
+    cannot be reached from another host and are left out.
+    """
+    ports: dict[str, int] = {}
+    servers: dict[str, dict[str, str]] = {}
+    for name, address, binds in hosts:
+        for app, bind in binds.items():
+            if bind.startswith("unix:"):
+                continue
+            port = int(bind.rpartition(":")[2])
+            ports.setdefault(app, port)
+            servers.setdefault(app, {})[name] = f"{address}:{port}"
+    return [LbApp(app, ports[app], servers[app]) for app in ports]
+
+
+def drain_flag(app: str, batch_number: int) -> str:
+    """The flag file that takes batch `batch_number` (from 1) of `app` out of rotation."""
+    return f"{app}.drain-batch-{batch_number}"
+
+
+def lb_config(apps: list[LbApp], batches: list[list[str]]) -> list[dict[str, Any]]:
+    """What templates/nginx-lb.conf.j2 renders: each app with its servers and,
+    per batch that can be drained, the servers that stay in rotation."""
+    config = []
+    for app in apps:
+        drains = []
+        for number, batch in enumerate(batches, start=1):
+            left = drained_upstreams(batch, {app.name: list(app.servers)})
+            if app.name in left:
+                drains.append({"batch": number, "servers": [app.servers[h] for h in left[app.name]]})
+        config.append({"name": app.name, "port": app.port, "servers": list(app.servers.values()),
+                       "drains": drains})
+    return config
+
+
+SUMMARY_COLUMNS = ("host", "app", "batch", "old release", "new release", "activation", "health",
+                   "seconds")
+
+
+def summary_rows(hosts: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per host and app from the run's record (record.RunRecord.hosts)."""
+    rows = []
+    for name, entry in hosts.items():
+        apps = entry.get("apps") or {}
+        if not apps:
+            if entry.get("role") == "lb":
+                continue
+            rows.append((name, "-", "-", "-", "-", "-", entry.get("status", "?"), "-"))
+            continue
+        for app, info in apps.items():
+            seconds = info.get("seconds")
+            rows.append((
+                name, app, str(info.get("batch", "-")), info.get("old_release") or "-",
+                info.get("release") or "-", info.get("activation", "-"),
+                info.get("health") or entry.get("status", "?"),
+                f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "-",
+            ))
+    return rows
