@@ -5,10 +5,12 @@ the commands needed to reach it, so that an unchanged re-run changes nothing.
 from __future__ import annotations
 
 import io
+import time
 from typing import Callable
 
-from pyinfra import host
-from pyinfra.api import FileUploadCommand, operation
+import gevent
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, FunctionCommand, operation
 from pyinfra.facts.files import Directory
 
 from asgi_fleet import commands, secrets
@@ -178,7 +180,7 @@ def _gate(plan, release_dir: str | None = None, workers: int | None = None) -> s
 
 @operation()
 def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | None],
-             record: dict):
+             record: dict, time_limit: int):
     """
     Make the service run the staged release, with the gentlest mechanism that
     applies it, and hold it to the health gate; roll back to what ran before
@@ -187,7 +189,9 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
     + plan: the app's plan (asgi_fleet.plan.AppPlan)
     + venv_changed: whether this run rebuilt the app's virtualenv
     + halted: why the rollout has stopped (None: go on), asked when this runs
-    + record: receives the activation kind and the releases, for the summary
+    + record: receives the activation kind, the releases, the health and a failure's cause
+    + time_limit: seconds this host gets for all of it; a host that stops
+      answering fails when they are up, instead of hanging the rollout
 
     A healthy service that needs nothing is left alone (no change); an
     unhealthy one fails the run instead of passing it silently.
@@ -201,22 +205,59 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         host.noop(f"rollout stopped ({reason}): {plan.paths.app} stays on its release")
         return
     paths, app = plan.paths, plan.app
-    kind, current = planned_activation(plan, venv_changed())
-    record.update(activation=kind, old_release=current)
-    if kind == NONE:
-        if host.get_fact(HealthStatus, bind=app["bind"], path=app["health_path"]) == "200":
-            record["health"] = "healthy"
-            host.noop(f"{paths.service} already runs release {plan.release_id}, healthy")
-            return
-        yield _gate(plan)
+    started = time.monotonic()
+    try:
+        # pyinfra bounds a command's output, not an SSH channel that never opens.
+        with gevent.Timeout(time_limit, TimeoutError):
+            kind, current = planned_activation(plan, venv_changed())
+            record.update(activation=kind, old_release=current)
+            if kind == NONE:
+                healthy = host.get_fact(HealthStatus, bind=app["bind"], path=app["health_path"])
+            else:
+                reload_units = bool(host.get_fact(StagedChanges, paths=paths) & NEEDS_UNIT_RELOAD)
+    except TimeoutError:
+        record.update(health="unreachable", cause=[f"no answer from the host within {time_limit} s"])
+        yield FunctionCommand(lambda: False, (), {})
         return
-    units = {"service": paths.service, "socket": paths.socket}
-    yield commands.activate_release(
-        paths, release_id=plan.release_id, previous=current,
-        command=ACTIVATION_COMMANDS[kind].format(**units), undo=UNDO_COMMANDS[kind].format(**units),
-        reload_units=bool(host.get_fact(StagedChanges, paths=paths) & NEEDS_UNIT_RELOAD),
-        gate=_gate(plan, plan.release_dir, plan.workers.count), back_gate=_gate(plan),
-    )
+    if kind == NONE and healthy == "200":
+        record["health"] = "healthy"
+        host.noop(f"{paths.service} already runs release {plan.release_id}, healthy")
+        return
+    if kind == NONE:
+        script = _gate(plan)
+    else:
+        units = {"service": paths.service, "socket": paths.socket}
+        script = commands.activate_release(
+            paths, release_id=plan.release_id, previous=current,
+            command=ACTIVATION_COMMANDS[kind].format(**units),
+            undo=UNDO_COMMANDS[kind].format(**units), reload_units=reload_units,
+            gate=_gate(plan, plan.release_dir, plan.workers.count), back_gate=_gate(plan),
+        )
+    left = max(1, int(time_limit - (time.monotonic() - started)))
+    yield FunctionCommand(_run_bounded, (script, record, left), {})
+
+
+def _run_bounded(state, host, script: str, record: dict, time_limit: int) -> bool:
+    """Run an activation script within `time_limit`; record how it ended and why."""
+    try:
+        with gevent.Timeout(time_limit, TimeoutError):
+            ok, output = host.run_shell_command(script, _sudo=bool(host.data.get("_sudo")),
+                                                _timeout=time_limit)
+    except TimeoutError:
+        record.update(health="unreachable",
+                      cause=[f"no answer from the host within {time_limit} s"])
+        return False
+    if ok:
+        record["health"] = "healthy"
+        return True
+    lines = [line for line in output.stderr_lines if line.strip()]
+    text = "\n".join(lines)
+    record["health"] = ("rolled back" if "rolled back:" in text else
+                        "rollback failed" if "rollback FAILED" in text else "failed")
+    record["cause"] = lines[-20:]
+    for line in lines:
+        host.log_styled(line, fg="red", log_func=logger.error)
+    return False
 
 
 @operation()

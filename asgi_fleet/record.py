@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import gevent
 from pyinfra import logger
 from pyinfra.api.state import BaseStateCallback
 
@@ -104,8 +105,9 @@ class RunRecord(BaseStateCallback):
                                  "changed": meta.did_change()})
             if not success:
                 entry["status"] = "failed"
-                for step in self._steps(state, host, op_hash):
-                    step["health"], step["cause"] = failure_of(meta)
+                for step in self._steps(state, host, op_hash):  # a timeout leaves no words
+                    step.setdefault("health", "unreachable")
+                    step.setdefault("cause", ["no answer from the host in time"])
             elif entry["status"] == "pending":
                 entry["status"] = "ok"
         self.write()
@@ -119,30 +121,15 @@ class RunRecord(BaseStateCallback):
         # A failed host runs no more operations: give its deploy lock back now
         # (bounded: the host may be the one that stopped answering).
         try:
-            host.run_shell_command(commands.release_lock(self.run_id),
-                                   _sudo=bool(host.data.get("_sudo")), _timeout=15)
+            with gevent.Timeout(15, TimeoutError):
+                host.run_shell_command(commands.release_lock(self.run_id),
+                                       _sudo=bool(host.data.get("_sudo")), _timeout=15)
         except Exception as error:  # noqa: BLE001 - the run goes on; the lock message names the path
             logger.warning(f"{host.name}: could not give the deploy lock back: {error}")
 
     def host_connect_error(self, state, host, error):
         self.host(host.name).update(status="unreachable", error=str(error))
         self.write()
-
-
-def failure_of(meta) -> tuple[str, list[str]]:
-    """(health, cause) of a failed activation: its own last words, or why it has none."""
-    output = getattr(meta, "_combined_output", None)
-    lines = [line for line in (output.stderr_lines if output else []) if line.strip()]
-    text = "\n".join(lines)
-    if "rolled back:" in text:
-        health = "rolled back"
-    elif "rollback FAILED" in text:
-        health = "rollback failed"
-    elif not lines:
-        return "unreachable", ["no answer from the host in time: unreachable, or hung"]
-    else:
-        health = "failed"
-    return health, lines[-15:]
 
 
 class HostRecord:

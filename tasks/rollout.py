@@ -98,8 +98,8 @@ def activate_batch(state, fleet: Fleet, number: int, plans, venvs, run):
             operations.activate(
                 name=f"{title}: activate {plan.paths.app}", plan=plan, halted=halted,
                 venv_changed=lambda: venv is not None and changed(venv), record=record,
-                # never hang on a host that stops answering: the gate, and a rollback's gate
-                _timeout=3 * plan.app["health_deadline"] + 60,
+                # the gate, and a rollback's gate, with room to spare; never longer
+                time_limit=2 * plan.app["health_deadline"] + 30,
             )
     operations.lb_rotation(name=f"{title}: back into rotation", flag_dir=flag_dir,
                            drained=broken_flags)

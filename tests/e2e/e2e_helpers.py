@@ -61,6 +61,10 @@ def fleet_hosts() -> list[InventoryHost]:
     return load_inventory(INVENTORY)
 
 
+def load_balancers() -> list[InventoryHost]:
+    return load_inventory(INVENTORY, load_balancers=True)
+
+
 def fleet_targets() -> list[Target]:
     return [Target(host, plan) for host in fleet_hosts() for plan in plan_host(host.data, host.name)]
 

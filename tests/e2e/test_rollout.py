@@ -1,0 +1,222 @@
+"""Rolling deploys across the fleet, behind the nginx load balancer (host asgi-lb).
+
+A bounded load (bench/loadgen.py: keep-alive and one-connection-per-request
+clients, GET and POST, no retries) runs from the controller through the load
+balancer while the whole fleet is deployed, one host per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from asgi_fleet.settings import PROJECT_ROOT
+from e2e_helpers import fleet_hosts, infra_of, load_balancers, run_deploy, wait_until
+
+LB = "asgi-lb"
+APP_HOSTS = ["@docker/asgi-web1", "@docker/asgi-web2", "asgi-web3", "@docker/asgi-web4"]
+FIRST = "@docker/asgi-web1"
+
+
+@pytest.fixture(scope="module")
+def hosts(deployed):
+    return {h.name: infra_of(h) for h in fleet_hosts() + load_balancers()}
+
+
+@pytest.fixture(scope="module")
+def lb_address(deployed) -> str:
+    return subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", LB],
+        check=True, text=True, capture_output=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> dict[str, Path]:
+    """Copies of the example app: two that differ only in code, and one whose
+    health check fails on asgi-web1 only, and only in the real service (its
+    preflight canary, a transient unit, passes)."""
+    root = tmp_path_factory.mktemp("apps")
+    made = {}
+    for name, edit in {
+        "code-a": lambda text: text + "\n# rollout variant a\n",
+        "code-b": lambda text: text + "\n# rollout variant b\n",
+        "sick-on-web1": lambda text: text.replace(
+            'async def healthz() -> dict:\n',
+            'async def healthz():\n'
+            '    import socket\n'
+            '    from fastapi.responses import JSONResponse\n'
+            '    if socket.gethostname() == "asgi-web1" and "preflight" not in open("/proc/self/cgroup").read():\n'
+            '        return JSONResponse({"status": "sick on this host"}, status_code=503)\n'),
+    }.items():
+        target = root / name
+        shutil.copytree(PROJECT_ROOT / "example", target)
+        app = target / "app.py"
+        text = app.read_text()
+        assert edit(text) != text, f"variant {name} changed nothing"
+        app.write_text(edit(text))
+        made[name] = target
+    return made
+
+
+class LoadThroughLb:
+    """bench/loadgen.py on the controller against the load balancer, bounded in time."""
+
+    def __init__(self, address: str, tmp_path: Path):
+        self.address, self.stop, self.out = address, tmp_path / "load.stop", tmp_path / "load.json"
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PROJECT_ROOT / "bench" / "loadgen.py"), "--host", self.address,
+             "--port", "8000", "--clients", "4", "--max-seconds", "900",
+             "--stop-file", str(self.stop), "--output", str(self.out)],
+            stdout=subprocess.DEVNULL)
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.touch()
+        self.proc.wait(timeout=60)
+        self.result = json.loads(self.out.read_text())
+
+
+def deploy(tmp_path, *data: str, **kwargs):
+    return run_deploy(tmp_path, *[a for item in data for a in ("--data", item)], **kwargs)
+
+
+def releases(run) -> dict[str, str]:
+    """host -> release of its hello app, as the run recorded it."""
+    return {h: run.host(h)["apps"]["hello"]["release"] for h in APP_HOSTS}
+
+
+def served_release(host) -> str:
+    return json.loads(host.check_output("curl -sf 127.0.0.1:8000/healthz"))["release"]
+
+
+def assert_no_failed_request(result):
+    assert result["failed"] == 0, json.dumps(result, indent=1)
+    assert result["by_mode"]["keepalive"]["requests"] > 0 and result["by_mode"]["close"]["requests"] > 0
+
+
+def assert_batches_in_order(run, batches: list[list[str]]):
+    """From the record: the batches are `batches`, and each batch's activations
+    all ended before any of the next batch's started."""
+    assert run.record["rollout"]["batches"] == batches
+    steps = {}
+    for name, entry in run.record["hosts"].items():
+        for app, info in entry["apps"].items():
+            if "started" in info:
+                steps.setdefault(info["batch"], []).append((info["started"], info["ended"], name))
+    assert sorted(steps) == list(range(1, len(batches) + 1)), steps
+    for number, batch in enumerate(batches, start=1):
+        assert sorted({name for _, _, name in steps[number]}) == sorted(batch)
+        if number > 1:
+            assert max(end for _, end, _ in steps[number - 1]) <= min(start for start, _, _ in steps[number])
+
+
+@pytest.mark.parametrize("change", ["code", "dependencies"])
+def test_a_rolling_deploy_through_the_load_balancer_fails_no_request(
+        hosts, lb_address, variants, tmp_path, change):
+    base = deploy(tmp_path, f"app_source={variants['code-a']}")
+    assert base.returncode == 0, base.output[-5000:]
+    new = [f"app_source={variants['code-b']}"]
+    if change == "dependencies":
+        new = [f"app_source={variants['code-a']}",
+               f"app_lock={PROJECT_ROOT / 'tests/e2e/data/requirements-with-six.lock'}"]
+
+    with LoadThroughLb(lb_address, tmp_path) as load:
+        run = deploy(tmp_path, *new)
+    assert run.returncode == 0, run.output[-5000:]
+
+    assert_no_failed_request(load.result)
+    old, now = releases(base), releases(run)
+    assert len(set(now.values())) == 1 and set(now.values()) != set(old.values())
+    # the load went through the load balancer to the old and the new release
+    assert {*old.values(), *now.values()} <= set(load.result["releases"]), load.result["releases"]
+    for name in APP_HOSTS:
+        assert served_release(hosts[name]) == now[name]
+        hello = run.host(name)["apps"]["hello"]
+        assert hello["health"] == "healthy"
+        assert hello["activation"] == ("reload" if change == "code" else "restart")
+    assert_batches_in_order(run, [[h] for h in APP_HOSTS])
+    # each host was drained at the load balancer, then put back
+    lb_ops = [op["name"] for op in run.host(f"@docker/{LB}")["ops"] if op["changed"]]
+    for number in range(1, len(APP_HOSTS) + 1):
+        assert any(f"Batch {number}/" in op and "drain" in op for op in lb_ops), lb_ops
+    assert hosts[f"@docker/{LB}"].check_output("ls -A /run/asgi-fleet-lb") == ""
+    assert "asgi-fleet summary" in run.output and "old release" in run.output
+
+
+def test_a_release_sick_on_its_first_host_is_rolled_back_there_and_goes_no_further(
+        hosts, lb_address, variants, tmp_path):
+    base = deploy(tmp_path, f"app_source={variants['code-a']}")
+    assert base.returncode == 0, base.output[-5000:]
+    old = releases(base)
+
+    with LoadThroughLb(lb_address, tmp_path) as load:
+        run = deploy(tmp_path, f"app_source={variants['sick-on-web1']}")
+
+    assert run.returncode != 0
+    assert_no_failed_request(load.result)
+    first = run.host(FIRST)["apps"]["hello"]
+    assert first["health"] == "rolled back", first
+    assert any("health gate failed" in line for line in first["cause"]), first["cause"]
+    assert any("sick on this host" in line or "503" in line for line in first["cause"]), first["cause"]
+    assert "rollout stopped" in run.output and "asgi-web1" in run.record["rollout"]["halted"]
+    assert served_release(hosts[FIRST]) == old[FIRST]
+    for name in APP_HOSTS[1:]:  # never switched: current and the workers stay on the old release
+        assert run.host(name)["apps"]["hello"]["health"] == "not activated: rollout stopped"
+        assert served_release(hosts[name]) == old[name]
+        assert hosts[name].check_output("readlink /srv/hello/current") == f"releases/{old[name]}"
+    # the failed host is healthy on its old release, so it went back into rotation
+    assert hosts[f"@docker/{LB}"].check_output("ls -A /run/asgi-fleet-lb") == ""
+
+
+def test_a_host_that_stops_answering_mid_rollout_stops_it_within_the_time_limit(
+        hosts, variants, tmp_path):
+    """asgi-web3 (SSH) is paused once batch 2 is done: its SSH server stops answering."""
+    base = deploy(tmp_path, f"app_source={variants['code-a']}")
+    assert base.returncode == 0, base.output[-5000:]
+    old = releases(base)
+    record = tmp_path / f"record-{len(list(tmp_path.glob('record-*')))}.json"
+    paused = threading.Event()
+
+    def pause_after_batch_2():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            data = json.loads(record.read_text()) if record.exists() else {}
+            if data.get("hosts", {}).get("@docker/asgi-web2", {}).get("apps", {}).get("hello", {}).get("ended"):
+                subprocess.run(["docker", "pause", "asgi-web3"], check=True)
+                paused.set()
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=pause_after_batch_2, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        run = deploy(tmp_path, f"app_source={variants['code-b']}", "health_deadline=10", timeout=600)
+    finally:
+        watcher.join(timeout=5)
+        subprocess.run(["docker", "unpause", "asgi-web3"], check=False)
+    took = time.monotonic() - started
+
+    assert paused.is_set()
+    assert run.returncode != 0
+    assert took < 300, f"the rollout took {took:.0f}s"
+    web3 = run.host("asgi-web3")["apps"]["hello"]
+    assert web3["health"] == "unreachable", web3
+    assert "asgi-web3" in run.record["rollout"]["halted"]
+    assert run.host("@docker/asgi-web4")["apps"]["hello"]["health"] == "not activated: rollout stopped"
+    assert served_release(hosts["@docker/asgi-web4"]) == old["@docker/asgi-web4"]
+    # the paused host could not give its lock back: the next deploy's message names it
+    wait_until(hosts["asgi-web3"], "true", timeout=30)
+    hosts["asgi-web3"].run("rm -f /run/lock/asgi-fleet.deploy")
+    again = deploy(tmp_path, f"app_source={variants['code-b']}")
+    assert again.returncode == 0, again.output[-5000:]
