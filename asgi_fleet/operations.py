@@ -254,7 +254,9 @@ def _run_bounded(state, host, script: str, record: dict, time_limit: int) -> boo
     text = "\n".join(lines)
     record["health"] = ("rolled back" if "rolled back:" in text else
                         "rollback failed" if "rollback FAILED" in text else "failed")
-    record["cause"] = lines[-20:]
+    # the gate's verdict and the rollback's outcome first, then the journal's last words
+    verdict = [line for line in lines if "failed" in line or "roll" in line]
+    record["cause"] = verdict + [line for line in lines if line not in verdict][-8:]
     for line in lines:
         host.log_styled(line, fg="red", log_func=logger.error)
     return False

@@ -12,7 +12,7 @@ NGINX_CONF = "/etc/nginx/conf.d/asgi-fleet.conf"
 
 @deploy("Load balancer")
 def load_balancer(fleet, apt_cache_time: int):
-    apt.packages(name="nginx from Debian", packages=["nginx"], update=True,
+    apt.packages(name="nginx (and curl, for checks) from Debian", packages=["nginx", "curl"], update=True,
                  cache_time=apt_cache_time, _env={"DEBIAN_FRONTEND": "noninteractive"})
     config = files.template(
         name=NGINX_CONF, src=template("nginx-lb.conf.j2"), dest=NGINX_CONF,

@@ -25,6 +25,18 @@ APP_HOSTS = ["@docker/asgi-web1", "@docker/asgi-web2", "asgi-web3", "@docker/asg
 FIRST = "@docker/asgi-web1"
 
 
+SIX_LOCK = f"app_lock={PROJECT_ROOT / 'tests/e2e/data/requirements-with-six.lock'}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def back_to_the_default_release(deployed, tmp_path_factory):
+    """The tests below chain (each starts where the one before ended, so its
+    first deploy changes nothing); afterwards the fleet runs the default again."""
+    yield
+    run = run_deploy(tmp_path_factory.mktemp("restore"))
+    assert run.returncode == 0, run.output[-5000:]
+
+
 @pytest.fixture(scope="module")
 def hosts(deployed):
     return {h.name: infra_of(h) for h in fleet_hosts() + load_balancers()}
@@ -123,12 +135,12 @@ def assert_batches_in_order(run, batches: list[list[str]]):
 @pytest.mark.parametrize("change", ["code", "dependencies"])
 def test_a_rolling_deploy_through_the_load_balancer_fails_no_request(
         hosts, lb_address, variants, tmp_path, change):
-    base = deploy(tmp_path, f"app_source={variants['code-a']}")
+    before = {"code": [f"app_source={variants['code-a']}"],
+              "dependencies": [f"app_source={variants['code-b']}"]}[change]
+    base = deploy(tmp_path, *before)
     assert base.returncode == 0, base.output[-5000:]
-    new = [f"app_source={variants['code-b']}"]
-    if change == "dependencies":
-        new = [f"app_source={variants['code-a']}",
-               f"app_lock={PROJECT_ROOT / 'tests/e2e/data/requirements-with-six.lock'}"]
+    new = {"code": [f"app_source={variants['code-b']}"],
+           "dependencies": [f"app_source={variants['code-b']}", SIX_LOCK]}[change]
 
     with LoadThroughLb(lb_address, tmp_path) as load:
         run = deploy(tmp_path, *new)
@@ -155,12 +167,12 @@ def test_a_rolling_deploy_through_the_load_balancer_fails_no_request(
 
 def test_a_release_sick_on_its_first_host_is_rolled_back_there_and_goes_no_further(
         hosts, lb_address, variants, tmp_path):
-    base = deploy(tmp_path, f"app_source={variants['code-a']}")
+    base = deploy(tmp_path, f"app_source={variants['code-b']}", SIX_LOCK)
     assert base.returncode == 0, base.output[-5000:]
     old = releases(base)
 
     with LoadThroughLb(lb_address, tmp_path) as load:
-        run = deploy(tmp_path, f"app_source={variants['sick-on-web1']}")
+        run = deploy(tmp_path, f"app_source={variants['sick-on-web1']}", SIX_LOCK)
 
     assert run.returncode != 0
     assert_no_failed_request(load.result)
@@ -181,7 +193,7 @@ def test_a_release_sick_on_its_first_host_is_rolled_back_there_and_goes_no_furth
 def test_a_host_that_stops_answering_mid_rollout_stops_it_within_the_time_limit(
         hosts, variants, tmp_path):
     """asgi-web3 (SSH) is paused once batch 2 is done: its SSH server stops answering."""
-    base = deploy(tmp_path, f"app_source={variants['code-a']}")
+    base = deploy(tmp_path, f"app_source={variants['code-b']}", SIX_LOCK)
     assert base.returncode == 0, base.output[-5000:]
     old = releases(base)
     record = tmp_path / f"record-{len(list(tmp_path.glob('record-*')))}.json"
@@ -201,7 +213,8 @@ def test_a_host_that_stops_answering_mid_rollout_stops_it_within_the_time_limit(
     watcher.start()
     started = time.monotonic()
     try:
-        run = deploy(tmp_path, f"app_source={variants['code-b']}", "health_deadline=10", timeout=600)
+        run = deploy(tmp_path, f"app_source={variants['code-a']}", SIX_LOCK, "health_deadline=10",
+                     timeout=600)
     finally:
         watcher.join(timeout=5)
         subprocess.run(["docker", "unpause", "asgi-web3"], check=False)
@@ -218,5 +231,26 @@ def test_a_host_that_stops_answering_mid_rollout_stops_it_within_the_time_limit(
     # the paused host could not give its lock back: the next deploy's message names it
     wait_until(hosts["asgi-web3"], "true", timeout=30)
     hosts["asgi-web3"].run("rm -f /run/lock/asgi-fleet.deploy")
-    again = deploy(tmp_path, f"app_source={variants['code-b']}")
+    again = deploy(tmp_path, f"app_source={variants['code-a']}", SIX_LOCK)
     assert again.returncode == 0, again.output[-5000:]
+
+
+def test_eight_hosts_in_batches_of_two_activate_in_inventory_order(deployed, variants, tmp_path):
+    spares = ["asgi-web5", "asgi-web6", "asgi-web7", "asgi-web8"]
+    subprocess.run([sys.executable, "-m", "fleet", "up", *spares], cwd=PROJECT_ROOT, check=True)
+    inventory = tmp_path / "eight.py"
+    inventory.write_text(
+        "import runpy\n"
+        "from fleet.hosts import SPARE_HOSTS\n"
+        f"_base = runpy.run_path({str(PROJECT_ROOT / 'inventories' / 'docker.py')!r})\n"
+        "app = _base['app'] + [_base['_entry'](h) for h in SPARE_HOSTS]\n"
+        "lb = _base['lb']\n")
+    try:
+        run = deploy(tmp_path, f"app_source={variants['code-b']}", SIX_LOCK, "rollout_batch=2",
+                     inventory=str(inventory))
+        assert run.returncode == 0, run.output[-5000:]
+        order = APP_HOSTS + [f"@docker/{name}" for name in spares]
+        assert_batches_in_order(run, [order[i:i + 2] for i in range(0, 8, 2)])
+        assert {run.host(h)["apps"]["hello"]["health"] for h in order} == {"healthy"}
+    finally:
+        subprocess.run(["docker", "rm", "-f", *spares], check=False, capture_output=True)

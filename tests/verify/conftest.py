@@ -14,7 +14,9 @@ import pytest
 
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.verify import AppProbe, format_table
-from verify_session import _connections, _probes, connect, inventory_hosts, short, targets
+from verify_session import (
+    _connections, _probes, connect, inventory_hosts, load_balancers, short, targets,
+)
 
 
 def pytest_addoption(parser):
@@ -31,6 +33,9 @@ def pytest_generate_tests(metafunc):
     if "inventory_host" in metafunc.fixturenames:
         hosts = inventory_hosts(path)
         metafunc.parametrize("inventory_host", hosts, ids=[short(h.name) for h in hosts])
+    if "lb_host" in metafunc.fixturenames:
+        hosts = load_balancers(path)
+        metafunc.parametrize("lb_host", hosts, ids=[short(h.name) for h in hosts])
 
 
 @pytest.fixture

@@ -15,6 +15,11 @@ def inventory_hosts(path: str) -> list[InventoryHost]:
     return load_inventory(path)
 
 
+@functools.cache
+def load_balancers(path: str) -> list[InventoryHost]:
+    return load_inventory(path, load_balancers=True)
+
+
 def short(name: str) -> str:
     return name.removeprefix("@docker/")
 

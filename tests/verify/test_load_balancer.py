@@ -1,0 +1,59 @@
+"""The load balancers (inventory group `lb`): nginx fronts every app host, all in rotation."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from asgi_fleet.rollout import lb_apps
+from tasks.lb import NGINX_CONF
+from tasks.rollout import LB_FLAG_DIR
+from verify_session import connect, inventory_hosts, short, targets
+
+
+@pytest.fixture
+def lb(lb_host):
+    connection = connect(lb_host)
+    if isinstance(connection, Exception):
+        pytest.fail(f"{short(lb_host.name)} is unreachable: {connection}")
+    return connection
+
+
+@pytest.fixture
+def fronted(request):
+    """What the deploy put behind the load balancer, worked out the deploy's way."""
+    path = request.config.getoption("inventory")
+    binds, health = {}, {}
+    for host, app in targets(path):
+        address = host.data.get("lb_address") or short(host.name)
+        binds.setdefault(host.name, (host.name, address, {}))[2][app["app_name"]] = app["bind"]
+        health[app["app_name"]] = app["health_path"]
+    apps = lb_apps([binds[h.name] for h in inventory_hosts(path) if h.name in binds])
+    return [(app, health[app.name]) for app in apps]
+
+
+def test_nginx_is_running(lb):
+    assert lb.service("nginx").is_running, "nginx is not running"
+
+
+def test_every_app_host_is_an_upstream_server(lb, fronted):
+    config = lb.file(NGINX_CONF).content_string
+    for app, _ in fronted:
+        block = re.search(r"upstream %s \{(.*?)\}" % re.escape(app.name), config, re.S)
+        assert block, f"no upstream for {app.name} in {NGINX_CONF}"
+        listed = re.findall(r"server (\S+) ", block.group(1))
+        assert listed == list(app.servers.values()), f"{app.name}: upstream lists {listed}"
+
+
+def test_no_server_is_left_drained(lb):
+    flags = lb.run(f"ls -A {LB_FLAG_DIR} 2>/dev/null").stdout.split()
+    assert not flags, f"drained at the load balancer after the run: {flags} (in {LB_FLAG_DIR})"
+
+
+def test_each_app_answers_through_the_load_balancer(lb, fronted):
+    for app, health in fronted:
+        codes = {lb.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 "
+                                 f"http://127.0.0.1:{app.port}{health}") for _ in app.servers}
+        assert codes == {"200"}, f"{app.name} through the load balancer answered {codes}"
+
