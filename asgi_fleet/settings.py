@@ -58,7 +58,7 @@ def integer(low: int, high: int, optional: bool = False) -> Check:
 def count_or_percent(low: int, high: int) -> Check:
     def check(value):
         match = re.fullmatch(r"(\d+)%", value) if isinstance(value, str) else None
-        if match and 0 <= int(match.group(1)) <= 100 and (low or int(match.group(1))):
+        if match and (0 if low == 0 else 1) <= int(match.group(1)) <= 100:
             return None
         if not isinstance(value, bool) and isinstance(value, int) and low <= value <= high:
             return None

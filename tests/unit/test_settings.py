@@ -41,6 +41,11 @@ def test_every_tunable_has_a_rule_and_every_rule_a_commented_default(defaults):
     ("app_env", {"BAD-NAME": "x"}, "must be a dict of NAME: string"),
     ("forwarded_allow_ips", "proxy.local", "must be '*' or a comma-separated list"),
     ("health_path", "healthz", "must match"),
+    ("rollout_batch", 0, "must be an integer from 1 to 10000 or a percentage"),
+    ("rollout_batch", "0%", "(above 0%)"),
+    ("rollout_batch", "half", "like \"25%\""),
+    ("rollout_max_failures", "120%", "or a percentage of the fleet"),
+    ("health_consecutive", 0, "must be an integer from 1 to 100"),
 ])
 def test_a_bad_value_names_the_key_the_value_and_what_is_allowed(defaults, key, value, allowed):
     [problem] = problems(defaults | {key: value})

@@ -1,0 +1,112 @@
+"""The rollout's pure decisions: batches, the failure budget, what the load balancer drains."""
+
+import pytest
+
+from asgi_fleet import rollout
+from asgi_fleet.commands import AppPaths, activate_release
+from asgi_fleet.rollout import LbApp
+from test_templates import render
+
+HOSTS = [f"web{n}" for n in range(1, 9)]
+
+
+@pytest.mark.parametrize("batch, expected", [
+    (1, [[h] for h in HOSTS]),
+    (2, [HOSTS[0:2], HOSTS[2:4], HOSTS[4:6], HOSTS[6:8]]),
+    (3, [HOSTS[0:3], HOSTS[3:6], HOSTS[6:8]]),
+    ("25%", [HOSTS[0:2], HOSTS[2:4], HOSTS[4:6], HOSTS[6:8]]),
+    ("10%", [[h] for h in HOSTS]),  # never an empty batch
+    ("100%", [HOSTS]),
+    (50, [HOSTS]),
+])
+def test_batches_follow_inventory_order(batch, expected):
+    assert rollout.batches(HOSTS, batch) == expected
+
+
+def test_batches_are_deterministic_and_keep_every_host_once():
+    shuffled = ["web3", "web1", "web2"]
+    assert rollout.batches(shuffled, 2) == [["web3", "web1"], ["web2"]]
+    assert rollout.batches([], 2) == []
+
+
+@pytest.mark.parametrize("budget, total, expected", [(0, 8, 0), (2, 8, 2), ("25%", 8, 2),
+                                                     ("10%", 8, 0), ("0%", 3, 0)])
+def test_failure_budget(budget, total, expected):
+    assert rollout.failure_budget(budget, total) == expected
+
+
+def test_the_rollout_stops_once_failures_exceed_the_budget():
+    assert rollout.halt_reason([], 0) is None
+    assert rollout.halt_reason(["web2"], 1) is None
+    reason = rollout.halt_reason(["web2", "web1"], 1)
+    assert reason == "2 hosts failed (web1, web2); the failure budget (rollout_max_failures) allows 1"
+    assert "1 host failed (web1)" in rollout.halt_reason(["web1"], 0)
+
+
+def test_draining_a_batch_leaves_the_others_and_never_the_last_server():
+    servers = {"hello": ["web1", "web2", "web3"], "shop": ["web1"]}
+    assert rollout.drained_upstreams(["web1"], servers) == {"hello": ["web2", "web3"]}
+    assert rollout.drained_upstreams(["web1", "web2", "web3"], servers) == {}
+    assert rollout.drained_upstreams(["web4"], servers) == {}
+
+
+def test_lb_apps_take_each_apps_port_and_skip_unix_sockets():
+    apps = rollout.lb_apps([
+        ("@docker/web1", "web1", {"hello": "0.0.0.0:8000", "shop": "0.0.0.0:8001"}),
+        ("web2", "10.0.0.2", {"hello": "0.0.0.0:8000", "admin": "unix:/run/admin.sock"}),
+    ])
+    assert apps == [LbApp("hello", 8000, {"@docker/web1": "web1:8000", "web2": "10.0.0.2:8000"}),
+                    LbApp("shop", 8001, {"@docker/web1": "web1:8001"})]
+
+
+def test_the_nginx_config_has_an_upstream_without_each_batch_switched_by_its_flag():
+    apps = rollout.lb_apps([(h, h, {"hello": "0.0.0.0:8000"}) for h in ("web1", "web2", "web3")])
+    config = rollout.lb_config(apps, rollout.batches(["web1", "web2", "web3"], 2))
+    assert config == [{"name": "hello", "port": 8000,
+                       "servers": ["web1:8000", "web2:8000", "web3:8000"],
+                       "drains": [{"batch": 1, "servers": ["web3:8000"]},
+                                  {"batch": 2, "servers": ["web1:8000", "web2:8000"]}]}]
+    text = render("nginx-lb.conf.j2", apps=config, flag_dir="/run/asgi-fleet-lb")
+    assert "upstream hello-without-batch-1 {\n    server web3:8000" in text
+    assert f"if (-f /run/asgi-fleet-lb/{rollout.drain_flag('hello', 2)})" in text
+    assert "set $asgi_fleet_upstream hello-without-batch-2;" in text
+    assert "listen 8000;" in text and "proxy_pass http://$asgi_fleet_upstream;" in text
+    assert text.count("{") == text.count("}")
+
+
+def test_the_summary_has_a_row_per_host_and_app():
+    rows = rollout.summary_rows({
+        "web1": {"status": "failed", "apps": {"hello": {
+            "batch": 1, "old_release": "aaa", "release": "bbb", "activation": "reload",
+            "health": "rolled back", "seconds": 12.34}}},
+        "lb": {"status": "ok", "role": "lb", "apps": {}},
+        "web9": {"status": "unreachable", "apps": {}},
+    })
+    assert rows == [("web1", "hello", "1", "aaa", "bbb", "reload", "rolled back", "12.3"),
+                    ("web9", "-", "-", "-", "-", "-", "unreachable", "-")]
+
+
+def test_an_activation_backs_up_installs_and_knows_its_way_back():
+    script = activate_release(AppPaths("hello"), release_id="new", previous="old",
+                              command="systemctl reload hello.service",
+                              undo="systemctl reload-or-restart hello.service", reload_units=False,
+                              gate="GATE-NEW", back_gate="GATE-OLD")
+    # a first deploy has nothing to keep, hence the test
+    assert ("if [ -e /etc/hello/gunicorn.conf.py ]; then cp -p /etc/hello/gunicorn.conf.py "
+            "/etc/hello/previous/config; fi") in script.splitlines()
+    order = [script.index(marker) for marker in (
+        "/etc/hello/previous/config", "releases/new", "systemctl reload hello.service && ( GATE-NEW )",
+        "rolling back hello to releases/old", "releases/old", "systemctl reload-or-restart", "GATE-OLD")]
+    assert order == sorted(order)
+    assert "systemctl daemon-reload" not in script
+
+
+def test_a_first_release_that_fails_is_stopped_not_rolled_back():
+    script = activate_release(AppPaths("hello"), release_id="new", previous=None,
+                              command="systemctl restart hello.socket && systemctl start hello.service",
+                              undo="systemctl stop hello.service", reload_units=True,
+                              gate="GATE-NEW", back_gate="GATE-OLD")
+    assert "rolling back hello to nothing (the first release: stopped)" in script
+    assert script.count("systemctl daemon-reload") == 2  # units installed, then removed again
+    assert "GATE-OLD" in script  # ...but never reached: the script exits before it
+    assert script.index("if [ -z '' ]; then exit 1; fi") < script.index("GATE-OLD")
