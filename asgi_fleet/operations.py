@@ -206,19 +206,19 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         return
     paths, app = plan.paths, plan.app
     started = time.monotonic()
-    try:
-        # pyinfra bounds a command's output, not an SSH channel that never opens.
-        with gevent.Timeout(time_limit, TimeoutError):
-            kind, current = planned_activation(plan, venv_changed())
-            record.update(activation=kind, old_release=current)
-            if kind == NONE:
-                healthy = host.get_fact(HealthStatus, bind=app["bind"], path=app["health_path"])
-            else:
-                reload_units = bool(host.get_fact(StagedChanges, paths=paths) & NEEDS_UNIT_RELOAD)
-    except TimeoutError:
+    # Facts would wait on a host that stopped answering: pyinfra bounds a
+    # command's output, not an SSH channel that never opens, and a fact
+    # swallows the timeout. So first a bounded "are you there?".
+    if not _answers(host, time_limit):
         record.update(health="unreachable", cause=[f"no answer from the host within {time_limit} s"])
         yield FunctionCommand(lambda: False, (), {})
         return
+    kind, current = planned_activation(plan, venv_changed())
+    record.update(activation=kind, old_release=current)
+    if kind == NONE:
+        healthy = host.get_fact(HealthStatus, bind=app["bind"], path=app["health_path"])
+    else:
+        reload_units = bool(host.get_fact(StagedChanges, paths=paths) & NEEDS_UNIT_RELOAD)
     if kind == NONE and healthy == "200":
         record["health"] = "healthy"
         host.noop(f"{paths.service} already runs release {plan.release_id}, healthy")
@@ -235,6 +235,18 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         )
     left = max(1, int(time_limit - (time.monotonic() - started)))
     yield FunctionCommand(_run_bounded, (script, record, left), {})
+
+
+def _answers(host, time_limit: int) -> bool:
+    """Whether the host runs a command within `time_limit` (an SSH channel
+    that never opens included)."""
+    try:
+        with gevent.Timeout(time_limit, TimeoutError):
+            answered, _ = host.run_shell_command("true", _sudo=bool(host.data.get("_sudo")),
+                                                 _timeout=time_limit)
+    except TimeoutError:
+        return False
+    return answered
 
 
 def _run_bounded(state, host, script: str, record: dict, time_limit: int) -> bool:
