@@ -42,8 +42,36 @@ def main(argv: list[str]) -> int:
                          f"{probe.expected_workers}/{len(probe.workers)}", probe.health["status"],
                          "ok" if ok else "DIFFERS"])
             failed |= not ok
+    failed |= load_balancer_rows(argv[0], rows)
     print("\n".join(format_table(rows)))
     return 1 if failed else 0
+
+
+def load_balancer_rows(inventory: str, rows: list[list[str]]) -> bool:
+    """A line per load balancer and app: its upstream servers, and the health
+    endpoint answered through it. True when one is unreachable or unhealthy."""
+    apps = {}
+    for host in load_inventory(inventory):
+        for plan in plan_host(host.data, host.name):
+            if not plan.app["bind"].startswith("unix:"):
+                port = plan.app["bind"].rpartition(":")[2]
+                apps.setdefault(plan.paths.app, [port, plan.app["health_path"], 0])[2] += 1
+    failed = False
+    for lb in load_inventory(inventory, load_balancers=True):
+        try:
+            testinfra_host = lb.testinfra_host()
+            drained = testinfra_host.check_output("ls -A /run/asgi-fleet-lb 2>/dev/null || true")
+        except Exception as error:  # any transport failure: report the host, go on
+            rows.append([lb.name, "-", "-", "-", "unreachable", str(error).splitlines()[0][:60]])
+            failed = True
+            continue
+        for app, (port, path, servers) in apps.items():
+            code = testinfra_host.check_output(
+                f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://127.0.0.1:{port}{path}")
+            rows.append([lb.name, app, f"load balancer, :{port}", f"{servers} servers", code,
+                         "ok" if code == "200" and not drained else f"DIFFERS {drained}".strip()])
+            failed |= code != "200" or bool(drained)
+    return failed
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from e2e_helpers import fleet_hosts, infra_of, run_deploy
 HOST = "@docker/asgi-web1"
 CONTAINER = "asgi-web1"
 SERVICE = "hello.service"
-ROUNDS = 5
+ROUNDS = 3  # per kind; bench/activation_failures.py repeats more, and the rollout tests add more
 
 
 @pytest.fixture(scope="module")
