@@ -211,7 +211,7 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
     # swallows the timeout. So first a bounded "are you there?".
     if not _answers(host, time_limit):
         record.update(health="unreachable", cause=[f"no answer from the host within {time_limit} s"])
-        yield FunctionCommand(lambda: False, (), {})
+        yield FunctionCommand(_fail, (), {})
         return
     kind, current = planned_activation(plan, venv_changed())
     record.update(activation=kind, old_release=current)
@@ -235,6 +235,10 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         )
     left = max(1, int(time_limit - (time.monotonic() - started)))
     yield FunctionCommand(_run_bounded, (script, record, left), {})
+
+
+def _fail(state, host) -> bool:
+    return False  # a FunctionCommand fails its host only with False (None counts as done)
 
 
 def _answers(host, time_limit: int) -> bool:
