@@ -10,7 +10,7 @@ measures, in every round and one after the other:
   (a) the deployed asgi-fleet service (DrainingUvicornWorker, systemd socket,
       access log to journald) at every worker count from 1 to 2*cores+1
       (cores = the host's usable CPUs; the count is changed in the deployed
-      gunicorn.conf.py and applied with `systemctl reload`), against the count
+      gunicorn.conf.py and applied with `systemctl restart`), against the count
       asgi-fleet's sizing chose for this host;
   (b) `gunicorn -k uvicorn_worker.UvicornWorker -w N` against bare
       `uvicorn --workers N` (same venv, same release, no access log, N = the auto count);
@@ -99,12 +99,14 @@ def fleet_workers() -> int:
 def set_fleet(workers: int, accesslog: bool) -> None:
     log_value = '"-"' if accesslog else "None"
     sh(CONTAINER, f"sed -i -e 's/^workers = .*/workers = {workers}/' "
-                  f"-e 's/^accesslog = .*/accesslog = {log_value}/' {CONF} && systemctl reload hello")
+                  f"-e 's/^accesslog = .*/accesslog = {log_value}/' {CONF} && systemctl restart hello",
+       timeout=120)
     end = time.monotonic() + 60
     while time.monotonic() < end and fleet_workers() != workers:
         time.sleep(0.3)
     if fleet_workers() != workers:
-        raise RuntimeError(f"hello: {fleet_workers()} workers running, {workers} wanted")
+        raise RuntimeError(f"hello: {fleet_workers()} workers running, {workers} wanted:\n"
+                           + sh(CONTAINER, "ps -eo pid,ppid,etimes,args", check=False))
     _serve.wait_http(CONTAINER, 8000)
     time.sleep(1)
 
