@@ -122,7 +122,7 @@ def machine(container: str | None = None) -> dict:
     info = {"nproc": os.cpu_count(), "cpu_model": cpu_model, "memory_mb": mem_kb // 1024,
             "kernel": platform.release(), "python": platform.python_version(),
             "docker": out(["docker", "version", "--format", "{{.Server.Version}}"]),
-            "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]}
+            "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3]}
     if container:
         info["host_nproc"] = sh(container, "nproc", check=False)
         info["host_packages"] = sh(container, "/srv/hello/current/.venv/bin/python -c "

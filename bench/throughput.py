@@ -1,7 +1,7 @@
 """Served throughput on one host at one fixed load-generator setting, side by side.
 
-    .venv/bin/python bench/throughput.py            # defaults: 3 rounds, wrk -t1 -c64, 5 s
-    .venv/bin/python bench/throughput.py --rounds 5 --duration 8
+    .venv/bin/python bench/throughput.py            # defaults: 4 rounds, wrk -t1 -c64, 3 s
+    .venv/bin/python bench/throughput.py --rounds 8 --duration 5
 
 Starts its own test host `asgi-bench-serve1` (bookworm, systemd, pinned to CPU 1
 with --cpuset-cpus), deploys the example app with the project's deploy.py, then
@@ -30,6 +30,7 @@ The measured part holds /tmp/asgi-fleet-bench.lock (flock).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -92,6 +93,19 @@ def stack(unit_name: str) -> dict:
     return {"processes": len(pids), "uvloop": "uvloop/loop" in maps, "httptools": "httptools/parser" in maps}
 
 
+def cpu_seconds(unit_name: str) -> float:
+    """CPU time (user+sys) of a unit's master and live children, plus the master's reaped
+    children (recycled workers), plus systemd-journald (the access log's other half)."""
+    pids = unit_pids(unit_name)
+    if not pids:
+        return 0.0
+    script = ("t=0; for p in " + " ".join(pids) + " $(pidof systemd-journald); do "
+              "set -- $(cut -d')' -f2 /proc/$p/stat 2>/dev/null); "
+              "[ $# -gt 15 ] && t=$((t + ${12} + ${13} + ${14} + ${15})); done; echo $t")
+    ticks = int(sh(CONTAINER, script, check=False) or 0)
+    return ticks / 100.0  # USER_HZ
+
+
 def fleet_workers() -> int:
     return int(sh(CONTAINER, "pgrep -c -f '^gunicorn: worker \\[hello\\]' || true", check=False) or 0)
 
@@ -134,56 +148,128 @@ def parse_wrk(out: str) -> dict:
     return result
 
 
-def wrk(binary: str, args: argparse.Namespace, url: str) -> dict:
+def wrk(binary: str, args: argparse.Namespace, url: str, unit_name: str) -> dict:
     base = ["taskset", "-c", args.loadgen_cpu, binary, "-t", str(args.threads), "-c", str(args.connections)]
     subprocess.run(base + ["-d", "1s", url], capture_output=True, timeout=30)  # warm-up, not counted
+    cpu_before = cpu_seconds(unit_name)
+    load_before = Path("/proc/loadavg").read_text().split()[0]
     proc = subprocess.run(base + ["-d", f"{args.duration}s", "--latency", url], capture_output=True,
                           text=True, timeout=args.duration + 30)
+    cpu = cpu_seconds(unit_name) - cpu_before
     parsed = parse_wrk(proc.stdout)
+    parsed["server_cpu_s"] = round(cpu, 2)
+    parsed["req_per_cpu_s"] = round(parsed["requests"] / cpu) if parsed.get("requests") and cpu > 0 else None
+    parsed["loadavg_1min"] = float(load_before)
     if parsed["rps"] is None:
         raise RuntimeError(f"wrk gave no result for {url}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
     return parsed
 
 
 def table(summary: dict, auto: int, sweep: list[int], rounds: int, args: argparse.Namespace) -> str:
-    rows = ["| what (same host, same wrk setting) | median req/s | ratio | p50 / p99 ms |", "|---|---|---|---|"]
+    rows = ["| what (same host, same wrk setting) | median req/s (min-max) | ratio of medians | "
+            "req per server CPU-second | ratio | p50 / p99 ms |", "|---|---|---|---|---|---|"]
 
-    def cell(key: str) -> tuple[float, str]:
+    def cells(key: str) -> str:
         s = summary[key]
-        return s["rps"], f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f}"
+        lo, hi = s["rps_min_max"]
+        cpu = f"{s['req_per_cpu_s']:,.0f}" if s.get("req_per_cpu_s") else "?"
+        return f"{s['rps']:,.0f} ({lo:,.0f}-{hi:,.0f})", cpu, f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f}"
+
+    def ratio(key: str, base: str, field: str) -> str:
+        a, b = summary[key].get(field), summary[base].get(field)
+        return f"{a / b:.2f}" if a and b else "?"
     best_n = max(sweep, key=lambda n: summary[f"fleet_w{n}"]["rps"])
-    best = summary[f"fleet_w{best_n}"]["rps"]
     for n in sweep:
-        rps, lat = cell(f"fleet_w{n}")
+        key = f"fleet_w{n}"
+        rps, cpu, lat = cells(key)
         tag = (" (auto-sized)" if n == auto else "") + (" (best)" if n == best_n else "")
-        rows.append(f"| (a) asgi-fleet service, {n} worker(s){tag} | {rps:,.0f} | {rps / best:.2f} of best | {lat} |")
-    rows.append(f"| (a) **auto-sized ({auto}) / best ({best_n})** | | **{summary[f'fleet_w{auto}']['rps'] / best:.2f}** | |")
-    pairs = [("(b)", "gunicorn_uvloop", "uvicorn_uvloop", "gunicorn+UvicornWorker / bare uvicorn"),
-             ("(c)", "gunicorn_h11", "gunicorn_uvloop", "asyncio+h11 / uvloop+httptools, gunicorn"),
-             ("(c)", "uvicorn_h11", "uvicorn_uvloop", "asyncio+h11 / uvloop+httptools, bare uvicorn"),
-             ("(+)", "fleet_noaccess", f"fleet_w{auto}", "asgi-fleet without / with access log"),
-             ("(+)", "gunicorn_draining", "gunicorn_uvloop", "draining / stock worker class, plain process"),
-             ("(+)", "fleet_noaccess", "gunicorn_draining",
-              "asgi-fleet unit (socket, sandbox, its config) / plain process, same worker class, no access log")]
+        rows.append(f"| (a) asgi-fleet service, {n} worker(s){tag} | {rps} | {ratio(key, f'fleet_w{best_n}', 'rps')} "
+                    f"of best | {cpu} | | {lat} |")
+    rows.append(f"| (a) **auto-sized ({auto}) / best of the sweep ({best_n})** | | "
+                f"**{ratio(f'fleet_w{auto}', f'fleet_w{best_n}', 'rps')}** | | | |")
+    pairs = [("(b)", "gunicorn_uvloop", "uvicorn_uvloop", "gunicorn / bare uvicorn"),
+             ("(c)", "gunicorn_h11", "gunicorn_uvloop", "h11 / uvloop, gunicorn"),
+             ("(c)", "uvicorn_h11", "uvicorn_uvloop", "h11 / uvloop, bare uvicorn"),
+             ("(+)", "fleet_noaccess", f"fleet_w{auto}", "without / with access log"),
+             ("(+)", "gunicorn_draining", "gunicorn_uvloop", "draining / stock class"),
+             ("(+)", f"fleet_w{auto}", "gunicorn_uvloop", "asgi-fleet service / stock gunicorn command")]
+    rows.append(f"| (b/c) {LABELS['uvicorn_uvloop']}, N={auto} | {cells('uvicorn_uvloop')[0]} | | "
+                f"{cells('uvicorn_uvloop')[1]} | | {cells('uvicorn_uvloop')[2]} |")
     for tag, key, base, what in pairs:
         if key not in summary or base not in summary:
             continue
-        rps, lat = cell(key)
-        rows.append(f"| {tag} {LABELS.get(key, key)}, N={auto} | {rps:,.0f} | "
-                    f"{what}: **{rps / summary[base]['rps']:.2f}** | {lat} |")
-    rows.append(f"| (b/c) {LABELS['uvicorn_uvloop']}, N={auto} | {summary['uvicorn_uvloop']['rps']:,.0f} | | "
-                f"{summary['uvicorn_uvloop']['p50_ms']:.1f} / {summary['uvicorn_uvloop']['p99_ms']:.1f} |")
+        rps, cpu, lat = cells(key)
+        label = LABELS.get(key, "asgi-fleet service as deployed")
+        rows.append(f"| {tag} {label}, N={auto} | {rps} | {what}: **{ratio(key, base, 'rps')}** | {cpu} | "
+                    f"{ratio(key, base, 'req_per_cpu_s')} | {lat} |")
     rows.append("")
-    rows.append(f"Medians of {rounds} rounds; wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
-                f"GET / (keep-alive) pinned to CPU {args.loadgen_cpu}; host container on CPU {args.host_cpu}. "
-                "A ratio above 1 means the first of the pair served more.")
+    rows.append(f"Medians of {rounds} rounds (configurations interleaved in every round); wrk -t{args.threads} "
+                f"-c{args.connections} -d{args.duration}s GET / (keep-alive) pinned to CPU {args.loadgen_cpu}; "
+                f"host container on CPU {args.host_cpu}. A ratio above 1 means the first of the pair did better. "
+                "Server CPU = user+sys of the unit's processes and of systemd-journald during the run: "
+                "requests per CPU-second is less sensitive than req/s to other load on the shared machine.")
     return "\n".join(rows)
+
+
+def _cpu_ratio(summary: dict, key: str, base: str) -> float | None:
+    a, b = summary[key].get("req_per_cpu_s"), summary[base].get("req_per_cpu_s")
+    return a / b if a and b else None
+
+
+PAIRS = [("gunicorn_over_uvicorn", "gunicorn_uvloop", "uvicorn_uvloop"),
+         ("h11_over_uvloop_gunicorn", "gunicorn_h11", "gunicorn_uvloop"),
+         ("h11_over_uvloop_uvicorn", "uvicorn_h11", "uvicorn_uvloop"),
+         ("draining_over_stock_plain", "gunicorn_draining", "gunicorn_uvloop"),
+         ("fleet_noaccess_over_fleet", "fleet_noaccess", "fleet_w{auto}"),
+         ("fleet_over_gunicorn_stock", "fleet_w{auto}", "gunicorn_uvloop")]
+
+
+def analyse(runs: list[dict], auto: int, sweep: list[int], args: argparse.Namespace) -> dict:
+    summary = {}
+    for config in dict.fromkeys(r["config"] for r in runs):
+        mine = [r for r in runs if r["config"] == config]
+        summary[config] = {k: _serve.median([r.get(k) for r in mine]) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "req_per_cpu_s")}
+        summary[config]["rps_min_max"] = [min(r["rps"] for r in mine), max(r["rps"] for r in mine)]
+        summary[config].update(runs=len(mine), errors=sum(r["errors"] + r["non_2xx"] for r in mine),
+                               label=LABELS.get(config, f"asgi-fleet service, {mine[0]['workers']} worker(s)"))
+    best_n = max(sweep, key=lambda n: summary[f"fleet_w{n}"]["rps"])
+    ratios = {
+        "auto_over_best": summary[f"fleet_w{auto}"]["rps"] / summary[f"fleet_w{best_n}"]["rps"],
+        "gunicorn_over_uvicorn": summary["gunicorn_uvloop"]["rps"] / summary["uvicorn_uvloop"]["rps"],
+        "h11_over_uvloop_gunicorn": summary["gunicorn_h11"]["rps"] / summary["gunicorn_uvloop"]["rps"],
+        "h11_over_uvloop_uvicorn": summary["uvicorn_h11"]["rps"] / summary["uvicorn_uvloop"]["rps"],
+        "fleet_noaccess_over_fleet": summary["fleet_noaccess"]["rps"] / summary[f"fleet_w{auto}"]["rps"],
+        "fleet_over_gunicorn_stock": summary[f"fleet_w{auto}"]["rps"] / summary["gunicorn_uvloop"]["rps"],
+        "per_cpu_gunicorn_over_uvicorn": _cpu_ratio(summary, "gunicorn_uvloop", "uvicorn_uvloop"),
+        "per_cpu_h11_over_uvloop_gunicorn": _cpu_ratio(summary, "gunicorn_h11", "gunicorn_uvloop"),
+        "per_cpu_h11_over_uvloop_uvicorn": _cpu_ratio(summary, "uvicorn_h11", "uvicorn_uvloop"),
+        "per_cpu_fleet_over_gunicorn_stock": _cpu_ratio(summary, f"fleet_w{auto}", "gunicorn_uvloop"),
+        "draining_over_stock_plain": summary["gunicorn_draining"]["rps"] / summary["gunicorn_uvloop"]["rps"],
+        "fleet_noaccess_over_draining_plain": summary["fleet_noaccess"]["rps"] / summary["gunicorn_draining"]["rps"],
+    }
+    paired = {}
+    for name, key, base in PAIRS + [(f"w{n}_over_w{auto}", f"fleet_w{n}", f"fleet_w{auto}") for n in sweep if n != auto]:
+        key, base = key.format(auto=auto), base.format(auto=auto)
+        per_round = []
+        for rnd in sorted({r["round"] for r in runs}):
+            x = [r["rps"] for r in runs if r["round"] == rnd and r["config"] == key]
+            y = [r["rps"] for r in runs if r["round"] == rnd and r["config"] == base]
+            if x and y:
+                per_round.append(round(x[0] / y[0], 3))
+        paired[name] = {"median": _serve.median(per_round), "per_round": per_round}
+    lines = [table(summary, auto, sweep, args.rounds, args), "",
+             "Same ratios taken within each round (adjacent runs), median over rounds [per round]:", ""]
+    for name, value in paired.items():
+        lines.append(f"- {name}: **{value['median']:.2f}** {value['per_round']}")
+    return {"summary": summary, "best_workers": best_n,
+            "ratios": {k: None if v is None else round(v, 3) for k, v in ratios.items()},
+            "paired_ratios": paired, "table_md": "\n".join(lines)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per measured wrk run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--host-cpu", default="1", help="the test host's --cpuset-cpus")
@@ -191,7 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-workers", type=int, help="sweep end (default 2*host cores+1)")
     parser.add_argument("--keep", action="store_true", help="leave the container running")
     parser.add_argument("--output")
+    parser.add_argument("--reanalyse", metavar="JSON", help="recompute summary and tables from a result's raw runs")
     args = parser.parse_args(argv)
+    if args.reanalyse:
+        payload = json.loads(Path(args.reanalyse).read_text())
+        saved = payload["setup"]
+        args.rounds = saved["rounds"]
+        args.threads, args.connections, args.duration = (int(x[2:].rstrip("s")) for x in saved["wrk"].split()[:3])
+        payload.update(analyse(payload["runs"], saved["auto_workers"], saved["sweep"], args))
+        Path(args.reanalyse).write_text(json.dumps(payload, indent=1) + "\n")
+        print(payload["table_md"])
+        return 0
 
     started = time.monotonic()
     binary = ensure_wrk()
@@ -219,40 +315,24 @@ def main(argv: list[str] | None = None) -> int:
                 for n in sweep:
                     set_fleet(n, accesslog=True)
                     runs.append({"round": rnd, "config": f"fleet_w{n}", "workers": n,
-                                 **wrk(binary, args, f"http://{ip}:8000/")})
-                    log(f"round {rnd} {runs[-1]['config']}: {runs[-1]['rps']} req/s")
+                                 **wrk(binary, args, f"http://{ip}:8000/", "hello")})
+                    log(f"round {rnd} {runs[-1]['config']}: {runs[-1]['rps']} req/s, {runs[-1]['req_per_cpu_s']} req/cpu-s")
                 set_fleet(auto, accesslog=False)
                 runs.append({"round": rnd, "config": "fleet_noaccess", "workers": auto,
-                             **wrk(binary, args, f"http://{ip}:8000/")})
+                             **wrk(binary, args, f"http://{ip}:8000/", "hello")})
                 set_fleet(auto, accesslog=True)
                 order = list(SIDE_CARS)
                 order = order[rnd % len(order):] + order[:rnd % len(order)]  # rotate: no fixed position
                 for name in order:
                     runs.append({"round": rnd, "config": name, "workers": auto,
-                                 **wrk(binary, args, f"http://{ip}:{SIDE_CARS[name][0]}/")})
-                    log(f"round {rnd} {name}: {runs[-1]['rps']} req/s")
+                                 **wrk(binary, args, f"http://{ip}:{SIDE_CARS[name][0]}/", unit(name))})
+                    log(f"round {rnd} {name}: {runs[-1]['rps']} req/s, {runs[-1]['req_per_cpu_s']} req/cpu-s")
             measured_s = time.monotonic() - measured_from
         stacks_after = {"fleet": stack("hello")}
         sh(CONTAINER, f"cat > {CONF} <<'EOF'\n{original_conf}\nEOF\nsystemctl reload hello", check=False)
         info = _serve.machine(CONTAINER)
 
-    summary = {}
-    for config in dict.fromkeys(r["config"] for r in runs):
-        mine = [r for r in runs if r["config"] == config]
-        summary[config] = {k: _serve.median([r.get(k) for r in mine]) for k in ("rps", "p50_ms", "p90_ms", "p99_ms")}
-        summary[config].update(runs=len(mine), errors=sum(r["errors"] + r["non_2xx"] for r in mine),
-                               label=LABELS.get(config, f"asgi-fleet service, {mine[0]['workers']} worker(s)"))
-    best_n = max(sweep, key=lambda n: summary[f"fleet_w{n}"]["rps"])
-    ratios = {
-        "auto_over_best": summary[f"fleet_w{auto}"]["rps"] / summary[f"fleet_w{best_n}"]["rps"],
-        "gunicorn_over_uvicorn": summary["gunicorn_uvloop"]["rps"] / summary["uvicorn_uvloop"]["rps"],
-        "h11_over_uvloop_gunicorn": summary["gunicorn_h11"]["rps"] / summary["gunicorn_uvloop"]["rps"],
-        "h11_over_uvloop_uvicorn": summary["uvicorn_h11"]["rps"] / summary["uvicorn_uvloop"]["rps"],
-        "fleet_noaccess_over_fleet": summary["fleet_noaccess"]["rps"] / summary[f"fleet_w{auto}"]["rps"],
-        "fleet_over_gunicorn_stock": summary[f"fleet_w{auto}"]["rps"] / summary["gunicorn_uvloop"]["rps"],
-        "draining_over_stock_plain": summary["gunicorn_draining"]["rps"] / summary["gunicorn_uvloop"]["rps"],
-        "fleet_noaccess_over_draining_plain": summary["fleet_noaccess"]["rps"] / summary["gunicorn_draining"]["rps"],
-    }
+    analysed = analyse(runs, auto, sweep, args)
     payload = {
         "benchmark": "throughput",
         "command": _serve.command_line("throughput.py", argv),
@@ -264,11 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                   "rounds": args.rounds, "auto_workers": auto, "host_cores": cores, "sweep": sweep,
                   "stacks_loaded": stacks, "stack_fleet_after": stacks_after,
                   "side_car_commands": {k: v[1].format(n=auto) for k, v in SIDE_CARS.items()}},
-        "summary": summary, "best_workers": best_n, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        **{k: v for k, v in analysed.items() if k != "table_md"},
         "runs": runs,
         "timing": {"deploy_s": round(deploy_s, 1), "measured_s": round(measured_s, 1),
                    "lock_wait_s": lock["lock_wait_s"], "total_s": round(time.monotonic() - started, 1)},
-        "table_md": table(summary, auto, sweep, args.rounds, args),
+        "table_md": analysed["table_md"],
     }
     path = _serve.write_result("throughput", payload, args.output)
     print(payload["table_md"])
