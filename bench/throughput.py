@@ -59,6 +59,10 @@ SIDE_CARS = {
     "gunicorn_draining": (8105, f"{VENV}/gunicorn -k asgi_fleet_worker.DrainingUvicornWorker -w {{n}} "
                                 "-b 0.0.0.0:8105 app:app"),
 }
+# extra systemd-run properties per side car: the unit's system-call filter alone
+SIDE_CAR_PROPS = {"gunicorn_draining_seccomp": "-p 'SystemCallFilter=@system-service' "
+                                               "-p 'SystemCallFilter=~@privileged @resources'"}
+SIDE_CARS["gunicorn_draining_seccomp"] = (8106, SIDE_CARS["gunicorn_draining"][1].replace("8105", "8106"))
 LABELS = {
     "gunicorn_uvloop": "gunicorn + uvicorn_worker.UvicornWorker (uvloop + httptools), no access log",
     "uvicorn_uvloop": "bare `uvicorn --workers N` (uvloop + httptools), no access log",
@@ -66,6 +70,9 @@ LABELS = {
     "uvicorn_h11": "bare `uvicorn --workers N --loop asyncio --http h11`, no access log",
     "gunicorn_draining": "gunicorn + asgi_fleet_worker.DrainingUvicornWorker, plain process, no access log",
     "fleet_noaccess": "asgi-fleet service, N = auto, `accesslog = None`",
+    "gunicorn_draining_seccomp": "the same plain process with the unit's SystemCallFilter",
+    "fleet_noaccess_wmax": "asgi-fleet service, N = 2*cores+1, `accesslog = None`",
+    "fleet_noaccess_nomaxreq": "asgi-fleet service, N = auto, `accesslog = None`, `max_requests = 0`",
 }
 
 
@@ -110,9 +117,9 @@ def fleet_workers() -> int:
     return int(sh(CONTAINER, "pgrep -c -f '^gunicorn: worker \\[hello\\]' || true", check=False) or 0)
 
 
-def set_fleet(workers: int, accesslog: bool) -> None:
+def set_fleet(workers: int, accesslog: bool, max_requests: str = "10000") -> None:
     log_value = '"-"' if accesslog else "None"
-    sh(CONTAINER, f"sed -i -e 's/^workers = .*/workers = {workers}/' "
+    sh(CONTAINER, f"sed -i -e 's/^workers = .*/workers = {workers}/' -e 's/^max_requests = .*/max_requests = {max_requests}/' "
                   f"-e 's/^accesslog = .*/accesslog = {log_value}/' {CONF} && systemctl restart hello",
        timeout=120)
     end = time.monotonic() + 60
@@ -192,6 +199,10 @@ def table(summary: dict, auto: int, sweep: list[int], rounds: int, args: argpars
              ("(c)", "uvicorn_h11", "uvicorn_uvloop", "h11 / uvloop, bare uvicorn"),
              ("(+)", "fleet_noaccess", f"fleet_w{auto}", "without / with access log"),
              ("(+)", "gunicorn_draining", "gunicorn_uvloop", "draining / stock class"),
+             ("(+)", "gunicorn_draining_seccomp", "gunicorn_draining", "with / without SystemCallFilter"),
+             ("(+)", "fleet_noaccess", "gunicorn_draining", "asgi-fleet unit, no access log / plain process"),
+             ("(a')", "fleet_noaccess_wmax", "fleet_noaccess", "no access log: 2*cores+1 / auto workers"),
+             ("(+)", "fleet_noaccess_nomaxreq", "fleet_noaccess", "max_requests 0 / 10000, no access log"),
              ("(+)", f"fleet_w{auto}", "gunicorn_uvloop", "asgi-fleet service / stock gunicorn command")]
     rows.append(f"| (b/c) {LABELS['uvicorn_uvloop']}, N={auto} | {cells('uvicorn_uvloop')[0]} | | "
                 f"{cells('uvicorn_uvloop')[1]} | | {cells('uvicorn_uvloop')[2]} |")
@@ -200,7 +211,8 @@ def table(summary: dict, auto: int, sweep: list[int], rounds: int, args: argpars
             continue
         rps, cpu, lat = cells(key)
         label = LABELS.get(key, "asgi-fleet service as deployed")
-        rows.append(f"| {tag} {label}, N={auto} | {rps} | {what}: **{ratio(key, base, 'rps')}** | {cpu} | "
+        n_shown = summary[key].get("workers", auto)
+        rows.append(f"| {tag} {label}, N={n_shown} | {rps} | {what}: **{ratio(key, base, 'rps')}** | {cpu} | "
                     f"{ratio(key, base, 'req_per_cpu_s')} | {lat} |")
     rows.append("")
     rows.append(f"Medians of {rounds} rounds (configurations interleaved in every round); wrk -t{args.threads} "
@@ -230,7 +242,7 @@ def analyse(runs: list[dict], auto: int, sweep: list[int], args: argparse.Namesp
         mine = [r for r in runs if r["config"] == config]
         summary[config] = {k: _serve.median([r.get(k) for r in mine]) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "req_per_cpu_s")}
         summary[config]["rps_min_max"] = [min(r["rps"] for r in mine), max(r["rps"] for r in mine)]
-        summary[config].update(runs=len(mine), errors=sum(r["errors"] + r["non_2xx"] for r in mine),
+        summary[config].update(runs=len(mine), workers=mine[0]["workers"], errors=sum(r["errors"] + r["non_2xx"] for r in mine),
                                label=LABELS.get(config, f"asgi-fleet service, {mine[0]['workers']} worker(s)"))
     best_n = max(sweep, key=lambda n: summary[f"fleet_w{n}"]["rps"])
     ratios = {
@@ -260,7 +272,8 @@ def analyse(runs: list[dict], auto: int, sweep: list[int], args: argparse.Namesp
     lines = [table(summary, auto, sweep, args.rounds, args), "",
              "Same ratios taken within each round (adjacent runs), median over rounds [per round]:", ""]
     for name, value in paired.items():
-        lines.append(f"- {name}: **{value['median']:.2f}** {value['per_round']}")
+        if value["median"] is not None:
+            lines.append(f"- {name}: **{value['median']:.2f}** {value['per_round']}")
     return {"summary": summary, "best_workers": best_n,
             "ratios": {k: None if v is None else round(v, 3) for k, v in ratios.items()},
             "paired_ratios": paired, "table_md": "\n".join(lines)}
@@ -302,12 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         sweep = list(range(1, (args.max_workers or 2 * cores + 1) + 1))
         original_conf = sh(CONTAINER, f"cat {CONF}")
         for name, (port, command) in SIDE_CARS.items():
-            sh(CONTAINER, f"systemd-run --quiet --collect --unit={unit(name)} "
+            sh(CONTAINER, f"systemd-run --quiet --collect --unit={unit(name)} {SIDE_CAR_PROPS.get(name, '')} "
                           f"-p WorkingDirectory=/srv/hello/current {command.format(n=auto)}")
         for name, (port, _) in SIDE_CARS.items():
             _serve.wait_http(CONTAINER, port)
         stacks = {name: stack(unit(name)) for name in SIDE_CARS}
         stacks["fleet"] = stack("hello")
+        stacks["fleet_worker_status"] = sh(CONTAINER, "for p in $(pgrep -f '^gunicorn: worker .hello'); do "
+                                           "grep -E 'Seccomp:|Speculation_Store' /proc/$p/status; done", check=False)
         log(f"auto-sized workers: {auto}; sweep {sweep}; stacks {stacks}")
         with _serve.bench_lock() as lock:
             measured_from = time.monotonic()
@@ -320,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
                 set_fleet(auto, accesslog=False)
                 runs.append({"round": rnd, "config": "fleet_noaccess", "workers": auto,
                              **wrk(binary, args, f"http://{ip}:8000/", "hello")})
+                set_fleet(auto, accesslog=False, max_requests="0")  # worker recycling off
+                runs.append({"round": rnd, "config": "fleet_noaccess_nomaxreq", "workers": auto,
+                             **wrk(binary, args, f"http://{ip}:8000/", "hello")})
+                if sweep[-1] != auto:  # is the sweep's shape the access log's doing?
+                    set_fleet(sweep[-1], accesslog=False)
+                    runs.append({"round": rnd, "config": "fleet_noaccess_wmax", "workers": sweep[-1],
+                                 **wrk(binary, args, f"http://{ip}:8000/", "hello")})
                 set_fleet(auto, accesslog=True)
                 order = list(SIDE_CARS)
                 order = order[rnd % len(order):] + order[:rnd % len(order)]  # rotate: no fixed position
