@@ -233,6 +233,10 @@ PAIRS = [("gunicorn_over_uvicorn", "gunicorn_uvloop", "uvicorn_uvloop"),
          ("h11_over_uvloop_uvicorn", "uvicorn_h11", "uvicorn_uvloop"),
          ("draining_over_stock_plain", "gunicorn_draining", "gunicorn_uvloop"),
          ("fleet_noaccess_over_fleet", "fleet_noaccess", "fleet_w{auto}"),
+         ("noaccess_wmax_over_noaccess_auto", "fleet_noaccess_wmax", "fleet_noaccess"),
+         ("nomaxreq_over_maxreq_noaccess", "fleet_noaccess_nomaxreq", "fleet_noaccess"),
+         ("seccomp_over_plain_draining", "gunicorn_draining_seccomp", "gunicorn_draining"),
+         ("fleet_noaccess_over_draining_plain", "fleet_noaccess", "gunicorn_draining"),
          ("fleet_over_gunicorn_stock", "fleet_w{auto}", "gunicorn_uvloop")]
 
 
