@@ -8,6 +8,14 @@ appears or after --max-seconds, whichever comes first, and prints JSON:
     {"requests": N, "failed": F, "errors": {"kind": count}, "releases": {...},
      "by_mode": {"keepalive": {...}, "close": {...}}, "seconds": S}
 
+Options for latency work (all off by default, so the output above is unchanged):
+--rate R paces every client to R requests per second (an open schedule: a
+client that falls behind sends at once, it never bursts to catch up);
+--records FILE writes one CSV line per request, `start,latency_ms,ok,mode`
+(start = wall-clock epoch seconds when the request was sent, ok = 1 for a
+complete 2xx response, mode = k(eep-alive) or c(lose)); --buckets adds
+"per_second": [{"t": epoch second, "requests", "failed", "p50_ms", "p99_ms"}].
+
 A failed request is anything but a complete 2xx response: a refused or reset
 connection, an EOF before the response, a timeout, or a non-2xx status.
 """
@@ -27,10 +35,13 @@ POST_BODY = json.dumps({"name": "widget", "quantity": 2}).encode()
 
 class Client(threading.Thread):
     def __init__(self, host: str, port: int, keepalive: bool, until: float, stop_file: str,
-                 timeout: float):
+                 timeout: float, rate: float = 0.0, record: bool = False):
         super().__init__(daemon=True)
         self.host, self.port, self.keepalive = host, port, keepalive
         self.until, self.stop_file, self.timeout = until, stop_file, timeout
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.record = record
+        self.samples: list[tuple[float, float, int]] = []  # (start epoch, latency s, ok)
         self.requests = 0
         self.errors: Counter[str] = Counter()
         self.releases: Counter[str] = Counter()
@@ -40,7 +51,17 @@ class Client(threading.Thread):
 
     def run(self) -> None:
         connection = None
+        next_at = time.monotonic()
         while not self.stopped():
+            if self.interval:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_at = max(next_at + self.interval, time.monotonic())
+                if self.stopped():
+                    break
+            sent_wall, sent = time.time(), time.perf_counter()
+            ok = 0
             if connection is None:
                 connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             post = self.requests % 2 == 1
@@ -58,6 +79,7 @@ class Client(threading.Thread):
                     self.errors[f"status {response.status}"] += 1
                 else:
                     self.releases[json.loads(body).get("release", "?")] += 1
+                    ok = 1
                 if not self.keepalive or response.will_close:
                     connection.close()
                     connection = None
@@ -65,11 +87,37 @@ class Client(threading.Thread):
                 self.errors[type(error).__name__] += 1
                 connection.close()
                 connection = None
+            if self.record:
+                self.samples.append((sent_wall, time.perf_counter() - sent, ok))
         if connection is not None:
             connection.close()
 
 
-def main() -> None:
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), -(-len(sorted_values) * q // 100)))
+    return sorted_values[int(rank) - 1]
+
+
+def per_second(samples: list[tuple[float, float, int]]) -> list[dict]:
+    seconds: dict[int, list] = {}
+    for start, latency, ok in samples:
+        seconds.setdefault(int(start), []).append((latency, ok))
+    out = []
+    for second in sorted(seconds):
+        items = seconds[second]
+        good = sorted(latency * 1000 for latency, ok in items if ok)
+        p50, p99 = percentile(good, 50), percentile(good, 99)
+        out.append({"t": second, "requests": len(items),
+                    "failed": sum(1 for _, ok in items if not ok),
+                    "p50_ms": None if p50 is None else round(p50, 2),
+                    "p99_ms": None if p99 is None else round(p99, 2)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -78,11 +126,17 @@ def main() -> None:
     parser.add_argument("--stop-file", default="/tmp/loadgen.stop")
     parser.add_argument("--timeout", type=float, default=30)
     parser.add_argument("--output", help="write the JSON here as well as to stdout")
-    args = parser.parse_args()
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="requests per second per client (0: as fast as possible)")
+    parser.add_argument("--records", help="write one CSV line per request here")
+    parser.add_argument("--buckets", action="store_true", help="add per-second buckets")
+    args = parser.parse_args(argv)
+    record = bool(args.records or args.buckets)
 
     start = time.monotonic()
     until = start + args.max_seconds
-    clients = [Client(args.host, args.port, keepalive, until, args.stop_file, args.timeout)
+    clients = [Client(args.host, args.port, keepalive, until, args.stop_file, args.timeout,
+                      args.rate, record)
                for keepalive in (True, False) for _ in range(args.clients)]
     for client in clients:
         client.start()
@@ -99,6 +153,15 @@ def main() -> None:
     result["by_mode"] = {"keepalive": total([c for c in clients if c.keepalive]),
                          "close": total([c for c in clients if not c.keepalive])}
     result["seconds"] = round(time.monotonic() - start, 2)
+    if args.records:
+        with open(args.records + ".tmp", "w") as out:
+            for client in clients:
+                mode = "k" if client.keepalive else "c"
+                out.writelines(f"{s:.4f},{lat * 1000:.3f},{ok},{mode}\n"
+                               for s, lat, ok in client.samples)
+        os.replace(args.records + ".tmp", args.records)
+    if args.buckets:
+        result["per_second"] = per_second([s for c in clients for s in c.samples])
     print(json.dumps(result))
     if args.output:
         with open(args.output + ".tmp", "w") as out:

@@ -1,0 +1,386 @@
+"""Served throughput on one host at one fixed load-generator setting, side by side.
+
+    .venv/bin/python bench/throughput.py            # defaults: 4 rounds, wrk -t1 -c64, 3 s
+    .venv/bin/python bench/throughput.py --rounds 8 --duration 5
+
+Starts its own test host `asgi-bench-serve1` (bookworm, systemd, pinned to CPU 1
+with --cpuset-cpus), deploys the example app with the project's deploy.py, then
+measures, in every round and one after the other:
+
+  (a) the deployed asgi-fleet service (DrainingUvicornWorker, systemd socket,
+      access log to journald) at every worker count from 1 to 2*cores+1
+      (cores = the host's usable CPUs; the count is changed in the deployed
+      gunicorn.conf.py and applied with `systemctl restart`), against the count
+      asgi-fleet's sizing chose for this host;
+  (b) `gunicorn -k uvicorn_worker.UvicornWorker -w N` against bare
+      `uvicorn --workers N` (same venv, same release, no access log, N = the auto count);
+  (c) uvloop + httptools against asyncio + h11, through gunicorn
+      (UvicornWorker vs uvicorn_worker.UvicornH11Worker) and bare uvicorn
+      (--loop/--http), same N;
+  plus the deployed service with its access log switched off (the cost of
+  `accesslog = "-"` into journald).
+
+The load generator is wrk on the controller, pinned to CPU 0 with taskset,
+sending GET / with keep-alive to the container's bridge address (traffic goes
+to this test host only). Every wrk run is bounded by its duration. Medians over
+the rounds; ratios are of medians. Writes bench/results/throughput.json.
+The measured part holds /tmp/asgi-fleet-bench.lock (flock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _serve  # noqa: E402
+from _serve import log, sh  # noqa: E402
+
+CONTAINER = "asgi-bench-serve1"
+CONF = "/etc/hello/gunicorn.conf.py"
+VENV = "/srv/hello/current/.venv/bin"
+
+# name -> (port, command run as a transient systemd unit in /srv/hello/current); {n} = workers
+SIDE_CARS = {
+    "gunicorn_uvloop": (8101, f"{VENV}/gunicorn -k uvicorn_worker.UvicornWorker -w {{n}} -b 0.0.0.0:8101 app:app"),
+    "uvicorn_uvloop": (8102, f"{VENV}/uvicorn --workers {{n}} --host 0.0.0.0 --port 8102 --no-access-log "
+                             "--loop uvloop --http httptools app:app"),
+    "gunicorn_h11": (8103, f"{VENV}/gunicorn -k uvicorn_worker.UvicornH11Worker -w {{n}} -b 0.0.0.0:8103 app:app"),
+    "uvicorn_h11": (8104, f"{VENV}/uvicorn --workers {{n}} --host 0.0.0.0 --port 8104 --no-access-log "
+                          "--loop asyncio --http h11 app:app"),
+    # asgi-fleet's worker class in a plain process: tells the worker's cost from the unit's
+    "gunicorn_draining": (8105, f"{VENV}/gunicorn -k asgi_fleet_worker.DrainingUvicornWorker -w {{n}} "
+                                "-b 0.0.0.0:8105 app:app"),
+}
+# extra systemd-run properties per side car: the unit's system-call filter alone
+SIDE_CAR_PROPS = {"gunicorn_draining_seccomp": "-p 'SystemCallFilter=@system-service' "
+                                               "-p 'SystemCallFilter=~@privileged @resources'"}
+SIDE_CARS["gunicorn_draining_seccomp"] = (8106, SIDE_CARS["gunicorn_draining"][1].replace("8105", "8106"))
+LABELS = {
+    "gunicorn_uvloop": "gunicorn + uvicorn_worker.UvicornWorker (uvloop + httptools), no access log",
+    "uvicorn_uvloop": "bare `uvicorn --workers N` (uvloop + httptools), no access log",
+    "gunicorn_h11": "gunicorn + uvicorn_worker.UvicornH11Worker (asyncio + h11), no access log",
+    "uvicorn_h11": "bare `uvicorn --workers N --loop asyncio --http h11`, no access log",
+    "gunicorn_draining": "gunicorn + asgi_fleet_worker.DrainingUvicornWorker, plain process, no access log",
+    "fleet_noaccess": "asgi-fleet service, N = auto, `accesslog = None`",
+    "gunicorn_draining_seccomp": "the same plain process with the unit's SystemCallFilter",
+    "fleet_noaccess_wmax": "asgi-fleet service, N = 2*cores+1, `accesslog = None`",
+    "fleet_noaccess_nomaxreq": "asgi-fleet service, N = auto, `accesslog = None`, `max_requests = 0`",
+}
+
+
+def ensure_wrk() -> str:
+    if not shutil.which("wrk"):
+        log("wrk is missing on the controller: apt-get install -y wrk")
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True, timeout=300)
+    return shutil.which("wrk")
+
+
+def unit(name: str) -> str:
+    return f"asgi-bench-{name.replace('_', '-')}"
+
+
+def unit_pids(unit_name: str) -> list[str]:
+    main = sh(CONTAINER, f"systemctl show -p MainPID --value {unit_name}.service", check=False) or "0"
+    children = sh(CONTAINER, f"pgrep -P {main} || true", check=False).split() if main != "0" else []
+    return ([main] if main != "0" else []) + children
+
+
+def stack(unit_name: str) -> dict:
+    """Which loop/parser the processes of a unit have mapped (any of them)."""
+    pids = unit_pids(unit_name)
+    maps = sh(CONTAINER, " ; ".join(f"cat /proc/{p}/maps 2>/dev/null" for p in pids) or "true", check=False)
+    return {"processes": len(pids), "uvloop": "uvloop/loop" in maps, "httptools": "httptools/parser" in maps}
+
+
+def cpu_seconds(unit_name: str) -> float:
+    """CPU time (user+sys) of a unit's master and live children, plus the master's reaped
+    children (recycled workers), plus systemd-journald (the access log's other half)."""
+    pids = unit_pids(unit_name)
+    if not pids:
+        return 0.0
+    script = ("t=0; for p in " + " ".join(pids) + " $(pidof systemd-journald); do "
+              "set -- $(cut -d')' -f2 /proc/$p/stat 2>/dev/null); "
+              "[ $# -gt 15 ] && t=$((t + ${12} + ${13} + ${14} + ${15})); done; echo $t")
+    ticks = int(sh(CONTAINER, script, check=False) or 0)
+    return ticks / 100.0  # USER_HZ
+
+
+def fleet_workers() -> int:
+    return int(sh(CONTAINER, "pgrep -c -f '^gunicorn: worker \\[hello\\]' || true", check=False) or 0)
+
+
+def set_fleet(workers: int, accesslog: bool, max_requests: str = "10000") -> None:
+    log_value = '"-"' if accesslog else "None"
+    sh(CONTAINER, f"sed -i -e 's/^workers = .*/workers = {workers}/' -e 's/^max_requests = .*/max_requests = {max_requests}/' "
+                  f"-e 's/^accesslog = .*/accesslog = {log_value}/' {CONF} && systemctl restart hello",
+       timeout=120)
+    end = time.monotonic() + 60
+    while time.monotonic() < end and fleet_workers() != workers:
+        time.sleep(0.3)
+    if fleet_workers() != workers:
+        raise RuntimeError(f"hello: {fleet_workers()} workers running, {workers} wanted:\n"
+                           + sh(CONTAINER, "ps -eo pid,ppid,etimes,args", check=False))
+    _serve.wait_http(CONTAINER, 8000)
+    time.sleep(1)
+
+
+WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(out: str) -> dict:
+    def ms(text: str) -> float:
+        number, unit_ = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+        return round(float(number) * WRK_UNITS[unit_], 3)
+    result = {"rps": None, "requests": None, "errors": 0, "non_2xx": 0}
+    for line in out.splitlines():
+        s = line.strip()
+        if m := re.match(r"Requests/sec:\s+([\d.]+)", s):
+            result["rps"] = float(m.group(1))
+        elif m := re.match(r"(\d+) requests in", s):
+            result["requests"] = int(m.group(1))
+        elif m := re.match(r"(50|90|99)%\s+(\S+)", s):
+            result[f"p{m.group(1)}_ms"] = ms(m.group(2))
+        elif s.startswith("Socket errors:"):
+            result["errors"] = sum(int(x) for x in re.findall(r"\d+", s))
+        elif m := re.match(r"Non-2xx or 3xx responses:\s+(\d+)", s):
+            result["non_2xx"] = int(m.group(1))
+    return result
+
+
+def wrk(binary: str, args: argparse.Namespace, url: str, unit_name: str) -> dict:
+    base = ["taskset", "-c", args.loadgen_cpu, binary, "-t", str(args.threads), "-c", str(args.connections)]
+    subprocess.run(base + ["-d", "1s", url], capture_output=True, timeout=30)  # warm-up, not counted
+    cpu_before = cpu_seconds(unit_name)
+    load_before = Path("/proc/loadavg").read_text().split()[0]
+    proc = subprocess.run(base + ["-d", f"{args.duration}s", "--latency", url], capture_output=True,
+                          text=True, timeout=args.duration + 30)
+    cpu = cpu_seconds(unit_name) - cpu_before
+    parsed = parse_wrk(proc.stdout)
+    parsed["server_cpu_s"] = round(cpu, 2)
+    parsed["req_per_cpu_s"] = round(parsed["requests"] / cpu) if parsed.get("requests") and cpu > 0 else None
+    parsed["loadavg_1min"] = float(load_before)
+    if parsed["rps"] is None:
+        raise RuntimeError(f"wrk gave no result for {url}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
+    return parsed
+
+
+def table(summary: dict, auto: int, sweep: list[int], rounds: int, args: argparse.Namespace) -> str:
+    rows = ["| what (same host, same wrk setting) | median req/s (min-max) | ratio of medians | "
+            "req per server CPU-second | ratio | p50 / p99 ms |", "|---|---|---|---|---|---|"]
+
+    def cells(key: str) -> str:
+        s = summary[key]
+        lo, hi = s["rps_min_max"]
+        cpu = f"{s['req_per_cpu_s']:,.0f}" if s.get("req_per_cpu_s") else "?"
+        return f"{s['rps']:,.0f} ({lo:,.0f}-{hi:,.0f})", cpu, f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f}"
+
+    def ratio(key: str, base: str, field: str) -> str:
+        a, b = summary[key].get(field), summary[base].get(field)
+        return f"{a / b:.2f}" if a and b else "?"
+    best_n = max(sweep, key=lambda n: summary[f"fleet_w{n}"]["rps"])
+    for n in sweep:
+        key = f"fleet_w{n}"
+        rps, cpu, lat = cells(key)
+        tag = (" (auto-sized)" if n == auto else "") + (" (best)" if n == best_n else "")
+        rows.append(f"| (a) asgi-fleet service, {n} worker(s){tag} | {rps} | {ratio(key, f'fleet_w{best_n}', 'rps')} "
+                    f"of best | {cpu} | | {lat} |")
+    rows.append(f"| (a) **auto-sized ({auto}) / best of the sweep ({best_n})** | | "
+                f"**{ratio(f'fleet_w{auto}', f'fleet_w{best_n}', 'rps')}** | | | |")
+    pairs = [("(b)", "gunicorn_uvloop", "uvicorn_uvloop", "gunicorn / bare uvicorn"),
+             ("(c)", "gunicorn_h11", "gunicorn_uvloop", "h11 / uvloop, gunicorn"),
+             ("(c)", "uvicorn_h11", "uvicorn_uvloop", "h11 / uvloop, bare uvicorn"),
+             ("(+)", "fleet_noaccess", f"fleet_w{auto}", "without / with access log"),
+             ("(+)", "gunicorn_draining", "gunicorn_uvloop", "draining / stock class"),
+             ("(+)", "gunicorn_draining_seccomp", "gunicorn_draining", "with / without SystemCallFilter"),
+             ("(+)", "fleet_noaccess", "gunicorn_draining", "asgi-fleet unit, no access log / plain process"),
+             ("(a')", "fleet_noaccess_wmax", "fleet_noaccess", "no access log: 2*cores+1 / auto workers"),
+             ("(+)", "fleet_noaccess_nomaxreq", "fleet_noaccess", "max_requests 0 / 10000, no access log"),
+             ("(+)", f"fleet_w{auto}", "gunicorn_uvloop", "asgi-fleet service / stock gunicorn command")]
+    rows.append(f"| (b/c) {LABELS['uvicorn_uvloop']}, N={auto} | {cells('uvicorn_uvloop')[0]} | | "
+                f"{cells('uvicorn_uvloop')[1]} | | {cells('uvicorn_uvloop')[2]} |")
+    for tag, key, base, what in pairs:
+        if key not in summary or base not in summary:
+            continue
+        rps, cpu, lat = cells(key)
+        label = LABELS.get(key, "asgi-fleet service as deployed")
+        n_shown = summary[key].get("workers", auto)
+        rows.append(f"| {tag} {label}, N={n_shown} | {rps} | {what}: **{ratio(key, base, 'rps')}** | {cpu} | "
+                    f"{ratio(key, base, 'req_per_cpu_s')} | {lat} |")
+    rows.append("")
+    rows.append(f"Medians of {rounds} rounds (configurations interleaved in every round); wrk -t{args.threads} "
+                f"-c{args.connections} -d{args.duration}s GET / (keep-alive) pinned to CPU {args.loadgen_cpu}; "
+                f"host container on CPU {args.host_cpu}. A ratio above 1 means the first of the pair did better. "
+                "Server CPU = user+sys of the unit's processes and of systemd-journald during the run: "
+                "requests per CPU-second is less sensitive than req/s to other load on the shared machine.")
+    return "\n".join(rows)
+
+
+def _cpu_ratio(summary: dict, key: str, base: str) -> float | None:
+    a, b = summary[key].get("req_per_cpu_s"), summary[base].get("req_per_cpu_s")
+    return a / b if a and b else None
+
+
+PAIRS = [("gunicorn_over_uvicorn", "gunicorn_uvloop", "uvicorn_uvloop"),
+         ("h11_over_uvloop_gunicorn", "gunicorn_h11", "gunicorn_uvloop"),
+         ("h11_over_uvloop_uvicorn", "uvicorn_h11", "uvicorn_uvloop"),
+         ("draining_over_stock_plain", "gunicorn_draining", "gunicorn_uvloop"),
+         ("fleet_noaccess_over_fleet", "fleet_noaccess", "fleet_w{auto}"),
+         ("noaccess_wmax_over_noaccess_auto", "fleet_noaccess_wmax", "fleet_noaccess"),
+         ("nomaxreq_over_maxreq_noaccess", "fleet_noaccess_nomaxreq", "fleet_noaccess"),
+         ("seccomp_over_plain_draining", "gunicorn_draining_seccomp", "gunicorn_draining"),
+         ("fleet_noaccess_over_draining_plain", "fleet_noaccess", "gunicorn_draining"),
+         ("fleet_over_gunicorn_stock", "fleet_w{auto}", "gunicorn_uvloop")]
+
+
+def analyse(runs: list[dict], auto: int, sweep: list[int], args: argparse.Namespace) -> dict:
+    summary = {}
+    for config in dict.fromkeys(r["config"] for r in runs):
+        mine = [r for r in runs if r["config"] == config]
+        summary[config] = {k: _serve.median([r.get(k) for r in mine]) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "req_per_cpu_s")}
+        summary[config]["rps_min_max"] = [min(r["rps"] for r in mine), max(r["rps"] for r in mine)]
+        summary[config].update(runs=len(mine), workers=mine[0]["workers"], errors=sum(r["errors"] + r["non_2xx"] for r in mine),
+                               label=LABELS.get(config, f"asgi-fleet service, {mine[0]['workers']} worker(s)"))
+    best_n = max(sweep, key=lambda n: summary[f"fleet_w{n}"]["rps"])
+    ratios = {
+        "auto_over_best": summary[f"fleet_w{auto}"]["rps"] / summary[f"fleet_w{best_n}"]["rps"],
+        "gunicorn_over_uvicorn": summary["gunicorn_uvloop"]["rps"] / summary["uvicorn_uvloop"]["rps"],
+        "h11_over_uvloop_gunicorn": summary["gunicorn_h11"]["rps"] / summary["gunicorn_uvloop"]["rps"],
+        "h11_over_uvloop_uvicorn": summary["uvicorn_h11"]["rps"] / summary["uvicorn_uvloop"]["rps"],
+        "fleet_noaccess_over_fleet": summary["fleet_noaccess"]["rps"] / summary[f"fleet_w{auto}"]["rps"],
+        "fleet_over_gunicorn_stock": summary[f"fleet_w{auto}"]["rps"] / summary["gunicorn_uvloop"]["rps"],
+        "per_cpu_gunicorn_over_uvicorn": _cpu_ratio(summary, "gunicorn_uvloop", "uvicorn_uvloop"),
+        "per_cpu_h11_over_uvloop_gunicorn": _cpu_ratio(summary, "gunicorn_h11", "gunicorn_uvloop"),
+        "per_cpu_h11_over_uvloop_uvicorn": _cpu_ratio(summary, "uvicorn_h11", "uvicorn_uvloop"),
+        "per_cpu_fleet_over_gunicorn_stock": _cpu_ratio(summary, f"fleet_w{auto}", "gunicorn_uvloop"),
+        "draining_over_stock_plain": summary["gunicorn_draining"]["rps"] / summary["gunicorn_uvloop"]["rps"],
+        "fleet_noaccess_over_draining_plain": summary["fleet_noaccess"]["rps"] / summary["gunicorn_draining"]["rps"],
+    }
+    paired = {}
+    for name, key, base in PAIRS + [(f"w{n}_over_w{auto}", f"fleet_w{n}", f"fleet_w{auto}") for n in sweep if n != auto]:
+        key, base = key.format(auto=auto), base.format(auto=auto)
+        per_round = []
+        for rnd in sorted({r["round"] for r in runs}):
+            x = [r["rps"] for r in runs if r["round"] == rnd and r["config"] == key]
+            y = [r["rps"] for r in runs if r["round"] == rnd and r["config"] == base]
+            if x and y:
+                per_round.append(round(x[0] / y[0], 3))
+        paired[name] = {"median": _serve.median(per_round), "per_round": per_round}
+    lines = [table(summary, auto, sweep, args.rounds, args), "",
+             "Same ratios taken within each round (adjacent runs), median over rounds [per round]:", ""]
+    for name, value in paired.items():
+        if value["median"] is not None:
+            lines.append(f"- {name}: **{value['median']:.2f}** {value['per_round']}")
+    return {"summary": summary, "best_workers": best_n,
+            "ratios": {k: None if v is None else round(v, 3) for k, v in ratios.items()},
+            "paired_ratios": paired, "table_md": "\n".join(lines)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per measured wrk run")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--host-cpu", default="1", help="the test host's --cpuset-cpus")
+    parser.add_argument("--loadgen-cpu", default="0", help="taskset CPU list for wrk")
+    parser.add_argument("--max-workers", type=int, help="sweep end (default 2*host cores+1)")
+    parser.add_argument("--keep", action="store_true", help="leave the container running")
+    parser.add_argument("--output")
+    parser.add_argument("--reanalyse", metavar="JSON", help="recompute summary and tables from a result's raw runs")
+    args = parser.parse_args(argv)
+    if args.reanalyse:
+        payload = json.loads(Path(args.reanalyse).read_text())
+        saved = payload["setup"]
+        args.rounds = saved["rounds"]
+        args.threads, args.connections, args.duration = (int(x[2:].rstrip("s")) for x in saved["wrk"].split()[:3])
+        payload.update(analyse(payload["runs"], saved["auto_workers"], saved["sweep"], args))
+        Path(args.reanalyse).write_text(json.dumps(payload, indent=1) + "\n")
+        print(payload["table_md"])
+        return 0
+
+    started = time.monotonic()
+    binary = ensure_wrk()
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp, _serve.test_host(CONTAINER, args.host_cpu, keep=args.keep) as host:
+        inventory = _serve.write_inventory(Path(tmp) / "inventory.py", host)
+        log("deploying the example app with deploy.py")
+        deploy_s = _serve.deploy(inventory)
+        ip = _serve.container_ip(CONTAINER)
+        auto = int(sh(CONTAINER, f"sed -n 's/^workers = //p' {CONF}"))
+        cores = int(sh(CONTAINER, "nproc"))
+        sweep = list(range(1, (args.max_workers or 2 * cores + 1) + 1))
+        original_conf = sh(CONTAINER, f"cat {CONF}")
+        for name, (port, command) in SIDE_CARS.items():
+            sh(CONTAINER, f"systemd-run --quiet --collect --unit={unit(name)} {SIDE_CAR_PROPS.get(name, '')} "
+                          f"-p WorkingDirectory=/srv/hello/current {command.format(n=auto)}")
+        for name, (port, _) in SIDE_CARS.items():
+            _serve.wait_http(CONTAINER, port)
+        stacks = {name: stack(unit(name)) for name in SIDE_CARS}
+        stacks["fleet"] = stack("hello")
+        stacks["fleet_worker_status"] = sh(CONTAINER, "for p in $(pgrep -f '^gunicorn: worker .hello'); do "
+                                           "grep -E 'Seccomp:|Speculation_Store' /proc/$p/status; done", check=False)
+        log(f"auto-sized workers: {auto}; sweep {sweep}; stacks {stacks}")
+        with _serve.bench_lock() as lock:
+            measured_from = time.monotonic()
+            for rnd in range(args.rounds):
+                for n in sweep:
+                    set_fleet(n, accesslog=True)
+                    runs.append({"round": rnd, "config": f"fleet_w{n}", "workers": n,
+                                 **wrk(binary, args, f"http://{ip}:8000/", "hello")})
+                    log(f"round {rnd} {runs[-1]['config']}: {runs[-1]['rps']} req/s, {runs[-1]['req_per_cpu_s']} req/cpu-s")
+                set_fleet(auto, accesslog=False)
+                runs.append({"round": rnd, "config": "fleet_noaccess", "workers": auto,
+                             **wrk(binary, args, f"http://{ip}:8000/", "hello")})
+                set_fleet(auto, accesslog=False, max_requests="0")  # worker recycling off
+                runs.append({"round": rnd, "config": "fleet_noaccess_nomaxreq", "workers": auto,
+                             **wrk(binary, args, f"http://{ip}:8000/", "hello")})
+                if sweep[-1] != auto:  # is the sweep's shape the access log's doing?
+                    set_fleet(sweep[-1], accesslog=False)
+                    runs.append({"round": rnd, "config": "fleet_noaccess_wmax", "workers": sweep[-1],
+                                 **wrk(binary, args, f"http://{ip}:8000/", "hello")})
+                set_fleet(auto, accesslog=True)
+                order = list(SIDE_CARS)
+                order = order[rnd % len(order):] + order[:rnd % len(order)]  # rotate: no fixed position
+                for name in order:
+                    runs.append({"round": rnd, "config": name, "workers": auto,
+                                 **wrk(binary, args, f"http://{ip}:{SIDE_CARS[name][0]}/", unit(name))})
+                    log(f"round {rnd} {name}: {runs[-1]['rps']} req/s, {runs[-1]['req_per_cpu_s']} req/cpu-s")
+            measured_s = time.monotonic() - measured_from
+        stacks_after = {"fleet": stack("hello")}
+        sh(CONTAINER, f"cat > {CONF} <<'EOF'\n{original_conf}\nEOF\nsystemctl reload hello", check=False)
+        info = _serve.machine(CONTAINER)
+
+    analysed = analyse(runs, auto, sweep, args)
+    payload = {
+        "benchmark": "throughput",
+        "command": _serve.command_line("throughput.py", argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": info,
+        "setup": {"host": CONTAINER, "host_cpuset": args.host_cpu, "loadgen": f"wrk on the controller, "
+                  f"taskset -c {args.loadgen_cpu}", "wrk": f"-t{args.threads} -c{args.connections} "
+                  f"-d{args.duration}s --latency (after a 1 s warm-up)", "request": "GET / (FastAPI example app)",
+                  "rounds": args.rounds, "auto_workers": auto, "host_cores": cores, "sweep": sweep,
+                  "stacks_loaded": stacks, "stack_fleet_after": stacks_after,
+                  "side_car_commands": {k: v[1].format(n=auto) for k, v in SIDE_CARS.items()}},
+        **{k: v for k, v in analysed.items() if k != "table_md"},
+        "runs": runs,
+        "timing": {"deploy_s": round(deploy_s, 1), "measured_s": round(measured_s, 1),
+                   "lock_wait_s": lock["lock_wait_s"], "total_s": round(time.monotonic() - started, 1)},
+        "table_md": analysed["table_md"],
+    }
+    path = _serve.write_result("throughput", payload, args.output)
+    print(payload["table_md"])
+    log(f"wrote {path} in {payload['timing']['total_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
