@@ -9,7 +9,7 @@ INVENTORY ?= inventories/docker.py
 
 include Makefile.fleet
 
-.PHONY: demo test unit e2e deploy status verify venv docker-engine lock clean
+.PHONY: demo test unit e2e deploy status verify bench venv docker-engine lock clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -36,6 +36,11 @@ verify: venv
 
 test: venv docker-engine fleet
 	$(VENV)/bin/pytest -ra tests/unit tests/e2e
+
+# Every benchmark on the local fleet, one after the other (about 30 minutes);
+# rewrites the tables in bench/README.md.
+bench: venv docker-engine fleet
+	$(PY) bench/run_all.py
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

@@ -219,6 +219,7 @@ RULES: dict[str, Rule] = {
     "max_requests_jitter": Rule(integer(0, 10_000_000)),
     "forwarded_allow_ips": Rule(forwarded_ips),
     "log_level": Rule(one_of("debug", "info", "warning", "error", "critical")),
+    "access_log": Rule(one_of(False, True)),
     # sandbox
     "unit_read_write_paths": Rule(lambda v: string_list(v) or (
         None if all(p.startswith("/") for p in v) else "must be absolute paths")),

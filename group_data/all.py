@@ -34,10 +34,16 @@ memory_reserve_mb = 256  # memory left to the OS and the master before workers a
 timeout = 30  # seconds an event loop may block before the worker is killed (not a request limit)
 graceful_timeout = 25  # seconds an old worker may finish in-flight requests; <= timeout
 keepalive = 5  # seconds an idle keep-alive connection stays open
-max_requests = 10000  # recycle a worker after this many requests (0: never), against leaks
-max_requests_jitter = 1000  # spread recycling so workers do not restart together
+# Recycle a worker after this many requests, against leaks (0: never). Off by
+# default: a host with one worker serves nothing while it reboots, which at
+# 8k req/s was every second or two (bench/results/throughput.json).
+max_requests = 0
+max_requests_jitter = 0  # spread recycling so workers do not restart together
 forwarded_allow_ips = "127.0.0.1"  # proxies trusted for X-Forwarded-* ("*" behind a unix socket)
 log_level = "info"  # gunicorn's log level; logs go to journald
+# A line per request into journald, on the workers' CPUs: about a third of the
+# throughput (bench/). The load balancer in front logs every request anyway.
+access_log = False
 
 # --- Sandbox (the unit scores <= 1.5 in `systemd-analyze security` by default) ---
 unit_read_write_paths = []  # more paths the app may write (its runtime and state dirs always)

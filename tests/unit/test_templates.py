@@ -47,7 +47,7 @@ def test_gunicorn_conf_is_a_valid_gunicorn_config(app, tmp_path):
     assert config.control_socket == "/run/hello/gunicorn.ctl"
     assert config.worker_tmp_dir == "/run/hello"
     assert config.graceful_timeout <= config.timeout
-    assert config.accesslog == "-" and config.errorlog == "-"
+    assert config.accesslog is None and config.errorlog == "-"  # access_log = False
     assert config.proc_name == "hello"
 
 
@@ -109,3 +109,22 @@ def test_the_default_unit_scores_at_most_1_5_in_systemd_analyze_security(app, tm
                          capture_output=True, text=True).stdout
     score = float(re.search(r"Overall exposure level for hello.service: ([\d.]+)", out).group(1))
     assert score <= 1.5, out
+
+
+@pytest.mark.parametrize("access_log, line", [(True, 'accesslog = "-"'), (False, "accesslog = None")])
+def test_the_access_log_is_a_setting(app, access_log, line):
+    text = render("gunicorn.conf.py.j2", app=app | {"access_log": access_log},
+                  paths=AppPaths("hello"), chdir="/", worker_plan=WorkerPlan(1, "x"))
+    assert line in text.splitlines()
+
+
+def test_preflight_points_the_same_config_at_the_release_it_checks(app, tmp_path, monkeypatch):
+    paths = AppPaths("hello", str(tmp_path))
+    release = tmp_path / "hello" / "releases" / "r1"
+    release.mkdir(parents=True)
+    text = render("gunicorn.conf.py.j2", app=app, paths=paths, chdir=paths.current,
+                  worker_plan=WorkerPlan(1, "x"))
+    monkeypatch.setenv("ASGI_FLEET_PREFLIGHT_RELEASE", str(release))
+    namespace = {}
+    exec(compile(text, "gunicorn.conf.py", "exec"), namespace)
+    assert namespace["chdir"] == str(release)

@@ -1,0 +1,157 @@
+"""One rolling deploy through the load balancer, charted: requests/s and errors over time.
+
+    .venv/bin/python bench/rolling_deploy.py            # needs `make fleet` (asgi-web1..4, asgi-lb)
+
+Deploys a baseline, then runs bench/loadgen.py on the controller against the
+load balancer (asgi-lb, port 8000: keep-alive and one-connection-per-request
+clients, GET and POST, no retries) while `pyinfra deploy.py` rolls a
+dependency change (a new virtualenv: a restart behind the socket on every
+host, each host drained first) across the fleet, one host per batch. Writes
+bench/results/rolling_deploy.json (per-second buckets, each batch's start and
+end from the deploy's own record) and bench/results/rolling_deploy.svg.
+Finally deploys the default release again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+ALT_LOCK = ROOT / "tests" / "e2e" / "data" / "requirements-with-six.lock"
+LB = "asgi-lb"
+
+
+def deploy(record: Path, *data: str) -> dict:
+    args = [a for item in data for a in ("--data", item)]
+    result = subprocess.run([PYINFRA, "-y", "inventories/docker.py", "deploy.py", *args], cwd=ROOT,
+                            capture_output=True, text=True,
+                            env=os.environ | {"ASGI_FLEET_RECORD": str(record)})
+    if result.returncode:
+        sys.exit(f"deploy failed:\n{result.stdout[-3000:]}")
+    return json.loads(record.read_text())
+
+
+def lb_address() -> str:
+    return subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", LB],
+        check=True, capture_output=True, text=True).stdout.strip()
+
+
+def batch_windows(record: dict) -> list[dict]:
+    """Each batch's hosts and its first start and last end, from the deploy's record."""
+    windows: dict[int, dict] = {}
+    for name, entry in record["hosts"].items():
+        for info in entry["apps"].values():
+            if "started" in info and info.get("activation") not in (None, "none"):
+                window = windows.setdefault(info["batch"], {"batch": info["batch"], "hosts": set(),
+                                                            "start": info["started"], "end": info["ended"]})
+                window["hosts"].add(name.rsplit("/", 1)[-1])
+                window["start"] = min(window["start"], info["started"])
+                window["end"] = max(window["end"], info["ended"])
+    return [dict(w, hosts=sorted(w["hosts"])) for _, w in sorted(windows.items())]
+
+
+def svg_chart(buckets: list[dict], windows: list[dict], title: str) -> str:
+    """requests/s as a line, failed requests/s as red bars, batches as shaded bands."""
+    width, height, left, right, top, bottom = 900, 360, 60, 20, 40, 50
+    t0 = buckets[0]["t"]
+    span = max(1, buckets[-1]["t"] - t0 + 1)
+    peak = max(b["requests"] for b in buckets) or 1
+
+    def x(t: float) -> float:
+        return left + (t - t0) / span * (width - left - right)
+
+    def y(value: float) -> float:
+        return top + (1 - value / peak) * (height - top - bottom)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="{left}" y="20" font-size="14">{title}</text>']
+    for window in windows:
+        x0, x1 = x(window["start"]), x(window["end"])
+        parts.append(f'<rect x="{x0:.1f}" y="{top}" width="{max(1.0, x1 - x0):.1f}" '
+                     f'height="{height - top - bottom}" fill="#dde8f7"/>')
+        parts.append(f'<text x="{x0 + 2:.1f}" y="{top + 14}" fill="#335">'
+                     f'{" ".join(window["hosts"])}</text>')
+    points = " ".join(f"{x(b['t'] + 0.5):.1f},{y(b['requests']):.1f}" for b in buckets)
+    parts.append(f'<polyline points="{points}" fill="none" stroke="#1f5fa8" stroke-width="2"/>')
+    for b in buckets:
+        if b["failed"]:
+            parts.append(f'<rect x="{x(b["t"]):.1f}" y="{y(b["failed"]):.1f}" width="4" '
+                         f'height="{height - bottom - y(b["failed"]):.1f}" fill="#c0392b"/>')
+    axis_y = height - bottom
+    parts += [f'<line x1="{left}" y1="{axis_y}" x2="{width - right}" y2="{axis_y}" stroke="black"/>',
+              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{axis_y}" stroke="black"/>',
+              f'<text x="{left - 8}" y="{top + 4}" text-anchor="end">{peak}</text>',
+              f'<text x="{left - 8}" y="{axis_y}" text-anchor="end">0</text>',
+              f'<text x="{left}" y="{axis_y + 18}">0 s</text>',
+              f'<text x="{width - right}" y="{axis_y + 18}" text-anchor="end">{span} s</text>',
+              f'<text x="{left}" y="{height - 10}">blue: requests/s through the load balancer; '
+              f'red: failed requests/s ({sum(b["failed"] for b in buckets)} in all); '
+              f'shaded: a batch activating (drained, restarted, gated)</text>',
+              "</svg>"]
+    return "\n".join(parts)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=4, help="load clients per mode")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        source = tmp / "app"
+        shutil.copytree(ROOT / "example", source)
+        deploy(tmp / "base.json", f"app_source={source}")
+        stop, out = tmp / "load.stop", tmp / "load.json"
+        load = subprocess.Popen([sys.executable, str(ROOT / "bench" / "loadgen.py"),
+                                 "--host", lb_address(), "--port", "8000",
+                                 "--clients", str(args.clients), "--max-seconds", "600",
+                                 "--stop-file", str(stop), "--output", str(out), "--buckets"],
+                                stdout=subprocess.DEVNULL)
+        try:
+            time.sleep(5)  # a steady state before the rollout
+            record = deploy(tmp / "rolling.json", f"app_source={source}", f"app_lock={ALT_LOCK}")
+            time.sleep(5)  # and after it
+        finally:
+            stop.touch()
+            load.wait(timeout=60)
+        result = json.loads(out.read_text())
+        deploy(tmp / "restore.json")
+    windows = batch_windows(record)
+    buckets = result.pop("per_second")
+    summary = {
+        "benchmark": "rolling_deploy",
+        "command": "bench/rolling_deploy.py",
+        "change": "dependencies (a new virtualenv: restart behind the socket, drained first)",
+        "requests": result["requests"], "failed": result["failed"], "errors": result["errors"],
+        "batches": windows, "per_second": buckets, "seconds": round(time.monotonic() - started, 1),
+    }
+    summary["table_md"] = "\n".join([
+        "| rolling deploy (4 hosts, 1 per batch, dependency change) | requests | failed | rollout seconds |",
+        "|---|---|---|---|",
+        f"| through the load balancer | {result['requests']:,} | **{result['failed']}** | "
+        f"{windows[-1]['end'] - windows[0]['start']:.0f} |" if windows else "| - | - | - | - |",
+    ])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "rolling_deploy.json").write_text(json.dumps(summary, indent=1))
+    (RESULTS / "rolling_deploy.svg").write_text(svg_chart(
+        buckets, windows, f"Rolling dependency change across 4 hosts behind nginx: "
+                          f"{result['failed']} failed of {result['requests']:,} requests"))
+    print(summary["table_md"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

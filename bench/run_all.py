@@ -1,0 +1,94 @@
+"""Run every benchmark, then rewrite the results section of bench/README.md.
+
+    make bench        # or: .venv/bin/python bench/run_all.py [--only NAME ...]
+
+Each benchmark is a script in bench/ that writes bench/results/NAME.json with
+a `table_md`; this runs them one after the other (never side by side: they
+would measure each other), and puts every table, with the machine and the
+time each took, between the markers in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+README = BENCH / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# (script, heading), in the order they run.
+BENCHMARKS = [
+    ("deploy_speed", "Deploy speed: asgi-fleet against an equivalent Ansible playbook"),
+    ("scaling", "Scaling with fleet size"),
+    ("activation_latency", "Activation under load: the stock recipe against asgi-fleet"),
+    ("rolling_deploy", "One rolling deploy through the load balancer"),
+    ("throughput", "Served throughput on one host"),
+]
+
+
+def machine() -> str:
+    def out(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+
+    memory_kb = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal:")), "0")
+    return (f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+            f"{int(memory_kb) // 1024 // 1024} GiB, kernel {platform.release()}, "
+            f"{out('docker', 'version', '--format', 'Docker {{.Server.Version}}')}, "
+            f"Python {platform.python_version()}")
+
+
+def section(ran: dict[str, float], started: str) -> str:
+    lines = [START, "", f"Last `make bench`: {started}, on {machine()}.", ""]
+    for name, heading in BENCHMARKS:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        took = f", {ran[name] / 60:.1f} min" if name in ran else " (from an earlier run)"
+        lines += [f"### {heading}", "",
+                  f"`.venv/bin/python bench/{name}.py`{took}; raw: [results/{name}.json](results/{name}.json)",
+                  "", result.get("table_md", "(no table)").strip(), ""]
+        if name == "rolling_deploy" and (RESULTS / "rolling_deploy.svg").exists():
+            lines += ["![requests/s and errors during a rolling deploy](results/rolling_deploy.svg)", ""]
+    return "\n".join(lines + [END])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=[n for n, _ in BENCHMARKS])
+    args = parser.parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    ran, failed = {}, []
+    for name, _ in BENCHMARKS:
+        if args.only and name not in args.only:
+            continue
+        print(f"--> bench/{name}.py", flush=True)
+        begin = time.monotonic()
+        if subprocess.run([sys.executable, str(BENCH / f"{name}.py")], cwd=BENCH.parent).returncode:
+            failed.append(name)
+        ran[name] = time.monotonic() - begin
+        print(f"--> bench/{name}.py: {ran[name] / 60:.1f} min", flush=True)
+    text = README.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    README.write_text(head + section(ran, started) + tail)
+    print(f"--> {sum(ran.values()) / 60:.1f} min in all; tables in {README}")
+    if failed:
+        print(f"--> FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
