@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -59,6 +60,20 @@ class Target:
 
 def fleet_hosts() -> list[InventoryHost]:
     return load_inventory(INVENTORY)
+
+
+def app_variants(root: Path, edits: dict) -> dict[str, Path]:
+    """Copies of the example app under `root`, each with app.py edited: {name: edit(text)}."""
+    made = {}
+    for name, edit in edits.items():
+        target = root / name
+        shutil.copytree(PROJECT_ROOT / "example", target)
+        app = target / "app.py"
+        text = app.read_text()
+        assert edit(text) != text, f"variant {name} changed nothing"
+        app.write_text(edit(text))
+        made[name] = target
+    return made
 
 
 def load_balancers() -> list[InventoryHost]:

@@ -8,7 +8,6 @@ balancer while the whole fleet is deployed, one host per batch.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from asgi_fleet.settings import PROJECT_ROOT
-from e2e_helpers import fleet_hosts, infra_of, load_balancers, run_deploy, wait_until
+from e2e_helpers import app_variants, fleet_hosts, infra_of, load_balancers, run_deploy, wait_until
 
 LB = "asgi-lb"
 APP_HOSTS = ["@docker/asgi-web1", "@docker/asgi-web2", "asgi-web3", "@docker/asgi-web4"]
@@ -54,9 +53,7 @@ def variants(tmp_path_factory) -> dict[str, Path]:
     """Copies of the example app: two that differ only in code, and one whose
     health check fails on asgi-web1 only, and only in the real service (its
     preflight canary, a transient unit, passes)."""
-    root = tmp_path_factory.mktemp("apps")
-    made = {}
-    for name, edit in {
+    return app_variants(tmp_path_factory.mktemp("apps"), {
         "code-a": lambda text: text + "\n# rollout variant a\n",
         "code-b": lambda text: text + "\n# rollout variant b\n",
         "sick-on-web1": lambda text: text.replace(
@@ -66,15 +63,7 @@ def variants(tmp_path_factory) -> dict[str, Path]:
             '    from fastapi.responses import JSONResponse\n'
             '    if socket.gethostname() == "asgi-web1" and "preflight" not in open("/proc/self/cgroup").read():\n'
             '        return JSONResponse({"status": "sick on this host"}, status_code=503)\n'),
-    }.items():
-        target = root / name
-        shutil.copytree(PROJECT_ROOT / "example", target)
-        app = target / "app.py"
-        text = app.read_text()
-        assert edit(text) != text, f"variant {name} changed nothing"
-        app.write_text(edit(text))
-        made[name] = target
-    return made
+    })
 
 
 class LoadThroughLb:

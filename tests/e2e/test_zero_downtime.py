@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from asgi_fleet.settings import PROJECT_ROOT
-from e2e_helpers import fleet_hosts, infra_of, run_deploy
+from e2e_helpers import app_variants, fleet_hosts, infra_of, run_deploy
 
 HOST = "@docker/asgi-web1"
 CONTAINER = "asgi-web1"
@@ -43,9 +42,7 @@ def inventory(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory) -> dict[str, Path]:
     """Copies of the example app that differ only in code, and a broken pair."""
-    root = tmp_path_factory.mktemp("apps")
-    made = {}
-    for name, edit in {
+    return app_variants(tmp_path_factory.mktemp("apps"), {
         "code-a": lambda text: text + "\n# variant a\n",
         "code-b": lambda text: text + "\n# variant b\n",
         "import-error": lambda text: "import module_that_is_not_installed\n" + text,
@@ -54,13 +51,7 @@ def variants(tmp_path_factory) -> dict[str, Path]:
             'async def healthz():\n'
             '    from fastapi.responses import JSONResponse\n'
             '    return JSONResponse({"status": "broken"}, status_code=500)\n'),
-    }.items():
-        target = root / name
-        shutil.copytree(PROJECT_ROOT / "example", target)
-        app = target / "app.py"
-        app.write_text(edit(app.read_text()))
-        made[name] = target
-    return made
+    })
 
 
 @pytest.fixture(scope="module")
