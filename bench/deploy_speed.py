@@ -1,0 +1,205 @@
+"""Deploy speed: asgi-fleet (pyinfra deploy.py) against an equivalent Ansible playbook.
+
+    .venv/bin/python bench/deploy_speed.py [--repeats 3] [--first-repeats 2]
+
+Two fresh test hosts side by side (asgi-bench-1 for asgi-fleet, asgi-bench-2
+for Ansible, both bookworm, made with the project's fleet code), timed for:
+
+  first    a first provision of a bare host (both hosts re-created per repeat)
+  noop     a re-run with nothing to change
+  code     a code-only release (one comment appended to the app's app.py)
+  floor    one no-op operation (pyinfra: bench/noop_deploy.py; Ansible: ansible/noop.yml)
+
+The order of the two tools alternates between repeats, and each pair runs
+under flock(/tmp/asgi-fleet-bench.lock) so the other benchmarks stay out of
+its way. The playbook (bench/ansible/site.yml) does the same work with the
+same files and variables; its header lists what asgi-fleet does on top
+(lock, preflight canary, ...). Every run is checked: every host ok, a no-op
+run changes nothing, a code release activates the new release.
+
+Writes bench/results/deploy_speed.json: raw timings (wall time, pyinfra's
+phases, per-operation times, docker CLI calls), medians, ratios, the machine
+and `table_md`. Defaults take about 9-11 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import deploylib as lib  # noqa: E402
+
+RESULT = lib.ROOT / "bench" / "results" / "deploy_speed.json"
+PY_HOST, AN_HOST = "asgi-bench-1", "asgi-bench-2"
+TOOLS = ("asgi-fleet", "ansible")
+
+
+def _pair(order, runners):
+    out = {}
+    with lib.BenchLock():
+        for tool in order:
+            out[tool] = runners[tool]()
+    return out
+
+
+def summarize_ops(runs: list[dict], top: int = 8) -> list:
+    """Median seconds per operation across runs, largest first."""
+    per: dict[str, list] = {}
+    for run in runs:
+        for name, secs in run["ops"]:
+            per.setdefault(name, []).append(secs)
+    rows = sorted(((name, lib.median(v)) for name, v in per.items()), key=lambda r: -r[1])
+    return [list(r) for r in rows[:top]]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="no-op, code-release and floor runs per tool")
+    parser.add_argument("--first-repeats", type=int, default=2, help="first provisions per tool")
+    parser.add_argument("--output", default=str(RESULT))
+    parser.add_argument("--keep-hosts", action="store_true", help="leave the containers running")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    workdir = lib.new_workdir("speed")
+    lib.ensure_ansible()
+    app_dir = lib.app_copy(workdir)
+    py_inv = lib.write_pyinfra_inventory(workdir / "inventory.py", [PY_HOST])
+    an_inv = lib.write_ansible_inventory(workdir / "inventory.yml", [AN_HOST])
+    vars_file = workdir / "vars.json"
+    source = f"app_source={app_dir}"
+    raw: dict[str, dict[str, list]] = {s: {t: [] for t in TOOLS} for s in ("first", "noop", "code", "floor")}
+    errors = []
+    n = 0
+
+    def runners(scenario, expect_release=None):
+        nonlocal n
+        n += 1
+        tag = f"{scenario}-{n}"
+        if scenario == "floor":
+            return {"asgi-fleet": lambda: lib.pyinfra_deploy(py_inv, workdir, "py-" + tag,
+                                                             deploy_file="bench/noop_deploy.py"),
+                    "ansible": lambda: lib.ansible_play(an_inv, None, workdir, "an-" + tag, "noop.yml")}
+        return {"asgi-fleet": lambda: lib.pyinfra_deploy(py_inv, workdir, "py-" + tag, [source]),
+                "ansible": lambda: lib.ansible_play(an_inv, vars_file, workdir, "an-" + tag)}
+
+    def record(scenario, pair):
+        for tool, result in pair.items():
+            raw[scenario][tool].append(result)
+            lib.log(f"{scenario:6} {tool:10} {result['seconds']:7.2f} s  changed={result.get('changed_ops')}")
+
+    try:
+        lib.ansible_vars(app_dir, vars_file)
+        for r in range(args.first_repeats):
+            lib.fresh_hosts([PY_HOST, AN_HOST])
+            record("first", _pair(TOOLS if r % 2 == 0 else TOOLS[::-1], runners("first")))
+        for r in range(args.repeats):
+            order = TOOLS if r % 2 == 0 else TOOLS[::-1]
+            record("noop", _pair(order, runners("noop")))
+            record("floor", _pair(order, runners("floor")))
+        for r in range(args.repeats):
+            lib.bump_code(app_dir, r)
+            release = lib.ansible_vars(app_dir, vars_file)["release_id"]
+            record("code", _pair(TOOLS if r % 2 == 0 else TOOLS[::-1], runners("code")))
+            for tool, host in (("asgi-fleet", PY_HOST), ("ansible", AN_HOST)):
+                got = lib.subprocess.run(["docker", "exec", host, "curl", "-s", "localhost:8000/healthz"],
+                                         capture_output=True, text=True).stdout
+                if json.loads(got or "{}").get("release") != release:
+                    raise RuntimeError(f"code release {release} not served by {tool}: {got}")
+    except Exception:
+        errors.append(traceback.format_exc())
+        lib.log(errors[-1])
+    finally:
+        if not args.keep_hosts:
+            lib.remove_hosts([PY_HOST, AN_HOST])
+
+    # Checks that make the figures mean what they say.
+    checks = {
+        "noop_changes_nothing": all(sum(r["changed_ops"].values()) == 0
+                                    for t in TOOLS for r in raw["noop"][t]),
+        "code_release_activation_asgi_fleet": sorted({a for r in raw["code"]["asgi-fleet"]
+                                                      for h in r["activation"].values() for a in h.values()}),
+    }
+    medians = {s: {t: lib.median([r["seconds"] for r in raw[s][t]]) for t in TOOLS} for s in raw}
+    counts = {s: {t: len(raw[s][t]) for t in TOOLS} for s in raw}
+
+    def calls(s, t, verb):
+        return lib.median([r["docker_calls"].get(verb, {}).get("count", 0) for r in raw[s][t]])
+
+    ratios = {s: (round(medians[s]["asgi-fleet"] / medians[s]["ansible"], 2)
+                  if medians[s]["asgi-fleet"] and medians[s]["ansible"] else None) for s in raw}
+    floor_ratio = (round(medians["noop"]["asgi-fleet"] / medians["floor"]["asgi-fleet"], 2)
+                   if medians["noop"]["asgi-fleet"] and medians["floor"]["asgi-fleet"] else None)
+    floor_ratio_an = (round(medians["noop"]["ansible"] / medians["floor"]["ansible"], 2)
+                      if medians["noop"]["ansible"] and medians["floor"]["ansible"] else None)
+    phases = {s: {k: lib.median([r["phases"].get(k, 0) for r in raw[s]["asgi-fleet"]])
+                  for k in ("startup", "connect", "prepare", "execute", "finish")} for s in raw}
+
+    labels = {"first": "first provision (bare host)", "noop": "no-op re-run",
+              "code": "code-only release", "floor": "one no-op operation (floor)"}
+    rows = ["| scenario | runs each | asgi-fleet s | Ansible s | asgi-fleet / Ansible | faster |"
+            " docker exec + cp calls: asgi-fleet, Ansible |",
+            "|---|---|---|---|---|---|---|"]
+    for s in ("first", "noop", "code", "floor"):
+        a, b, ratio = medians[s]["asgi-fleet"], medians[s]["ansible"], ratios[s]
+        faster = "-" if ratio is None else ("asgi-fleet" if ratio < 1 else "**Ansible**" if ratio > 1 else "tie")
+        rows.append(f"| {labels[s]} | {counts[s]['asgi-fleet']} | {a} | {b} | **{ratio}** | {faster} | "
+                    f"{calls(s, 'asgi-fleet', 'exec')} + {calls(s, 'asgi-fleet', 'cp')}, "
+                    f"{calls(s, 'ansible', 'exec')} + {calls(s, 'ansible', 'cp')} |")
+    table = "\n".join(rows)
+    table += (f"\n\nNo-op re-run against the floor (one no-op operation, same host, same tool): "
+              f"asgi-fleet **{floor_ratio}x** ({medians['noop']['asgi-fleet']} s vs "
+              f"{medians['floor']['asgi-fleet']} s); Ansible {floor_ratio_an}x.\n")
+    table += ("\nasgi-fleet phases, medians in s (connect / prepare: deploy.py runs and reads facts / "
+              "execute):\n\n| scenario | connect | prepare | execute |\n|---|---|---|---|\n")
+    for s in ("first", "noop", "code", "floor"):
+        p = phases[s]
+        table += f"| {labels[s]} | {p['connect']} | {p['prepare']} | {p['execute']} |\n"
+    slow = {s: {t: summarize_ops(raw[s][t], 5) for t in TOOLS} for s in ("first", "code", "noop")}
+    table += "\nSlowest steps (median s):\n\n| scenario | asgi-fleet | Ansible |\n|---|---|---|\n"
+    for s in ("first", "code", "noop"):
+        table += (f"| {labels[s]} | " + "; ".join(f"{n} {v}" for n, v in slow[s]["asgi-fleet"][:4])
+                  + " | " + "; ".join(f"{n} {v}" for n, v in slow[s]["ansible"][:4]) + " |\n")
+
+    out = {
+        "benchmark": "deploy_speed",
+        "command": " ".join([".venv/bin/python", "bench/deploy_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": lib.machine(),
+        "tools": lib.tool_versions(),
+        "runs_per_tool": counts,
+        "repeats_note": (f"{args.first_repeats} first provisions per tool (the costly part), "
+                         f"{args.repeats} no-op, code-release and floor runs per tool, to fit the "
+                         "12-minute budget; the two tools alternate order each repeat"),
+        "hosts": {"asgi-fleet": PY_HOST, "ansible": AN_HOST, "image": "asgi-fleet-host:bookworm",
+                  "connection": "docker exec (pyinfra @docker, ansible community.docker.docker)"},
+        "medians_seconds": medians,
+        "ratio_asgi_fleet_over_ansible": ratios,
+        "noop_over_floor": {"asgi-fleet": floor_ratio, "ansible": floor_ratio_an},
+        "asgi_fleet_phases_median": phases,
+        "slowest_steps_median": slow,
+        "checks": checks,
+        "not_equal_work": ("asgi-fleet also takes a deploy lock, runs preflight (candidate config, import, "
+                           "check-config, a one-worker canary) on each new release, waits for every "
+                           "worker on the new release, checks the venv's installed dists, prunes old "
+                           "releases; Ansible also installs python3-apt (needed by its apt module)"),
+        "errors": errors,
+        "runtime_seconds": round(time.monotonic() - started, 1),
+        "raw": raw,
+        "table_md": table,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(out, indent=1))
+    print(table)
+    lib.log(f"wrote {args.output} in {out['runtime_seconds']} s")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
