@@ -48,13 +48,18 @@ def _pair(order, runners):
     return out
 
 
+def fmt(x):
+    return "-" if x is None else f"{x:.1f}"
+
+
 def summarize_ops(runs: list[dict], top: int = 8) -> list:
     """Median seconds per operation across runs, largest first."""
     per: dict[str, list] = {}
     for run in runs:
         for name, secs in run["ops"]:
             per.setdefault(name, []).append(secs)
-    rows = sorted(((name, lib.median(v)) for name, v in per.items()), key=lambda r: -r[1])
+    rows = sorted(((name.replace(" | ", ": "), lib.median(v)) for name, v in per.items()),
+                  key=lambda r: -r[1])
     return [list(r) for r in rows[:top]]
 
 
@@ -119,6 +124,15 @@ def main(argv=None) -> int:
         if not args.keep_hosts:
             lib.remove_hosts([PY_HOST, AN_HOST])
 
+    out = report(raw, argv, args, errors, started)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(out, indent=1))
+    print(out["table_md"])
+    lib.log(f"wrote {args.output} in {out['runtime_seconds']} s")
+    return 1 if errors else 0
+
+
+def report(raw, argv, args, errors, started) -> dict:
     # Checks that make the figures mean what they say.
     checks = {
         "noop_changes_nothing": all(sum(r["changed_ops"].values()) == 0
@@ -148,16 +162,34 @@ def main(argv=None) -> int:
             "|---|---|---|---|---|---|---|"]
     for s in ("first", "noop", "code", "floor"):
         a, b, ratio = medians[s]["asgi-fleet"], medians[s]["ansible"], ratios[s]
-        faster = "-" if ratio is None else ("asgi-fleet" if ratio < 1 else "**Ansible**" if ratio > 1 else "tie")
-        rows.append(f"| {labels[s]} | {counts[s]['asgi-fleet']} | {a} | {b} | **{ratio}** | {faster} | "
+        if ratio is None:
+            faster = "-"
+        elif abs(ratio - 1) < 0.05:
+            faster = f"neither (within 5%: {'asgi-fleet' if ratio < 1 else 'Ansible'} by {abs(1 - ratio):.0%})"
+        elif ratio < 1:
+            faster = f"asgi-fleet ({1 / ratio:.1f}x)"
+        else:
+            faster = f"**Ansible** ({ratio:.1f}x)"
+        rows.append(f"| {labels[s]} | {counts[s]['asgi-fleet']} | {fmt(a)} | {fmt(b)} | **{ratio}** | {faster} | "
                     f"{calls(s, 'asgi-fleet', 'exec')} + {calls(s, 'asgi-fleet', 'cp')}, "
                     f"{calls(s, 'ansible', 'exec')} + {calls(s, 'ansible', 'cp')} |")
     table = "\n".join(rows)
+
+    def exec_ms(t):
+        per = [r["docker_calls"]["exec"]["seconds"] / r["docker_calls"]["exec"]["count"]
+               for r in raw["noop"][t] if r["docker_calls"].get("exec")]
+        return round(1000 * lib.median(per)) if per else None
+
+    table += (f"\n\nIn the no-op re-run, one `docker exec` round trip (a command, a fact or a module) "
+              f"takes {exec_ms('asgi-fleet')} ms for asgi-fleet (a shell command) and "
+              f"{exec_ms('ansible')} ms for Ansible (a Python module: ansiballz + interpreter start), "
+              "medians.")
     table += (f"\n\nNo-op re-run against the floor (one no-op operation, same host, same tool): "
-              f"asgi-fleet **{floor_ratio}x** ({medians['noop']['asgi-fleet']} s vs "
-              f"{medians['floor']['asgi-fleet']} s); Ansible {floor_ratio_an}x.\n")
-    table += ("\nasgi-fleet phases, medians in s (connect / prepare: deploy.py runs and reads facts / "
-              "execute):\n\n| scenario | connect | prepare | execute |\n|---|---|---|---|\n")
+              f"asgi-fleet **{floor_ratio}x** ({fmt(medians['noop']['asgi-fleet'])} s vs "
+              f"{fmt(medians['floor']['asgi-fleet'])} s); Ansible {floor_ratio_an}x "
+              f"({fmt(medians['noop']['ansible'])} s vs {fmt(medians['floor']['ansible'])} s).\n")
+    table += ("\nasgi-fleet phases, medians in s (prepare: deploy.py runs per host; pyinfra 3.10 reads "
+              "nearly all facts while executing, so execute holds facts, commands and uploads):\n\n| scenario | connect | prepare | execute |\n|---|---|---|---|\n")
     for s in ("first", "noop", "code", "floor"):
         p = phases[s]
         table += f"| {labels[s]} | {p['connect']} | {p['prepare']} | {p['execute']} |\n"
@@ -194,11 +226,7 @@ def main(argv=None) -> int:
         "raw": raw,
         "table_md": table,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=1))
-    print(table)
-    lib.log(f"wrote {args.output} in {out['runtime_seconds']} s")
-    return 1 if errors else 0
+    return out
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ ANSIBLE_PIN = "ansible==12.3.0"  # ansible-core 2.19.x, with community.docker
 LOCK_FILE = "/tmp/asgi-fleet-bench.lock"  # shared with the other benchmarks (flock(1) compatible)
 LOCK_WAIT = 900  # seconds at most to wait for another benchmark's heavy run
 PREFIX = "asgi-bench-"
+BENCH_LABEL = "asgi-fleet.bench-host=1"
 
 
 def log(msg: str) -> None:
@@ -107,7 +108,11 @@ def fresh_hosts(names: list[str], dist: str = "bookworm") -> None:
     remove_hosts(names)
     hosts = [TestHost(name, dist, "docker") for name in names]
     for h in hosts:
-        hostctl.start(h)
+        # hostctl.start's flags, with a label of our own: `fleet down` (make fleet-down)
+        # removes asgi-fleet.test-host containers, and must not take these mid-run.
+        subprocess.run(["docker", "run", "-d", "--name", h.name, "--hostname", h.name,
+                        "--label", BENCH_LABEL, *hostctl.SYSTEMD_FLAGS, h.image, "/sbin/init"],
+                       check=True, capture_output=True)
     for h in hosts:
         hostctl.wait_booted(h)
 
@@ -199,7 +204,7 @@ def run_timed(cmd: list[str], workdir: Path, tag: str, env: dict | None = None,
     if rc != 0:
         tail = "\n".join(text for _, text in lines[-40:])
         raise RuntimeError(f"{tag}: {' '.join(cmd)} exited {rc} (log {out_path}):\n{tail}")
-    return {"seconds": round(seconds, 3), "phases": _phases(lines, seconds), "ops": _ops(lines, seconds),
+    return {"seconds": round(seconds, 3), "loadavg_1min_after": os.getloadavg()[0], "phases": _phases(lines, seconds), "ops": _ops(lines, seconds),
             "docker_calls": docker_calls(dlog), "recap": _ansible_recap(lines)}
 
 
