@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     started = time.monotonic()
+    lib.exit_on_sigterm()
     workdir = lib.new_workdir("speed")
     lib.ensure_ansible()
     app_dir = lib.app_copy(workdir)
@@ -98,11 +99,13 @@ def main(argv=None) -> int:
         for tool, result in pair.items():
             raw[scenario][tool].append(result)
             lib.log(f"{scenario:6} {tool:10} {result['seconds']:7.2f} s  changed={result.get('changed_ops')}")
+        lib.write_json(args.output, {**report(raw, argv, args, errors, started), "partial": True})
 
     try:
         lib.ansible_vars(app_dir, vars_file)
         for r in range(args.first_repeats):
-            lib.fresh_hosts([PY_HOST, AN_HOST])
+            with lib.BenchLock():  # booting containers is heavy too: not during others' timed runs
+                lib.fresh_hosts([PY_HOST, AN_HOST])
             record("first", _pair(TOOLS if r % 2 == 0 else TOOLS[::-1], runners("first")))
         for r in range(args.repeats):
             order = TOOLS if r % 2 == 0 else TOOLS[::-1]
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
                                          capture_output=True, text=True).stdout
                 if json.loads(got or "{}").get("release") != release:
                     raise RuntimeError(f"code release {release} not served by {tool}: {got}")
-    except Exception:
+    except (Exception, SystemExit):
         errors.append(traceback.format_exc())
         lib.log(errors[-1])
     finally:
@@ -125,8 +128,7 @@ def main(argv=None) -> int:
             lib.remove_hosts([PY_HOST, AN_HOST])
 
     out = report(raw, argv, args, errors, started)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=1))
+    lib.write_json(args.output, out)
     print(out["table_md"])
     lib.log(f"wrote {args.output} in {out['runtime_seconds']} s")
     return 1 if errors else 0
@@ -223,6 +225,7 @@ def report(raw, argv, args, errors, started) -> dict:
                            "releases; Ansible also installs python3-apt (needed by its apt module)"),
         "errors": errors,
         "runtime_seconds": round(time.monotonic() - started, 1),
+        "lock_wait_seconds": round(lib.BenchLock.waited, 1),
         "raw": raw,
         "table_md": table,
     }

@@ -36,7 +36,7 @@ PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 ANSIBLE_VENV = ROOT / "bench" / ".venv-ansible"
 ANSIBLE_PIN = "ansible==12.3.0"  # ansible-core 2.19.x, with community.docker
 LOCK_FILE = "/tmp/asgi-fleet-bench.lock"  # shared with the other benchmarks (flock(1) compatible)
-LOCK_WAIT = 900  # seconds at most to wait for another benchmark's heavy run
+LOCK_WAIT = 1800  # seconds at most to wait for another benchmark's heavy run
 PREFIX = "asgi-bench-"
 BENCH_LABEL = "asgi-fleet.bench-host=1"
 
@@ -45,12 +45,31 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a `timeout`, a CI stop) ends the script through its finally: clauses,
+    so containers are removed and partial results are kept."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(f"stopped by signal {signum}")
+    signal.signal(signal.SIGTERM, stop)
+
+
+def write_json(path, data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
 def median(values):
     return round(statistics.median(values), 3) if values else None
 
 
 # --- machine ---------------------------------------------------------------------
 
+@__import__('functools').lru_cache(maxsize=None)
 def machine() -> dict:
     mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
     docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
@@ -62,6 +81,7 @@ def machine() -> dict:
             "loadavg_at_start": os.getloadavg()}
 
 
+@__import__('functools').lru_cache(maxsize=None)
 def tool_versions() -> dict:
     out = {}
     for name, cmd in (("pyinfra", [PYINFRA, "--version"]),
@@ -79,12 +99,16 @@ class BenchLock:
     """flock on /tmp/asgi-fleet-bench.lock (the same lock `flock(1)` takes), bounded wait.
     Taken around each timed run (or side-by-side pair); timers start once it is held."""
 
+    waited = 0.0  # seconds spent waiting for the lock, over the whole script
+
     def __enter__(self):
         self.fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-        deadline = time.monotonic() + LOCK_WAIT
+        t0 = time.monotonic()
+        deadline = t0 + LOCK_WAIT
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                BenchLock.waited += time.monotonic() - t0
                 return self
             except BlockingIOError:
                 if time.monotonic() > deadline:

@@ -1,19 +1,20 @@
 """Scaling with fleet size: asgi-fleet on 1, 2, 4 and 8 fresh hosts.
 
-    .venv/bin/python bench/scaling.py [--sizes 1,2,4,8] [--repeats 2]
+    .venv/bin/python bench/scaling.py [--sizes 1,2,4,8] [--repeats 2] [--repeats-large 1]
 
 For each fleet size N: N bare test hosts (containers asgi-bench-s1..sN,
 bookworm, re-created), one timed first provision (`pyinfra -y INVENTORY
 deploy.py`, all N hosts in one run, as an operator would), then REPEATS
-timed no-op re-runs. Each timed run holds flock(/tmp/asgi-fleet-bench.lock).
+(REPEATS_LARGE from 4 hosts on) timed no-op re-runs. Each timed run holds flock(/tmp/asgi-fleet-bench.lock).
 Reports time(N)/time(1) and where the time goes: pyinfra's phases (connect;
 prepare, where deploy.py runs per host and reads its facts; execute), the
 execute time per kind of operation (from a timestamp on each output line),
 and the docker CLI calls (`docker exec` = one command or fact on one host,
 `docker cp` = one upload).
 
-Writes bench/results/scaling.json. Defaults take about 6-8 minutes on a
-2-core machine (the 8-host first provision is most of it).
+Writes bench/results/scaling.json. Defaults take about 9-12 minutes on a
+busy 2-core machine (the 8-host first provision is most of it), less when
+nothing else runs.
 """
 
 from __future__ import annotations
@@ -58,40 +59,57 @@ def by_kind(run: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,2,4,8")
-    parser.add_argument("--repeats", type=int, default=2, help="no-op runs per fleet size")
+    parser.add_argument("--repeats", type=int, default=2, help="no-op runs per fleet size below 4")
+    parser.add_argument("--repeats-large", type=int, default=1,
+                        help="no-op runs per fleet size of 4 and more (each costs ~N x one host's)")
     parser.add_argument("--output", default=str(RESULT))
     parser.add_argument("--keep-hosts", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
     started = time.monotonic()
+    lib.exit_on_sigterm()
     workdir = lib.new_workdir("scaling")
     all_names = [f"{lib.PREFIX}s{i}" for i in range(1, max(sizes) + 1)]
     raw: dict[str, dict] = {}
     errors = []
+
+    def save():
+        lib.write_json(args.output, {**report(raw, argv, args, errors, started), "partial": True})
+
     try:
         for n in sizes:
             names = all_names[:n]
-            lib.fresh_hosts(names)
+            with lib.BenchLock():  # booting containers is heavy too: not during others' timed runs
+                lib.fresh_hosts(names)
             inv = lib.write_pyinfra_inventory(workdir / f"inventory-{n}.py", names)
             entry = raw[str(n)] = {"hosts": names, "first": [], "noop": []}
             with lib.BenchLock():
                 entry["first"].append(lib.pyinfra_deploy(inv, workdir, f"first-{n}"))
             lib.log(f"N={n} first   {entry['first'][-1]['seconds']:7.2f} s")
-            for r in range(args.repeats):
+            save()
+            for r in range(args.repeats if n < 4 else args.repeats_large):
                 with lib.BenchLock():
                     entry["noop"].append(lib.pyinfra_deploy(inv, workdir, f"noop-{n}-{r}"))
                 lib.log(f"N={n} noop    {entry['noop'][-1]['seconds']:7.2f} s "
                         f"changed={sum(entry['noop'][-1]['changed_ops'].values())}")
+                save()
             if not args.keep_hosts:
                 lib.remove_hosts(names)  # free the machine for the next size
-    except Exception:
+    except (Exception, SystemExit):
         errors.append(traceback.format_exc())
         lib.log(errors[-1])
     finally:
         if not args.keep_hosts:
             lib.remove_hosts(all_names)
+    out = report(raw, argv, args, errors, started)
+    lib.write_json(args.output, out)
+    print(out["table_md"])
+    lib.log(f"wrote {args.output} in {out['runtime_seconds']} s")
+    return 1 if errors else 0
 
+
+def report(raw, argv, args, errors, started) -> dict:
     medians, ratios, phases, kinds, calls = {}, {}, {}, {}, {}
     for n, entry in raw.items():
         medians[n] = {s: lib.median([r["seconds"] for r in entry[s]]) for s in ("first", "noop")}
@@ -101,6 +119,9 @@ def main(argv=None) -> int:
                     for s in ("first", "noop")}
         calls[n] = {s: {v: lib.median([r["docker_calls"].get(v, {}).get("count", 0) for r in entry[s]])
                         for v in ("exec", "cp")} for s in ("first", "noop")}
+        calls[n]["noop_exec_ms_each"] = lib.median(
+            [1000 * r["docker_calls"]["exec"]["seconds"] / r["docker_calls"]["exec"]["count"]
+             for r in entry["noop"] if r["docker_calls"].get("exec")])
     base = medians.get("1")
     for n in medians:
         ratios[n] = {s: (round(medians[n][s] / base[s], 2) if base and base[s] and medians[n][s] else None)
@@ -111,18 +132,21 @@ def main(argv=None) -> int:
     for n in medians:
         table += (f"| {n} | {medians[n]['first']} | **{ratios[n]['first']}** | {medians[n]['noop']} | "
                   f"**{ratios[n]['noop']}** | {calls[n]['first']['exec']}, {calls[n]['noop']['exec']} |\n")
-    table += ("\nWhere the time goes, first provision (s): prepare = deploy.py runs per host and reads facts; "
-              "execute split by kind of operation.\n\n| hosts | connect | prepare | "
-              + " | ".join(KINDS) + " |\n|---|---|---|" + "---|" * len(KINDS) + "\n")
+    table += ("\nWhere the time goes, first provision (s): prepare = deploy.py runs per host (pyinfra 3.10 "
+              "reads nearly all facts while executing); execute split by kind of operation, facts included.\n\n"
+              "| hosts | connect | prepare | " + " | ".join(KINDS) + " |\n|---|---|---|" + "---|" * len(KINDS) + "\n")
     for n in medians:
         table += (f"| {n} | {phases[n]['first']['connect']} | {phases[n]['first']['prepare']} | "
                   + " | ".join(str(kinds[n]["first"][k]) for k in KINDS) + " |\n")
-    table += ("\nNo-op re-run (s):\n\n| hosts | connect | prepare | execute | "
-              "docker exec calls per host |\n|---|---|---|---|---|\n")
+    table += ("\nNo-op re-run (s), and what one `docker exec` round trip (a fact or a command) costs "
+              "as the fleet grows:\n\n| hosts | connect | prepare | execute | docker exec calls per host | "
+              "ms per docker exec |\n|---|---|---|---|---|---|\n")
     for n in medians:
         p = phases[n]["noop"]
         per_host = round(calls[n]["noop"]["exec"] / int(n), 1) if calls[n]["noop"]["exec"] else None
-        table += f"| {n} | {p['connect']} | {p['prepare']} | {p['execute']} | {per_host} |\n"
+        ms = calls[n]["noop_exec_ms_each"]
+        table += (f"| {n} | {p['connect']} | {p['prepare']} | {p['execute']} | {per_host} | "
+                  f"{round(ms) if ms else None} |\n")
 
     out = {
         "benchmark": "scaling",
@@ -131,7 +155,9 @@ def main(argv=None) -> int:
         "machine": lib.machine(),
         "tools": lib.tool_versions(),
         "repeats_note": (f"1 first provision per fleet size (8 fresh hosts take minutes), "
-                         f"{args.repeats} no-op runs per size; medians of those"),
+                         f"{args.repeats} no-op runs per size below 4 hosts, {args.repeats_large} from 4 "
+                         "hosts on (a no-op costs about N times one host's here), to fit the 8-minute "
+                         "budget; medians of those"),
         "runs": {n: {s: len(e[s]) for s in ("first", "noop")} for n, e in raw.items()},
         "medians_seconds": medians,
         "ratio_to_one_host": ratios,
@@ -142,15 +168,11 @@ def main(argv=None) -> int:
                                                for e in raw.values() for r in e["noop"])},
         "errors": errors,
         "runtime_seconds": round(time.monotonic() - started, 1),
+        "lock_wait_seconds": round(lib.BenchLock.waited, 1),
         "raw": raw,
         "table_md": table,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=1))
-    print(table)
-    lib.log(f"wrote {args.output} in {out['runtime_seconds']} s")
-    return 1 if errors else 0
-
+    return out
 
 if __name__ == "__main__":
     sys.exit(main())
