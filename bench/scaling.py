@@ -169,6 +169,7 @@ def report(raw, argv, args, errors, started) -> dict:
         "errors": errors,
         "runtime_seconds": round(time.monotonic() - started, 1),
         "lock_wait_seconds": round(lib.BenchLock.waited, 1),
+        "runtime_excluding_lock_wait_seconds": round(time.monotonic() - started - lib.BenchLock.waited, 1),
         "raw": raw,
         "table_md": table,
     }
