@@ -19,7 +19,8 @@ run changes nothing, a code release activates the new release.
 
 Writes bench/results/deploy_speed.json: raw timings (wall time, pyinfra's
 phases, per-operation times, docker CLI calls), medians, ratios, the machine
-and `table_md`. Defaults take about 9-11 minutes on a 2-core machine.
+and `table_md`. Defaults take about 7-8 minutes of their own on a 2-core
+machine, plus any wait for the bench lock (recorded as lock_wait_seconds).
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ execute time per kind of operation (from a timestamp on each output line),
 and the docker CLI calls (`docker exec` = one command or fact on one host,
 `docker cp` = one upload).
 
-Writes bench/results/scaling.json. Defaults take about 9-12 minutes on a
-busy 2-core machine (the 8-host first provision is most of it), less when
-nothing else runs.
+Writes bench/results/scaling.json. Defaults take about 8 minutes of their
+own on a 2-core machine (the 8-host first provision is 3 of them), plus any
+wait for the bench lock (recorded as lock_wait_seconds).
 """
 
 from __future__ import annotations
@@ -64,7 +64,20 @@ def main(argv=None) -> int:
                         help="no-op runs per fleet size of 4 and more (each costs ~N x one host's)")
     parser.add_argument("--output", default=str(RESULT))
     parser.add_argument("--keep-hosts", action="store_true")
+    parser.add_argument("--from-results", metavar="JSON",
+                        help="measure nothing: rebuild the report from a results file's raw timings")
     args = parser.parse_args(argv)
+    if args.from_results:
+        old = json.loads(Path(args.from_results).read_text())
+        out = report(old["raw"], None, args, old["errors"], time.monotonic())
+        keep = ("command", "measured_at", "machine", "tools", "runtime_seconds", "lock_wait_seconds",
+                "repeats_note")
+        out.update({k: old[k] for k in keep if k in old})
+        out["runtime_excluding_lock_wait_seconds"] = round(
+            out["runtime_seconds"] - out.get("lock_wait_seconds", 0), 1)
+        lib.write_json(args.output, out)
+        print(out["table_md"])
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
 
     started = time.monotonic()
@@ -109,6 +122,14 @@ def main(argv=None) -> int:
     return 1 if errors else 0
 
 
+def _int(x):
+    return int(x) if x is not None and x == int(x) else x
+
+
+def r1(x):
+    return "-" if x is None else f"{x:.1f}"
+
+
 def report(raw, argv, args, errors, started) -> dict:
     medians, ratios, phases, kinds, calls = {}, {}, {}, {}, {}
     for n, entry in raw.items():
@@ -117,7 +138,7 @@ def report(raw, argv, args, errors, started) -> dict:
                          for p in ("connect", "prepare", "execute")} for s in ("first", "noop")}
         kinds[n] = {s: {k: lib.median([by_kind(r)[k] for r in entry[s]]) for k in KINDS}
                     for s in ("first", "noop")}
-        calls[n] = {s: {v: lib.median([r["docker_calls"].get(v, {}).get("count", 0) for r in entry[s]])
+        calls[n] = {s: {v: _int(lib.median([r["docker_calls"].get(v, {}).get("count", 0) for r in entry[s]]))
                         for v in ("exec", "cp")} for s in ("first", "noop")}
         calls[n]["noop_exec_ms_each"] = lib.median(
             [1000 * r["docker_calls"]["exec"]["seconds"] / r["docker_calls"]["exec"]["count"]
@@ -130,22 +151,22 @@ def report(raw, argv, args, errors, started) -> dict:
     table = ("| hosts | first provision s | time(N)/time(1) | no-op s | time(N)/time(1) | "
              "docker exec calls (first, no-op) |\n|---|---|---|---|---|---|\n")
     for n in medians:
-        table += (f"| {n} | {medians[n]['first']} | **{ratios[n]['first']}** | {medians[n]['noop']} | "
+        table += (f"| {n} | {r1(medians[n]['first'])} | **{ratios[n]['first']}** | {r1(medians[n]['noop'])} | "
                   f"**{ratios[n]['noop']}** | {calls[n]['first']['exec']}, {calls[n]['noop']['exec']} |\n")
     table += ("\nWhere the time goes, first provision (s): prepare = deploy.py runs per host (pyinfra 3.10 "
               "reads nearly all facts while executing); execute split by kind of operation, facts included.\n\n"
               "| hosts | connect | prepare | " + " | ".join(KINDS) + " |\n|---|---|---|" + "---|" * len(KINDS) + "\n")
     for n in medians:
-        table += (f"| {n} | {phases[n]['first']['connect']} | {phases[n]['first']['prepare']} | "
-                  + " | ".join(str(kinds[n]["first"][k]) for k in KINDS) + " |\n")
+        table += (f"| {n} | {r1(phases[n]['first']['connect'])} | {r1(phases[n]['first']['prepare'])} | "
+                  + " | ".join(r1(kinds[n]["first"][k]) for k in KINDS) + " |\n")
     table += ("\nNo-op re-run (s), and what one `docker exec` round trip (a fact or a command) costs "
               "as the fleet grows:\n\n| hosts | connect | prepare | execute | docker exec calls per host | "
               "ms per docker exec |\n|---|---|---|---|---|---|\n")
     for n in medians:
         p = phases[n]["noop"]
-        per_host = round(calls[n]["noop"]["exec"] / int(n), 1) if calls[n]["noop"]["exec"] else None
+        per_host = round(calls[n]["noop"]["exec"] / int(n)) if calls[n]["noop"]["exec"] else None
         ms = calls[n]["noop_exec_ms_each"]
-        table += (f"| {n} | {p['connect']} | {p['prepare']} | {p['execute']} | {per_host} | "
+        table += (f"| {n} | {r1(p['connect'])} | {r1(p['prepare'])} | {r1(p['execute'])} | {per_host} | "
                   f"{round(ms) if ms else None} |\n")
 
     out = {
@@ -155,8 +176,8 @@ def report(raw, argv, args, errors, started) -> dict:
         "machine": lib.machine(),
         "tools": lib.tool_versions(),
         "repeats_note": (f"1 first provision per fleet size (8 fresh hosts take minutes), "
-                         f"{args.repeats} no-op runs per size below 4 hosts, {args.repeats_large} from 4 "
-                         "hosts on (a no-op costs about N times one host's here), to fit the 8-minute "
+                         f"{getattr(args, 'repeats', '?')} no-op runs per size below 4 hosts, {args.repeats_large} from 4 "
+                         "hosts on (where one no-op costs 2.5-3x one host's), to fit the 8-minute "
                          "budget; medians of those"),
         "runs": {n: {s: len(e[s]) for s in ("first", "noop")} for n, e in raw.items()},
         "medians_seconds": medians,
