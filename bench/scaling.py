@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="1,2,4,8")
     parser.add_argument("--repeats", type=int, default=2, help="no-op runs per fleet size below 4")
     parser.add_argument("--repeats-large", type=int, default=1,
-                        help="no-op runs per fleet size of 4 and more (each costs ~N x one host's)")
+                        help="no-op runs per fleet size of 4 and more (each costs 2.5-3x one host's)")
     parser.add_argument("--output", default=str(RESULT))
     parser.add_argument("--keep-hosts", action="store_true")
     parser.add_argument("--from-results", metavar="JSON",
