@@ -108,6 +108,7 @@ def test_bad_settings_stop_the_run_before_any_host_changes(deployed, tmp_path):
 
 
 def test_a_failing_and_an_unreachable_host_do_not_stop_the_others(deployed, tmp_path):
+    """Within the failure budget: by default (0) either one stops the rollout."""
     inventory = tmp_path / "mixed.py"
     inventory.write_text(textwrap.dedent("""
         app = [
@@ -118,8 +119,9 @@ def test_a_failing_and_an_unreachable_host_do_not_stop_the_others(deployed, tmp_
             ("ghost", {"ssh_hostname": "127.0.0.1", "ssh_port": 2299, "ssh_user": "deploy"}),
         ]
     """))
-    run = run_deploy(tmp_path, inventory=str(inventory))
+    run = run_deploy(tmp_path, "--data", "rollout_max_failures=2", inventory=str(inventory))
     assert run.returncode != 0
+    assert run.record["rollout"]["halted"] is None
     assert run.host("@docker/asgi-web2")["status"] == "ok"
     assert run.host("@docker/asgi-web4")["status"] == "failed"
     assert run.host("ghost")["status"] == "unreachable"
