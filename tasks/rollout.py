@@ -97,7 +97,7 @@ def activate_batch(state, fleet: Fleet, number: int, plans, venvs, run):
             record = run.app_step(plan, step=f"{title}: activate {plan.paths.app}", batch=number)
             operations.activate(
                 name=f"{title}: activate {plan.paths.app}", plan=plan, halted=halted,
-                venv_changed=lambda: venv is not None and changed(venv), record=record,
+                venv_changed=lambda venv=venv: venv is not None and changed(venv), record=record,
                 # the gate, and a rollback's gate, with room to spare; never longer
                 time_limit=2 * plan.app["health_deadline"] + 30,
             )

@@ -22,7 +22,8 @@ VENV = "/srv/hello/current/.venv"
 
 
 def check(name: str) -> str:
-    return f"test_{name}[{APP}]"
+    """A check's test id: NAME[host/app] for web1's app, or as given with its own [id]."""
+    return f"test_{name}" if name.endswith("]") else f"test_{name}[{APP}]"
 
 
 # name: (break it, wait until broken, the checks that must fail, words of the message, repair)
@@ -34,7 +35,9 @@ BREAKS = {
         f" && ! grep -qw \"$({WORKERS} | cut -d' ' -f1)\" /tmp/old-workers"
         f" && [ $({WORKERS} | wc -w) = 2 ]",
         {"workers_run_the_configured_worker_class", "workers_run_uvloop_and_httptools",
-         "health_endpoint_answers_through_the_bind"},
+         "health_endpoint_answers_through_the_bind",
+         # the load balancer sees it too: one of its upstream servers answers 500
+         "every_upstream_server_answers_from_the_load_balancer[asgi-lb]"},
         "asgi-web1/hello: 2 of 2 workers run gunicorn's sync worker, but an ASGI app needs "
         "asgi_fleet_worker.DrainingUvicornWorker; set worker_class and redeploy",
         "deploy",

@@ -51,9 +51,19 @@ def test_no_server_is_left_drained(lb):
     assert not flags, f"drained at the load balancer after the run: {flags} (in {LB_FLAG_DIR})"
 
 
-def test_each_app_answers_through_the_load_balancer(lb, fronted):
-    for app, health in fronted:
-        codes = {lb.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 "
-                                 f"http://127.0.0.1:{app.port}{health}") for _ in app.servers}
-        assert codes == {"200"}, f"{app.name} through the load balancer answered {codes}"
+def test_it_listens_on_each_apps_port(lb, fronted):
+    for app, _ in fronted:
+        assert lb.socket(f"tcp://0.0.0.0:{app.port}").is_listening, \
+            f"nginx does not listen on :{app.port} for {app.name}"
 
+
+def test_every_upstream_server_answers_from_the_load_balancer(lb, fronted):
+    """Each server nginx sends an app's requests to answers its health endpoint, from the lb."""
+    bad = {}
+    for app, health in fronted:
+        for server in app.servers.values():
+            code = lb.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 "
+                                   f"http://{server}{health}")
+            if code != "200":
+                bad[f"{app.name} on {server}"] = code
+    assert not bad, f"from the load balancer, GET health answered: {bad}"
