@@ -57,9 +57,12 @@ def section(ran: dict[str, float], started: str) -> str:
         if not path.exists():
             continue
         result = json.loads(path.read_text())
-        took = f", {ran[name] / 60:.1f} min" if name in ran else " (from an earlier run)"
+        if name in ran:
+            command = f"`.venv/bin/python bench/{' '.join([name + '.py', *arguments])}`, {ran[name] / 60:.1f} min"
+        else:
+            command = f"`{result.get('command', f'bench/{name}.py')}` (an earlier run)"
         lines += [f"### {heading}", "",
-                  f"`.venv/bin/python bench/{' '.join([name + '.py', *arguments])}`{took}; raw: [results/{name}.json](results/{name}.json)",
+                  f"{command}; raw: [results/{name}.json](results/{name}.json)",
                   "", result.get("table_md", "(no table)").strip(), ""]
         if name == "rolling_deploy" and (RESULTS / "rolling_deploy.svg").exists():
             lines += ["![requests/s and errors during a rolling deploy](results/rolling_deploy.svg)", ""]
