@@ -113,3 +113,16 @@ class FlagFiles(FactBase):
 
     def process(self, output) -> set[str]:
         return {line.strip() for line in output if line.strip()}
+
+
+class UnitsNotEnabled(FactBase):
+    """Which of some systemd units are not enabled (start at boot)."""
+
+    default = set
+
+    def command(self, units):
+        return ("for unit in " + " ".join(commands.q(u) for u in units) +
+                "; do systemctl is-enabled --quiet \"$unit\" || echo \"$unit\"; done; true")
+
+    def process(self, output) -> set[str]:
+        return {line.strip() for line in output if line.strip()}

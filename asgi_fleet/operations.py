@@ -19,7 +19,7 @@ from asgi_fleet.activation import (
 )
 from asgi_fleet.facts import (
     FileContent, FilesDigest, FileState, FlagFiles, HealthStatus, Releases, RunningMasterFact,
-    StagedChanges, VenvState,
+    StagedChanges, UnitsNotEnabled, VenvState,
 )
 from asgi_fleet.release import releases_to_prune, venvs_to_prune
 
@@ -193,8 +193,9 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
     + time_limit: seconds this host gets for all of it; a host that stops
       answering fails when they are up, instead of hanging the rollout
 
-    A healthy service that needs nothing is left alone (no change); an
-    unhealthy one fails the run instead of passing it silently.
+    A healthy, enabled service that needs nothing is left alone (no change);
+    a disabled unit is enabled again; an unhealthy service fails the run
+    instead of passing it silently.
     """
     if not host.state.is_executing:
         host.noop(f"{plan.paths.app}: decided when its batch comes")
@@ -217,14 +218,16 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
     record.update(activation=kind, old_release=current)
     if kind == NONE:
         healthy = host.get_fact(HealthStatus, bind=app["bind"], path=app["health_path"])
+        disabled = host.get_fact(UnitsNotEnabled, units=(paths.socket, paths.service))
     else:
         reload_units = bool(host.get_fact(StagedChanges, paths=paths) & NEEDS_UNIT_RELOAD)
-    if kind == NONE and healthy == "200":
+    if kind == NONE and healthy == "200" and not disabled:
         record["health"] = "healthy"
         host.noop(f"{paths.service} already runs release {plan.release_id}, healthy")
         return
-    if kind == NONE:
-        script = _gate(plan)
+    if kind == NONE:  # nothing to activate: put back what was undone by hand, or fail
+        script = "\n".join([*(f"systemctl enable --quiet {unit}" for unit in sorted(disabled)),
+                             *([_gate(plan)] if healthy != "200" else [])])
     else:
         units = {"service": paths.service, "socket": paths.socket}
         script = commands.activate_release(
