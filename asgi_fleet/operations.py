@@ -221,12 +221,14 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         disabled = host.get_fact(UnitsNotEnabled, units=(paths.socket, paths.service))
     else:
         reload_units = bool(host.get_fact(StagedChanges, paths=paths) & NEEDS_UNIT_RELOAD)
-    if kind == NONE and healthy == "200" and not disabled:
+    switched = current != plan.release_id  # by hand: the workers still run the release
+    if kind == NONE and healthy == "200" and not disabled and not switched:
         record["health"] = "healthy"
         host.noop(f"{paths.service} already runs release {plan.release_id}, healthy")
         return
     if kind == NONE:  # nothing to activate: put back what was undone by hand, or fail
         script = "\n".join([*(f"systemctl enable --quiet {unit}" for unit in sorted(disabled)),
+                             *([commands.switch_release(paths, plan.release_id)] if switched else []),
                              *([_gate(plan)] if healthy != "200" else [])])
     else:
         units = {"service": paths.service, "socket": paths.socket}
