@@ -137,11 +137,20 @@ def command_line(script: str, argv: list[str] | None) -> str:
     return shlex.join([".venv/bin/python", f"bench/{script}", *args])
 
 
-def write_result(name: str, payload: dict, output: str | None = None) -> Path:
+def timing(started: float, deploy_s: float, measured_s: float, lock: dict) -> dict:
+    """Where a benchmark's own run time went, for its JSON result."""
+    return {"deploy_s": round(deploy_s, 1), "measured_s": round(measured_s, 1),
+            "lock_wait_s": lock["lock_wait_s"], "total_s": round(time.monotonic() - started, 1)}
+
+
+def write_result(name: str, payload: dict, output: str | None = None) -> int:
+    """Write bench/results/NAME.json (or OUTPUT) and print its table."""
     path = Path(output) if output else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
-    return path
+    print(payload["table_md"])
+    log(f"wrote {path} in {payload['timing']['total_s']} s")
+    return 0
 
 
 def median(values: list[float]) -> float | None:

@@ -343,14 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         "deploy_seconds_per_kind": {k: [round(v, 1) for v in vs] for k, vs in durations.items()},
         "loadgen_totals": loads,
         "activations": acts,
-        "timing": {"deploy_s": round(deploy_s, 1), "measured_s": round(measured_s, 1),
-                   "lock_wait_s": lock["lock_wait_s"], "total_s": round(time.monotonic() - started, 1)},
+        "timing": _serve.timing(started, deploy_s, measured_s, lock),
         "table_md": table(acts, args.rounds, args),
     }
-    path = _serve.write_result("activation_latency", payload, args.output)
-    print(payload["table_md"])
-    log(f"wrote {path} in {payload['timing']['total_s']} s")
-    return 0
+    return _serve.write_result("activation_latency", payload, args.output)
 
 
 if __name__ == "__main__":

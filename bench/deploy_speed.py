@@ -246,9 +246,7 @@ def report(raw, argv, args, errors, started) -> dict:
                            "worker on the new release, checks the venv's installed dists, prunes old "
                            "releases; Ansible also installs python3-apt (needed by its apt module)"),
         "errors": errors,
-        "runtime_seconds": round(time.monotonic() - started, 1),
-        "lock_wait_seconds": round(lib.BenchLock.waited, 1),
-        "runtime_excluding_lock_wait_seconds": round(time.monotonic() - started - lib.BenchLock.waited, 1),
+        **lib.runtime(started),
         "raw": raw,
         "table_md": table,
     }

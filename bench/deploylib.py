@@ -63,6 +63,14 @@ def write_json(path, data) -> None:
     os.replace(tmp, path)
 
 
+def runtime(started: float) -> dict:
+    """The script's own run time so far, with and without waiting for the bench lock."""
+    total = time.monotonic() - started
+    return {"runtime_seconds": round(total, 1),
+            "lock_wait_seconds": round(BenchLock.waited, 1),
+            "runtime_excluding_lock_wait_seconds": round(total - BenchLock.waited, 1)}
+
+
 def median(values):
     return round(statistics.median(values), 3) if values else None
 

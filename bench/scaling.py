@@ -188,9 +188,7 @@ def report(raw, argv, args, errors, started) -> dict:
         "checks": {"noop_changes_nothing": all(sum(r["changed_ops"].values()) == 0
                                                for e in raw.values() for r in e["noop"])},
         "errors": errors,
-        "runtime_seconds": round(time.monotonic() - started, 1),
-        "lock_wait_seconds": round(lib.BenchLock.waited, 1),
-        "runtime_excluding_lock_wait_seconds": round(time.monotonic() - started - lib.BenchLock.waited, 1),
+        **lib.runtime(started),
         "raw": raw,
         "table_md": table,
     }

@@ -372,14 +372,10 @@ def main(argv: list[str] | None = None) -> int:
                   "side_car_commands": {k: v[1].format(n=auto) for k, v in SIDE_CARS.items()}},
         **{k: v for k, v in analysed.items() if k != "table_md"},
         "runs": runs,
-        "timing": {"deploy_s": round(deploy_s, 1), "measured_s": round(measured_s, 1),
-                   "lock_wait_s": lock["lock_wait_s"], "total_s": round(time.monotonic() - started, 1)},
+        "timing": _serve.timing(started, deploy_s, measured_s, lock),
         "table_md": analysed["table_md"],
     }
-    path = _serve.write_result("throughput", payload, args.output)
-    print(payload["table_md"])
-    log(f"wrote {path} in {payload['timing']['total_s']} s")
-    return 0
+    return _serve.write_result("throughput", payload, args.output)
 
 
 if __name__ == "__main__":

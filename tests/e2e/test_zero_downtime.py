@@ -22,7 +22,7 @@ from e2e_helpers import app_variants, fleet_hosts, infra_of, run_deploy
 HOST = "@docker/asgi-web1"
 CONTAINER = "asgi-web1"
 SERVICE = "hello.service"
-ROUNDS = 3  # per kind; bench/activation_failures.py repeats more, and the rollout tests add more
+ROUNDS = 3  # per kind; the rollout tests add more
 
 
 @pytest.fixture(scope="module")
