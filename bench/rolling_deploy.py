@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,8 +62,9 @@ def batch_windows(record: dict) -> list[dict]:
     return [dict(w, hosts=sorted(w["hosts"])) for _, w in sorted(windows.items())]
 
 
-def svg_chart(buckets: list[dict], windows: list[dict], title: str) -> str:
-    """requests/s as a line, failed requests/s as red bars, batches as shaded bands."""
+def svg_chart(buckets: list[dict], windows: list[dict], deploy: tuple[float, float], title: str) -> str:
+    """requests/s as a line, failed requests/s as red bars, batches as shaded bands,
+    the deploy command's start and end as dashed lines."""
     width, height, left, right, top, bottom = 900, 360, 60, 20, 40, 50
     t0 = buckets[0]["t"]
     span = max(1, buckets[-1]["t"] - t0 + 1)
@@ -82,8 +84,14 @@ def svg_chart(buckets: list[dict], windows: list[dict], title: str) -> str:
         x0, x1 = x(window["start"]), x(window["end"])
         parts.append(f'<rect x="{x0:.1f}" y="{top}" width="{max(1.0, x1 - x0):.1f}" '
                      f'height="{height - top - bottom}" fill="#dde8f7"/>')
-        parts.append(f'<text x="{x0 + 2:.1f}" y="{top + 14}" fill="#335">'
-                     f'{" ".join(window["hosts"])}</text>')
+        parts.append(f'<text x="{x0 + 2:.1f}" y="{top + 14 + 14 * (window["batch"] % 2)}" fill="#335">'
+                     f'{" ".join(h.removeprefix("asgi-") for h in window["hosts"])}</text>')
+    for when, label, anchor, dx in zip(deploy, ("pyinfra starts (staging)", "pyinfra ends"),
+                                       ("start", "end"), (3, -3)):
+        parts.append(f'<line x1="{x(when):.1f}" y1="{top}" x2="{x(when):.1f}" y2="{height - bottom}" '
+                     f'stroke="#555" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{x(when) + dx:.1f}" y="{height - bottom - 6}" fill="#555" '
+                     f'text-anchor="{anchor}">{label}</text>')
     points = " ".join(f"{x(b['t'] + 0.5):.1f},{y(b['requests']):.1f}" for b in buckets)
     parts.append(f'<polyline points="{points}" fill="none" stroke="#1f5fa8" stroke-width="2"/>')
     for b in buckets:
@@ -93,7 +101,7 @@ def svg_chart(buckets: list[dict], windows: list[dict], title: str) -> str:
     axis_y = height - bottom
     parts += [f'<line x1="{left}" y1="{axis_y}" x2="{width - right}" y2="{axis_y}" stroke="black"/>',
               f'<line x1="{left}" y1="{top}" x2="{left}" y2="{axis_y}" stroke="black"/>',
-              f'<text x="{left - 8}" y="{top + 4}" text-anchor="end">{peak}</text>',
+              f'<text x="{left - 8}" y="{top + 4}" text-anchor="end">{peak}/s</text>',
               f'<text x="{left - 8}" y="{axis_y}" text-anchor="end">0</text>',
               f'<text x="{left}" y="{axis_y + 18}">0 s</text>',
               f'<text x="{width - right}" y="{axis_y + 18}" text-anchor="end">{span} s</text>',
@@ -102,6 +110,38 @@ def svg_chart(buckets: list[dict], windows: list[dict], title: str) -> str:
               f'shaded: a batch activating (drained, restarted, gated)</text>',
               "</svg>"]
     return "\n".join(parts)
+
+
+def table(summary: dict, deploy_started: float) -> str:
+    """The run's counts, and requests/s while batches activate as a ratio to before the deploy."""
+    windows, buckets = summary["batches"], summary["per_second"]
+    if not windows:
+        return "No host activated: see the JSON's errors."
+    rollout = [b["requests"] for b in buckets if windows[0]["start"] <= b["t"] < windows[-1]["end"]]
+    before = [b["requests"] for b in buckets if b["t"] < deploy_started]
+    staging = [b["requests"] for b in buckets if deploy_started <= b["t"] < windows[0]["start"]]
+    steady = statistics.median(before) if before else 0
+    ratio = (lambda v: f"{v / steady:.2f}") if steady else (lambda v: "-")
+    return "\n".join([
+        "| requests through nginx | failed | deploy s (staging + rollout) | rollout s | "
+        "seconds per batch | req/s before the deploy | during staging: median (ratio) | "
+        "during the rollout: median, lowest (ratio to before) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {summary['requests']:,} | **{summary['failed']}** | {summary['deploy_seconds']} | "
+        f"{windows[-1]['end'] - windows[0]['start']:.1f} | "
+        f"{', '.join(str(round(w['end'] - w['start'], 1)) for w in windows)} | {steady:,.0f} | "
+        f"{statistics.median(staging):,.0f} ({ratio(statistics.median(staging))}) | "
+        f"{statistics.median(rollout):,.0f} ({ratio(statistics.median(rollout))}), "
+        f"{min(rollout):,} ({ratio(min(rollout))}) |",
+        "",
+        "One rolling dependency change (a new virtualenv on every host: restart behind the socket, "
+        "drained first), 4 hosts, 1 per batch; load from the controller through nginx "
+        f"({summary['clients']} keep-alive and {summary['clients']} one-connection-per-request clients, "
+        "GET and POST, no retries). The load generator, nginx and the four hosts share this "
+        "machine's 2 cores, so throughput falls while every host builds its virtualenv (staging), "
+        "and recovers as the builds finish; each batch's host is drained, and the others serve "
+        "everything.",
+    ])
 
 
 def main(argv=None) -> int:
@@ -121,8 +161,10 @@ def main(argv=None) -> int:
                                  "--stop-file", str(stop), "--output", str(out), "--buckets"],
                                 stdout=subprocess.DEVNULL)
         try:
-            time.sleep(5)  # a steady state before the rollout
+            time.sleep(8)  # a steady state before the deploy
+            deploy_started = time.time()
             record = deploy(tmp / "rolling.json", f"app_source={source}", f"app_lock={ALT_LOCK}")
+            deploy_ended = time.time()
             time.sleep(5)  # and after it
         finally:
             stop.touch()
@@ -130,24 +172,20 @@ def main(argv=None) -> int:
         result = json.loads(out.read_text())
         deploy(tmp / "restore.json")
     windows = batch_windows(record)
-    buckets = result.pop("per_second")
+    buckets = result.pop("per_second")[1:-1]  # the first and last seconds are partial
     summary = {
         "benchmark": "rolling_deploy",
         "command": "bench/rolling_deploy.py",
         "change": "dependencies (a new virtualenv: restart behind the socket, drained first)",
         "requests": result["requests"], "failed": result["failed"], "errors": result["errors"],
+        "clients": args.clients, "deploy_seconds": round(deploy_ended - deploy_started, 1),
         "batches": windows, "per_second": buckets, "seconds": round(time.monotonic() - started, 1),
     }
-    summary["table_md"] = "\n".join([
-        "| rolling deploy (4 hosts, 1 per batch, dependency change) | requests | failed | rollout seconds |",
-        "|---|---|---|---|",
-        f"| through the load balancer | {result['requests']:,} | **{result['failed']}** | "
-        f"{windows[-1]['end'] - windows[0]['start']:.0f} |" if windows else "| - | - | - | - |",
-    ])
+    summary["table_md"] = table(summary, deploy_started)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rolling_deploy.json").write_text(json.dumps(summary, indent=1))
     (RESULTS / "rolling_deploy.svg").write_text(svg_chart(
-        buckets, windows, f"Rolling dependency change across 4 hosts behind nginx: "
+        buckets, windows, (deploy_started, deploy_ended), f"Rolling dependency change across 4 hosts behind nginx: "
                           f"{result['failed']} failed of {result['requests']:,} requests"))
     print(summary["table_md"])
     return 0
