@@ -23,8 +23,8 @@ NONE, START, RELOAD, RESTART, REBIND = "none", "start", "reload", "restart", "re
 # Files a deploy manages, by the mechanism a change to them needs.
 NEEDS_REBIND = {"socket_unit"}
 NEEDS_RESTART = {"service_unit", "env", "venv"}  # "venv": rebuilt in place
-NEEDS_RELOAD = {"config", "secrets"}
-NEEDS_UNIT_RELOAD = {"service_unit", "socket_unit"}  # systemd re-reads units on daemon-reload  # gunicorn.conf.py loads the secrets on every HUP
+NEEDS_RELOAD = {"config", "secrets"}  # gunicorn.conf.py loads the secrets on every HUP
+NEEDS_UNIT_RELOAD = {"service_unit", "socket_unit"}  # systemd re-reads units on daemon-reload
 
 
 @dataclass(frozen=True)

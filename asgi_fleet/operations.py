@@ -142,14 +142,15 @@ def deploy_lock(owner: str, run_id: str, acquire: bool):
     yield f"echo {commands.q(message)} >&2; exit 1"
 
 
-def planned_activation(plan, venv_changed: bool) -> tuple[str, str | None]:
-    """(the activation this host needs for `plan`, the release `current` points at now)."""
+def planned_activation(plan, venv_changed: bool) -> tuple[str, str | None, set[str]]:
+    """(the activation this host needs for `plan`, the release `current` points at
+    now, what changed: staged files that differ from the live ones, and "venv")."""
     paths = plan.paths
     master = host.get_fact(RunningMasterFact, service=paths.service)
     changed = host.get_fact(StagedChanges, paths=paths) | ({"venv"} if venv_changed else set())
     kind = activation_kind(master, venv=plan.venv_dir, release_dir=plan.release_dir,
                            workers=plan.workers.count, changed=changed)
-    return kind, host.get_fact(Releases, paths=paths).current
+    return kind, host.get_fact(Releases, paths=paths).current, changed
 
 
 @operation()
@@ -163,7 +164,7 @@ def plan_activation(plan, venv_changed: Callable[[], bool], record: dict):
     + record: receives the activation kind and the release running now
     """
     if host.state.is_executing:
-        kind, current = planned_activation(plan, venv_changed())
+        kind, current, _ = planned_activation(plan, venv_changed())
         record.update(activation=kind, old_release=current)
         host.noop(f"{plan.paths.app}: {kind} (now on {current})")
     else:
@@ -214,13 +215,11 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         record.update(health="unreachable", cause=[f"no answer from the host within {time_limit} s"])
         yield FunctionCommand(_fail, (), {})
         return
-    kind, current = planned_activation(plan, venv_changed())
+    kind, current, changed = planned_activation(plan, venv_changed())
     record.update(activation=kind, old_release=current)
     if kind == NONE:
         healthy = host.get_fact(HealthStatus, bind=app["bind"], path=app["health_path"])
         disabled = host.get_fact(UnitsNotEnabled, units=(paths.socket, paths.service))
-    else:
-        reload_units = bool(host.get_fact(StagedChanges, paths=paths) & NEEDS_UNIT_RELOAD)
     switched = current != plan.release_id  # by hand: the workers still run the release
     if kind == NONE and healthy == "200" and not disabled and not switched:
         record["health"] = "healthy"
@@ -235,7 +234,7 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         script = commands.activate_release(
             paths, release_id=plan.release_id, previous=current,
             command=ACTIVATION_COMMANDS[kind].format(**units),
-            undo=UNDO_COMMANDS[kind].format(**units), reload_units=reload_units,
+            undo=UNDO_COMMANDS[kind].format(**units), reload_units=bool(changed & NEEDS_UNIT_RELOAD),
             gate=_gate(plan, plan.release_dir, plan.workers.count), back_gate=_gate(plan),
         )
     left = max(1, int(time_limit - (time.monotonic() - started)))

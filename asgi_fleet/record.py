@@ -79,8 +79,6 @@ class RunRecord(BaseStateCallback):
         for step in self._steps(state, host, op_hash):
             step["ended"] = time.time()
             step["seconds"] = round(step["ended"] - step.get("started", step["ended"]), 2)
-            if ok:
-                step.setdefault("health", "healthy")
             logger.info(f"    [{host.name}] {step['step']}: {'done' if ok else 'FAILED'}"
                         f" ({step.get('activation', '?')}, {step['seconds']:.1f} s)")
 

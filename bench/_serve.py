@@ -95,8 +95,14 @@ def deploy(inventory: Path, *data: str, timeout: float = 600) -> float:
 
 
 def container_ip(name: str) -> str:
-    return subprocess.run(["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    """The container's address on its network (test hosts join the user-defined
+    network `asgi-fleet`, where .NetworkSettings.IPAddress is empty)."""
+    address = subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name],
+        check=True, capture_output=True, text=True).stdout.split()
+    if not address:
+        raise RuntimeError(f"container {name} has no IP address")
+    return address[0]
 
 
 def wait_http(container: str, port: int, path: str = "/healthz", deadline: float = 60) -> None:

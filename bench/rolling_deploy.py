@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _serve
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -40,12 +42,6 @@ def deploy(record: Path, *data: str) -> dict:
     if result.returncode:
         sys.exit(f"deploy failed:\n{result.stdout[-3000:]}")
     return json.loads(record.read_text())
-
-
-def lb_address() -> str:
-    return subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", LB],
-        check=True, capture_output=True, text=True).stdout.strip()
 
 
 def batch_windows(record: dict) -> list[dict]:
@@ -156,7 +152,7 @@ def main(argv=None) -> int:
         deploy(tmp / "base.json", f"app_source={source}")
         stop, out = tmp / "load.stop", tmp / "load.json"
         load = subprocess.Popen([sys.executable, str(ROOT / "bench" / "loadgen.py"),
-                                 "--host", lb_address(), "--port", "8000",
+                                 "--host", _serve.container_ip(LB), "--port", "8000",
                                  "--clients", str(args.clients), "--max-seconds", "600",
                                  "--stop-file", str(stop), "--output", str(out), "--buckets"],
                                 stdout=subprocess.DEVNULL)
