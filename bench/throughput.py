@@ -8,17 +8,20 @@ with --cpuset-cpus), deploys the example app with the project's deploy.py, then
 measures, in every round and one after the other:
 
   (a) the deployed asgi-fleet service (DrainingUvicornWorker, systemd socket,
-      access log to journald) at every worker count from 1 to 2*cores+1
-      (cores = the host's usable CPUs; the count is changed in the deployed
-      gunicorn.conf.py and applied with `systemctl restart`), against the count
-      asgi-fleet's sizing chose for this host;
+      the deployed defaults: no access log, no worker recycling) at every
+      worker count from 1 to 2*cores+1 (cores = the host's usable CPUs; the
+      count is changed in the deployed gunicorn.conf.py and applied with
+      `systemctl restart`), against the count asgi-fleet's sizing chose;
   (b) `gunicorn -k uvicorn_worker.UvicornWorker -w N` against bare
       `uvicorn --workers N` (same venv, same release, no access log, N = the auto count);
   (c) uvloop + httptools against asyncio + h11, through gunicorn
       (UvicornWorker vs uvicorn_worker.UvicornH11Worker) and bare uvicorn
       (--loop/--http), same N;
-  plus the deployed service with its access log switched off (the cost of
-  `accesslog = "-"` into journald).
+  plus what two settings cost, each switched on alone in the deployed
+  service: the access log (`access_log`: `accesslog = "-"`, into journald)
+  and worker recycling (`max_requests` 10000, jitter 1000); and where the
+  rest of the distance to a plain gunicorn command goes (the worker class,
+  the unit's system-call filter).
 
 The load generator is wrk on the controller, pinned to CPU 0 with taskset,
 sending GET / with keep-alive to the container's bridge address (traffic goes
@@ -69,10 +72,9 @@ LABELS = {
     "gunicorn_h11": "gunicorn + uvicorn_worker.UvicornH11Worker (asyncio + h11), no access log",
     "uvicorn_h11": "bare `uvicorn --workers N --loop asyncio --http h11`, no access log",
     "gunicorn_draining": "gunicorn + asgi_fleet_worker.DrainingUvicornWorker, plain process, no access log",
-    "fleet_noaccess": "asgi-fleet service, N = auto, `accesslog = None`",
+    "fleet_accesslog": "asgi-fleet service, N = auto, `accesslog = \"-\"` (journald)",
     "gunicorn_draining_seccomp": "the same plain process with the unit's SystemCallFilter",
-    "fleet_noaccess_wmax": "asgi-fleet service, N = 2*cores+1, `accesslog = None`",
-    "fleet_noaccess_nomaxreq": "asgi-fleet service, N = auto, `accesslog = None`, `max_requests = 0`",
+    "fleet_recycling": "asgi-fleet service, N = auto, `max_requests = 10000`, jitter 1000",
 }
 
 
@@ -117,11 +119,15 @@ def fleet_workers() -> int:
     return int(sh(CONTAINER, "pgrep -c -f '^gunicorn: worker \\[hello\\]' || true", check=False) or 0)
 
 
-def set_fleet(workers: int, accesslog: bool, max_requests: str = "10000") -> None:
-    log_value = '"-"' if accesslog else "None"
-    sh(CONTAINER, f"sed -i -e 's/^workers = .*/workers = {workers}/' -e 's/^max_requests = .*/max_requests = {max_requests}/' "
-                  f"-e 's/^accesslog = .*/accesslog = {log_value}/' {CONF} && systemctl restart hello",
-       timeout=120)
+def set_fleet(deployed: str, workers: int, **settings: str) -> None:
+    """Restart the service with the deployed gunicorn.conf.py, but `workers`
+    workers and `settings` (name -> Python literal) changed."""
+    conf = re.sub(r"(?m)^workers = .*$", f"workers = {workers}", deployed)
+    for name, value in settings.items():
+        conf, found = re.subn(rf"(?m)^{name} = .*$", f"{name} = {value}", conf)
+        if not found:
+            raise RuntimeError(f"{CONF} has no `{name} = ` line")
+    sh(CONTAINER, f"cat > {CONF} <<'EOF'\n{conf}\nEOF\nsystemctl restart hello", timeout=120)
     end = time.monotonic() + 60
     while time.monotonic() < end and fleet_workers() != workers:
         time.sleep(0.3)
@@ -197,12 +203,11 @@ def table(summary: dict, auto: int, sweep: list[int], rounds: int, args: argpars
     pairs = [("(b)", "gunicorn_uvloop", "uvicorn_uvloop", "gunicorn / bare uvicorn"),
              ("(c)", "gunicorn_h11", "gunicorn_uvloop", "h11 / uvloop, gunicorn"),
              ("(c)", "uvicorn_h11", "uvicorn_uvloop", "h11 / uvloop, bare uvicorn"),
-             ("(+)", "fleet_noaccess", f"fleet_w{auto}", "without / with access log"),
+             ("(+)", "fleet_accesslog", f"fleet_w{auto}", "with / without access log"),
+             ("(+)", "fleet_recycling", f"fleet_w{auto}", "max_requests 10000 / 0"),
              ("(+)", "gunicorn_draining", "gunicorn_uvloop", "draining / stock class"),
              ("(+)", "gunicorn_draining_seccomp", "gunicorn_draining", "with / without SystemCallFilter"),
-             ("(+)", "fleet_noaccess", "gunicorn_draining", "asgi-fleet unit, no access log / plain process"),
-             ("(a')", "fleet_noaccess_wmax", "fleet_noaccess", "no access log: 2*cores+1 / auto workers"),
-             ("(+)", "fleet_noaccess_nomaxreq", "fleet_noaccess", "max_requests 0 / 10000, no access log"),
+             ("(+)", f"fleet_w{auto}", "gunicorn_draining", "asgi-fleet unit / plain process, same worker"),
              ("(+)", f"fleet_w{auto}", "gunicorn_uvloop", "asgi-fleet service / stock gunicorn command")]
     rows.append(f"| (b/c) {LABELS['uvicorn_uvloop']}, N={auto} | {cells('uvicorn_uvloop')[0]} | | "
                 f"{cells('uvicorn_uvloop')[1]} | | {cells('uvicorn_uvloop')[2]} |")
@@ -232,11 +237,10 @@ PAIRS = [("gunicorn_over_uvicorn", "gunicorn_uvloop", "uvicorn_uvloop"),
          ("h11_over_uvloop_gunicorn", "gunicorn_h11", "gunicorn_uvloop"),
          ("h11_over_uvloop_uvicorn", "uvicorn_h11", "uvicorn_uvloop"),
          ("draining_over_stock_plain", "gunicorn_draining", "gunicorn_uvloop"),
-         ("fleet_noaccess_over_fleet", "fleet_noaccess", "fleet_w{auto}"),
-         ("noaccess_wmax_over_noaccess_auto", "fleet_noaccess_wmax", "fleet_noaccess"),
-         ("nomaxreq_over_maxreq_noaccess", "fleet_noaccess_nomaxreq", "fleet_noaccess"),
+         ("accesslog_over_fleet", "fleet_accesslog", "fleet_w{auto}"),
+         ("recycling_over_fleet", "fleet_recycling", "fleet_w{auto}"),
          ("seccomp_over_plain_draining", "gunicorn_draining_seccomp", "gunicorn_draining"),
-         ("fleet_noaccess_over_draining_plain", "fleet_noaccess", "gunicorn_draining"),
+         ("fleet_over_draining_plain", "fleet_w{auto}", "gunicorn_draining"),
          ("fleet_over_gunicorn_stock", "fleet_w{auto}", "gunicorn_uvloop")]
 
 
@@ -254,14 +258,15 @@ def analyse(runs: list[dict], auto: int, sweep: list[int], args: argparse.Namesp
         "gunicorn_over_uvicorn": summary["gunicorn_uvloop"]["rps"] / summary["uvicorn_uvloop"]["rps"],
         "h11_over_uvloop_gunicorn": summary["gunicorn_h11"]["rps"] / summary["gunicorn_uvloop"]["rps"],
         "h11_over_uvloop_uvicorn": summary["uvicorn_h11"]["rps"] / summary["uvicorn_uvloop"]["rps"],
-        "fleet_noaccess_over_fleet": summary["fleet_noaccess"]["rps"] / summary[f"fleet_w{auto}"]["rps"],
+        "accesslog_over_fleet": summary["fleet_accesslog"]["rps"] / summary[f"fleet_w{auto}"]["rps"],
+        "recycling_over_fleet": summary["fleet_recycling"]["rps"] / summary[f"fleet_w{auto}"]["rps"],
         "fleet_over_gunicorn_stock": summary[f"fleet_w{auto}"]["rps"] / summary["gunicorn_uvloop"]["rps"],
         "per_cpu_gunicorn_over_uvicorn": _cpu_ratio(summary, "gunicorn_uvloop", "uvicorn_uvloop"),
         "per_cpu_h11_over_uvloop_gunicorn": _cpu_ratio(summary, "gunicorn_h11", "gunicorn_uvloop"),
         "per_cpu_h11_over_uvloop_uvicorn": _cpu_ratio(summary, "uvicorn_h11", "uvicorn_uvloop"),
         "per_cpu_fleet_over_gunicorn_stock": _cpu_ratio(summary, f"fleet_w{auto}", "gunicorn_uvloop"),
         "draining_over_stock_plain": summary["gunicorn_draining"]["rps"] / summary["gunicorn_uvloop"]["rps"],
-        "fleet_noaccess_over_draining_plain": summary["fleet_noaccess"]["rps"] / summary["gunicorn_draining"]["rps"],
+        "fleet_over_draining_plain": summary[f"fleet_w{auto}"]["rps"] / summary["gunicorn_draining"]["rps"],
     }
     paired = {}
     for name, key, base in PAIRS + [(f"w{n}_over_w{auto}", f"fleet_w{n}", f"fleet_w{auto}") for n in sweep if n != auto]:
@@ -332,21 +337,18 @@ def main(argv: list[str] | None = None) -> int:
             measured_from = time.monotonic()
             for rnd in range(args.rounds):
                 for n in sweep:
-                    set_fleet(n, accesslog=True)
+                    set_fleet(original_conf, n)
                     runs.append({"round": rnd, "config": f"fleet_w{n}", "workers": n,
                                  **wrk(binary, args, f"http://{ip}:8000/", "hello")})
                     log(f"round {rnd} {runs[-1]['config']}: {runs[-1]['rps']} req/s, {runs[-1]['req_per_cpu_s']} req/cpu-s")
-                set_fleet(auto, accesslog=False)
-                runs.append({"round": rnd, "config": "fleet_noaccess", "workers": auto,
-                             **wrk(binary, args, f"http://{ip}:8000/", "hello")})
-                set_fleet(auto, accesslog=False, max_requests="0")  # worker recycling off
-                runs.append({"round": rnd, "config": "fleet_noaccess_nomaxreq", "workers": auto,
-                             **wrk(binary, args, f"http://{ip}:8000/", "hello")})
-                if sweep[-1] != auto:  # is the sweep's shape the access log's doing?
-                    set_fleet(sweep[-1], accesslog=False)
-                    runs.append({"round": rnd, "config": "fleet_noaccess_wmax", "workers": sweep[-1],
+                for config, settings in (("fleet_accesslog", {"accesslog": '"-"'}),
+                                         ("fleet_recycling", {"max_requests": "10000",
+                                                              "max_requests_jitter": "1000"})):
+                    set_fleet(original_conf, auto, **settings)
+                    runs.append({"round": rnd, "config": config, "workers": auto,
                                  **wrk(binary, args, f"http://{ip}:8000/", "hello")})
-                set_fleet(auto, accesslog=True)
+                    log(f"round {rnd} {config}: {runs[-1]['rps']} req/s")
+                set_fleet(original_conf, auto)
                 order = list(SIDE_CARS)
                 order = order[rnd % len(order):] + order[:rnd % len(order)]  # rotate: no fixed position
                 for name in order:
