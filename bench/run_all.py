@@ -1,6 +1,6 @@
 """Run every benchmark, then rewrite the results section of bench/README.md.
 
-    make bench        # or: .venv/bin/python bench/run_all.py [--only NAME ...]
+    make bench        # or: .venv/bin/python bench/run_all.py [--only NAME ...] [--tables-only]
 
 Each benchmark is a script in bench/ that writes bench/results/NAME.json with
 a `table_md`; this runs them one after the other (never side by side: they
@@ -22,10 +22,12 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 README = BENCH / "README.md"
+RUN_RECORD = RESULTS / "run_all.json"  # this run: when, where, minutes per benchmark, failures
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
-# (script, heading, arguments), in the order they run; the arguments keep the
-# whole run near 30 minutes on 2 cores.
+# (script, heading, arguments), in the order they run. On 2 cores they take
+# about 23 minutes: with a fresh machine's set-up (images, virtualenvs,
+# Ansible), `make bench` stays within 30.
 BENCHMARKS = [
     ("deploy_speed", "Deploy speed: asgi-fleet against an equivalent Ansible playbook", []),
     ("scaling", "Scaling with fleet size", []),
@@ -50,15 +52,22 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def section(ran: dict[str, float], started: str) -> str:
-    lines = [START, "", f"Last `make bench`: {started}, on {machine()}.", ""]
+def section(run: dict) -> str:
+    """The README's results section: the run, then each benchmark's table."""
+    ran = run["minutes"]
+    verdict = (f"all {len(ran)} ran" if not run["failed"]
+               else f"FAILED: {', '.join(run['failed'])}")
+    lines = [START, "",
+             f"Last `make bench`: {run['started']}, on {run['machine']}. "
+             f"{sum(ran.values()):.1f} min for the benchmarks ({verdict}); "
+             f"raw: [results/run_all.json](results/run_all.json).", ""]
     for name, heading, arguments in BENCHMARKS:
         path = RESULTS / f"{name}.json"
         if not path.exists():
             continue
         result = json.loads(path.read_text())
         if name in ran:
-            command = f"`.venv/bin/python bench/{' '.join([name + '.py', *arguments])}`, {ran[name] / 60:.1f} min"
+            command = f"`.venv/bin/python bench/{' '.join([name + '.py', *arguments])}`, {ran[name]:.1f} min"
         else:
             command = f"`{result.get('command', f'bench/{name}.py')}` (an earlier run)"
         lines += [f"### {heading}", "",
@@ -69,12 +78,24 @@ def section(ran: dict[str, float], started: str) -> str:
     return "\n".join(lines + [END])
 
 
+def write_readme(run: dict) -> None:
+    text = README.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    README.write_text(head + section(run) + tail)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=[n for n, _, _ in BENCHMARKS])
+    parser.add_argument("--tables-only", action="store_true",
+                        help="run nothing: rewrite the README from results/ and results/run_all.json")
     args = parser.parse_args(argv)
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    ran, failed = {}, []
+    if args.tables_only:
+        write_readme(json.loads(RUN_RECORD.read_text()))
+        return 0
+    run = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+           "minutes": {}, "failed": []}
     for name, _, arguments in BENCHMARKS:
         if args.only and name not in args.only:
             continue
@@ -82,17 +103,15 @@ def main(argv=None) -> int:
         begin = time.monotonic()
         command = [sys.executable, str(BENCH / f"{name}.py"), *arguments]
         if subprocess.run(command, cwd=BENCH.parent).returncode:
-            failed.append(name)
-        ran[name] = time.monotonic() - begin
-        print(f"--> bench/{name}.py: {ran[name] / 60:.1f} min", flush=True)
-    text = README.read_text()
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    README.write_text(head + section(ran, started) + tail)
-    print(f"--> {sum(ran.values()) / 60:.1f} min in all; tables in {README}")
-    if failed:
-        print(f"--> FAILED: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+            run["failed"].append(name)
+        run["minutes"][name] = round((time.monotonic() - begin) / 60, 1)
+        print(f"--> bench/{name}.py: {run['minutes'][name]} min", flush=True)
+    RUN_RECORD.write_text(json.dumps(run, indent=1) + "\n")
+    write_readme(run)
+    print(f"--> {sum(run['minutes'].values()):.1f} min in all; tables in {README}")
+    if run["failed"]:
+        print(f"--> FAILED: {', '.join(run['failed'])}", file=sys.stderr)
+    return 1 if run["failed"] else 0
 
 
 if __name__ == "__main__":
