@@ -148,11 +148,13 @@ def report(raw, argv, args, errors, started) -> dict:
         ratios[n] = {s: (round(medians[n][s] / base[s], 2) if base and base[s] and medians[n][s] else None)
                      for s in ("first", "noop")}
 
-    table = ("| hosts | first provision s | time(N)/time(1) | no-op s | time(N)/time(1) | "
-             "docker exec calls (first, no-op) |\n|---|---|---|---|---|---|\n")
+    table = ("| hosts | runs (first, no-op) | first provision s | time(N)/time(1) | no-op s | time(N)/time(1) | "
+             "docker exec calls (first, no-op) |\n|---|---|---|---|---|---|---|\n")
     for n in medians:
-        table += (f"| {n} | {r1(medians[n]['first'])} | **{ratios[n]['first']}** | {r1(medians[n]['noop'])} | "
+        table += (f"| {n} | {len(raw[n]['first'])}, {len(raw[n]['noop'])} | {r1(medians[n]['first'])} | "
+                  f"**{ratios[n]['first']}** | {r1(medians[n]['noop'])} | "
                   f"**{ratios[n]['noop']}** | {calls[n]['first']['exec']}, {calls[n]['noop']['exec']} |\n")
+    table += "\nSeconds are medians of the runs; a first provision needs fresh hosts, so it runs once per size.\n"
     table += ("\nWhere the time goes, first provision (s): prepare = deploy.py runs per host (pyinfra 3.10 "
               "reads nearly all facts while executing); execute split by kind of operation, facts included.\n\n"
               "| hosts | connect | prepare | " + " | ".join(KINDS) + " |\n|---|---|---|" + "---|" * len(KINDS) + "\n")
