@@ -231,8 +231,8 @@ def report(raw, argv, args, errors, started) -> dict:
         "tools": lib.tool_versions(),
         "runs_per_tool": counts,
         "repeats_note": (f"{args.first_repeats} first provisions per tool (the costly part), "
-                         f"{args.repeats} no-op, code-release and floor runs per tool, to fit the "
-                         "12-minute budget; the two tools alternate order each repeat"),
+                         f"{args.repeats} no-op, code-release and floor runs per tool, to keep "
+                         "`make bench` within 30 minutes; the two tools alternate order each repeat"),
         "hosts": {"asgi-fleet": PY_HOST, "ansible": AN_HOST, "image": "asgi-fleet-host:bookworm",
                   "connection": "docker exec (pyinfra @docker, ansible community.docker.docker)"},
         "medians_seconds": medians,

@@ -182,8 +182,8 @@ def report(raw, argv, args, errors, started) -> dict:
         "tools": lib.tool_versions(),
         "repeats_note": (f"1 first provision per fleet size (8 fresh hosts take minutes), "
                          f"{getattr(args, 'repeats', '?')} no-op runs per size below 4 hosts, {args.repeats_large} from 4 "
-                         "hosts on (where one no-op costs 2.5-3x one host's), to fit the 8-minute "
-                         "budget; medians of those"),
+                         "hosts on (where one no-op costs 2.5-3x one host's), to keep `make bench` "
+                         "within 30 minutes; medians of those"),
         "runs": {n: {s: len(e[s]) for s in ("first", "noop")} for n, e in raw.items()},
         "medians_seconds": medians,
         "ratio_to_one_host": ratios,

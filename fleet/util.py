@@ -21,7 +21,10 @@ class FleetError(Exception):
 
 
 def log(msg: str) -> None:
-    print(f"[fleet] {msg}", flush=True)
+    # One write per line: print() writes the newline separately, and the image
+    # builds log from two threads.
+    sys.stdout.write(f"[fleet] {msg}\n")
+    sys.stdout.flush()
 
 
 def run(cmd, *, check=True, capture=False, input=None, timeout=None, quiet=False):
