@@ -334,8 +334,8 @@ ANSIBLE_DIR = ROOT / "bench" / "ansible"
 def ensure_ansible() -> Path:
     """bench/.venv-ansible with the pinned Ansible (installed from the package index once).
 
-    With uv (a pinned dev dependency): Ansible is some 40,000 files, which pip
-    took 48 s to install on a fresh machine, and uv 4 s.
+    With uv (a pinned dev dependency): Ansible is some 23,000 files, which pip
+    took 48 s to install without a cache, and uv 4 s.
     """
     playbook = ANSIBLE_VENV / "bin" / "ansible-playbook"
     if not playbook.exists():

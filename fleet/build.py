@@ -51,11 +51,13 @@ def build(dists=None, rebuild=False) -> None:
             log(f"{image} exists, skipping (use --rebuild to rebuild)")
         else:
             todo.append((dist, image))
+    if not todo:
+        return
     # Side by side: each build waits mostly on the Debian mirror and on dpkg's
     # fsyncs, so the two took 70 s together against 100 s one after the other.
     # Every name a build uses carries its dist, so they cannot collide.
-    with timed(f"build {', '.join(image for _, image in todo) or 'nothing'}"):
-        with ThreadPoolExecutor(max_workers=len(todo) or 1) as pool:
+    with timed(f"build {', '.join(image for _, image in todo)}"):
+        with ThreadPoolExecutor(max_workers=len(todo)) as pool:
             builds = [pool.submit(timed_build, dist, image) for dist, image in todo]
         failed = [str(b.exception()) for b in builds if b.exception()]
     if failed:
