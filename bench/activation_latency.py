@@ -45,7 +45,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serve  # noqa: E402
-from _serve import ROOT, log, sh  # noqa: E402
+from _serve import sh  # noqa: E402
+from deploylib import ROOT, BenchLock, command_line, log, median  # noqa: E402
 
 CONTAINER = "asgi-bench-serve2"
 ALT_LOCK = ROOT / "tests" / "e2e" / "data" / "requirements-with-six.lock"
@@ -217,7 +218,7 @@ def run_recipe(recipe: str, args, tmp: Path, ip: str, act_fn) -> list[dict]:
 
 
 def median_of(acts: list[dict], window: str, key: str):
-    value = _serve.median([a["windows"][window][key] for a in acts])
+    value = median([a["windows"][window][key] for a in acts])
     return None if value is None else round(value, 1)
 
 
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             sh(CONTAINER, command, timeout=120)
             return {"command": command}
 
-        with _serve.bench_lock() as lock:
+        with BenchLock():
             measured_from = time.monotonic()
             for recipe in args.recipes.split(","):
                 if recipe == "stock":
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
     payload = {
         "benchmark": "activation_latency",
-        "command": _serve.command_line("activation_latency.py", argv),
+        "command": command_line("activation_latency.py", argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": info,
         "setup": {"host": CONTAINER, "host_cpuset": args.host_cpu, "workers": workers,
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "deploy_seconds_per_kind": {k: [round(v, 1) for v in vs] for k, vs in durations.items()},
         "loadgen_totals": loads,
         "activations": acts,
-        "timing": _serve.timing(started, deploy_s, measured_s, lock),
+        "timing": _serve.timing(started, deploy_s, measured_s),
         "table_md": table(acts, args.rounds, args),
     }
     return _serve.write_result("activation_latency", payload, args.output)

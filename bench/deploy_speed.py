@@ -225,7 +225,7 @@ def report(raw, argv, args, errors, started) -> dict:
 
     out = {
         "benchmark": "deploy_speed",
-        "command": " ".join([".venv/bin/python", "bench/deploy_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": lib.command_line("deploy_speed.py", argv),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": lib.machine(),
         "tools": lib.tool_versions(),

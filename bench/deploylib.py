@@ -1,4 +1,7 @@
-"""Shared helpers of bench/deploy_speed.py and bench/scaling.py.
+"""Shared helpers of the benchmarks: the basics every script uses (log, the bench
+lock, medians, the machine, the command line, result files), and what
+bench/deploy_speed.py and bench/scaling.py need besides (bench/_serve.py has
+the serving benchmarks' own).
 
 Fresh test hosts (containers named asgi-bench-N, started with the project's
 own fleet code), timed runs of pyinfra and ansible-playbook with a timestamp
@@ -14,10 +17,12 @@ every timed run of both tools alike.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
 import runpy
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -72,13 +77,15 @@ def runtime(started: float) -> dict:
 
 
 def median(values):
+    """The median of the values that are there (None: not measured), or None."""
+    values = [v for v in values if v is not None]
     return round(statistics.median(values), 3) if values else None
 
 
 # --- machine ---------------------------------------------------------------------
 
-@__import__('functools').lru_cache(maxsize=None)
 def machine() -> dict:
+    """The controller, and its load when asked (results are written at the end)."""
     mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
     docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
                             capture_output=True, text=True).stdout.strip()
@@ -86,10 +93,10 @@ def machine() -> dict:
     return {"nproc": os.cpu_count(), "memory_mb": mem_kb // 1024, "docker_server": docker,
             "kernel": os.uname().release, "cpu": cpu.group(1) if cpu else None,
             "python": sys.version.split()[0], "node": os.uname().nodename,
-            "loadavg_at_start": os.getloadavg()}
+            "loadavg": os.getloadavg()}
 
 
-@__import__('functools').lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def tool_versions() -> dict:
     out = {}
     for name, cmd in (("pyinfra", [PYINFRA, "--version"]),
@@ -321,9 +328,9 @@ def new_workdir(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"asgi-bench-{name}-"))
 
 
-def command_line(argv) -> str:
-    return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], ROOT) if sys.argv[0] else "?",
-                     *(argv or [])])
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How to run it again, from the project root (argv None: this process's arguments)."""
+    return shlex.join([".venv/bin/python", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
 # --- Ansible ---------------------------------------------------------------------

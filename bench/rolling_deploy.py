@@ -29,10 +29,9 @@ import time
 from pathlib import Path
 
 import _serve
+from _serve import PYINFRA, RESULTS, ROOT
+from deploylib import command_line
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 CHANGE = 'app_env={"BENCH_ROLLING_DEPLOY": "1"}'  # a new EnvironmentFile: a restart on every host
 LB = "asgi-lb"
 
@@ -173,7 +172,7 @@ def main(argv=None) -> int:
     buckets = result.pop("per_second")[1:-1]  # the first and last seconds are partial
     summary = {
         "benchmark": "rolling_deploy",
-        "command": "bench/rolling_deploy.py",
+        "command": command_line("rolling_deploy.py", argv),
         "change": f"{CHANGE} (a new EnvironmentFile: restart behind the socket, drained first)",
         "requests": result["requests"], "failed": result["failed"], "errors": result["errors"],
         "clients": args.clients, "deploy_seconds": round(deploy_ended - deploy_started, 1),

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import deploylib
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -42,18 +42,9 @@ BENCHMARKS = [
 
 
 def machine() -> str:
-    def out(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return "?"
-
-    memory_kb = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal:")), "0")
-    return (f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-            f"{int(memory_kb) // 1024 // 1024} GiB, kernel {platform.release()}, "
-            f"{out('docker', 'version', '--format', 'Docker {{.Server.Version}}')}, "
-            f"Python {platform.python_version()}")
+    m = deploylib.machine()
+    return (f"{m['nproc']} CPUs ({m['cpu']}), {m['memory_mb'] // 1024} GiB, kernel {m['kernel']}, "
+            f"Docker {m['docker_server']}, Python {m['python']}")
 
 
 def section(run: dict) -> str:

@@ -176,7 +176,7 @@ def report(raw, argv, args, errors, started) -> dict:
 
     out = {
         "benchmark": "scaling",
-        "command": " ".join([".venv/bin/python", "bench/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": lib.command_line("scaling.py", argv),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": lib.machine(),
         "tools": lib.tool_versions(),

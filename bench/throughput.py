@@ -44,7 +44,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serve  # noqa: E402
-from _serve import log, sh  # noqa: E402
+from _serve import sh  # noqa: E402
+import deploylib  # noqa: E402
+from deploylib import BenchLock, command_line, log, median  # noqa: E402
 
 CONTAINER = "asgi-bench-serve1"
 CONF = "/etc/hello/gunicorn.conf.py"
@@ -248,7 +250,7 @@ def analyse(runs: list[dict], auto: int, sweep: list[int], args: argparse.Namesp
     summary = {}
     for config in dict.fromkeys(r["config"] for r in runs):
         mine = [r for r in runs if r["config"] == config]
-        summary[config] = {k: _serve.median([r.get(k) for r in mine]) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "req_per_cpu_s")}
+        summary[config] = {k: median([r.get(k) for r in mine]) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "req_per_cpu_s")}
         summary[config]["rps_min_max"] = [min(r["rps"] for r in mine), max(r["rps"] for r in mine)]
         summary[config].update(runs=len(mine), workers=mine[0]["workers"], errors=sum(r["errors"] + r["non_2xx"] for r in mine),
                                label=LABELS.get(config, f"asgi-fleet service, {mine[0]['workers']} worker(s)"))
@@ -277,7 +279,7 @@ def analyse(runs: list[dict], auto: int, sweep: list[int], args: argparse.Namesp
             y = [r["rps"] for r in runs if r["round"] == rnd and r["config"] == base]
             if x and y:
                 per_round.append(round(x[0] / y[0], 3))
-        paired[name] = {"median": _serve.median(per_round), "per_round": per_round}
+        paired[name] = {"median": median(per_round), "per_round": per_round}
     lines = [table(summary, auto, sweep, args.rounds, args), "",
              "Same ratios taken within each round (adjacent runs), median over rounds [per round]:", ""]
     for name, value in paired.items():
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-workers", type=int, help="sweep end (default 2*host cores+1)")
     parser.add_argument("--keep", action="store_true", help="leave the container running")
     parser.add_argument("--output")
-    parser.add_argument("--reanalyse", metavar="JSON", help="recompute summary and tables from a result's raw runs")
+    parser.add_argument("--reanalyse", metavar="JSON", help="recompute summary and tables from a result's raw runs (into --output, else in place)")
     args = parser.parse_args(argv)
     if args.reanalyse:
         payload = json.loads(Path(args.reanalyse).read_text())
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = saved["rounds"]
         args.threads, args.connections, args.duration = (int(x[2:].rstrip("s")) for x in saved["wrk"].split()[:3])
         payload.update(analyse(payload["runs"], saved["auto_workers"], saved["sweep"], args))
-        Path(args.reanalyse).write_text(json.dumps(payload, indent=1) + "\n")
+        deploylib.write_json(args.output or args.reanalyse, payload)
         print(payload["table_md"])
         return 0
 
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         stacks["fleet_worker_status"] = sh(CONTAINER, "for p in $(pgrep -f '^gunicorn: worker .hello'); do "
                                            "grep -E 'Seccomp:|Speculation_Store' /proc/$p/status; done", check=False)
         log(f"auto-sized workers: {auto}; sweep {sweep}; stacks {stacks}")
-        with _serve.bench_lock() as lock:
+        with BenchLock():
             measured_from = time.monotonic()
             for rnd in range(args.rounds):
                 for n in sweep:
@@ -363,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     analysed = analyse(runs, auto, sweep, args)
     payload = {
         "benchmark": "throughput",
-        "command": _serve.command_line("throughput.py", argv),
+        "command": command_line("throughput.py", argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": info,
         "setup": {"host": CONTAINER, "host_cpuset": args.host_cpu, "loadgen": f"wrk on the controller, "
@@ -374,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                   "side_car_commands": {k: v[1].format(n=auto) for k, v in SIDE_CARS.items()}},
         **{k: v for k, v in analysed.items() if k != "table_md"},
         "runs": runs,
-        "timing": _serve.timing(started, deploy_s, measured_s, lock),
+        "timing": _serve.timing(started, deploy_s, measured_s),
         "table_md": analysed["table_md"],
     }
     return _serve.write_result("throughput", payload, args.output)
