@@ -37,7 +37,7 @@ verify: venv
 test: venv docker-engine fleet
 	$(VENV)/bin/pytest -ra tests/unit tests/e2e
 
-# Every benchmark on the local fleet, one after the other (26 minutes on a
+# Every benchmark on the local fleet, one after the other (24-26 minutes on a
 # fresh 2-core machine); rewrites the tables in bench/README.md.
 bench: venv docker-engine fleet
 	$(PY) bench/run_all.py

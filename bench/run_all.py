@@ -27,11 +27,11 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # (script, heading, arguments), in the order they run. The arguments fit
 # `make bench` on a fresh machine (images, virtualenvs, Ansible and all) into
-# 30 minutes on this shared 2-core machine: it took 26.4 minutes as here, and
-# 30.7 and 32.0 with 3 deploy_speed repeats, 3 throughput rounds, pip's
-# Ansible install and the images built one after the other. Every table says
-# how many runs its medians are of; the scripts' own defaults are for runs on
-# their own.
+# 30 minutes on this shared 2-core machine: it took 26.4 and 23.6 minutes as
+# here, and 30.7 and 32.0 with 3 deploy_speed repeats, 3 throughput rounds,
+# pip's Ansible install and the images built one after the other. Every table
+# says how many runs its medians are of; the scripts' own defaults are for
+# runs on their own.
 BENCHMARKS = [
     ("deploy_speed", "Deploy speed: asgi-fleet against an equivalent Ansible playbook", ["--repeats", "2"]),
     ("scaling", "Scaling with fleet size", []),
