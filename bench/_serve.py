@@ -1,4 +1,5 @@
-"""Shared plumbing for bench/throughput.py and bench/activation_latency.py.
+"""The serving benchmarks' plumbing: bench/throughput.py and bench/activation_latency.py
+(and bench/rolling_deploy.py, for the load balancer's address).
 
 One test host per script (a systemd container from fleet/, pinned with
 --cpuset-cpus), deployed with the project's own deploy.py through a throwaway
