@@ -10,6 +10,7 @@ with taskset, and sends traffic only to that container's address.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -53,12 +54,14 @@ def write_inventory(path: Path, host: TestHost) -> Path:
     return path
 
 
-def deploy(inventory: Path, *data: str, timeout: float = 600) -> float:
-    """Run the project's deploy.py with --data overrides; return its wall time in seconds."""
+def deploy(inventory: Path, *data: str, timeout: float = 600, record: Path | None = None) -> float:
+    """Run the project's deploy.py with --data overrides; return its wall time in seconds.
+    `record`: where the deploy writes its own record of the run (ASGI_FLEET_RECORD)."""
     args = [a for item in data for a in ("--data", item)]
+    env = os.environ | ({"ASGI_FLEET_RECORD": str(record)} if record else {})
     started = time.monotonic()
     result = subprocess.run([PYINFRA, "-y", str(inventory), "deploy.py", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=timeout)
+                            capture_output=True, text=True, timeout=timeout, env=env)
     if result.returncode:
         raise RuntimeError(f"deploy {data} failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
     return time.monotonic() - started

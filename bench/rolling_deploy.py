@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -29,20 +28,16 @@ import time
 from pathlib import Path
 
 import _serve
-from _serve import PYINFRA, RESULTS, ROOT
-from deploylib import command_line
+from _serve import RESULTS, ROOT
+from deploylib import command_line, write_json
 
 CHANGE = 'app_env={"BENCH_ROLLING_DEPLOY": "1"}'  # a new EnvironmentFile: a restart on every host
 LB = "asgi-lb"
 
 
 def deploy(record: Path, *data: str) -> dict:
-    args = [a for item in data for a in ("--data", item)]
-    result = subprocess.run([PYINFRA, "-y", "inventories/docker.py", "deploy.py", *args], cwd=ROOT,
-                            capture_output=True, text=True,
-                            env=os.environ | {"ASGI_FLEET_RECORD": str(record)})
-    if result.returncode:
-        sys.exit(f"deploy failed:\n{result.stdout[-3000:]}")
+    """deploy.py on the test fleet; returns the run's own record (each batch's times)."""
+    _serve.deploy(ROOT / "inventories" / "docker.py", *data, record=record)
     return json.loads(record.read_text())
 
 
@@ -179,8 +174,7 @@ def main(argv=None) -> int:
         "batches": windows, "per_second": buckets, "seconds": round(time.monotonic() - started, 1),
     }
     summary["table_md"] = table(summary, deploy_started)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "rolling_deploy.json").write_text(json.dumps(summary, indent=1))
+    write_json(RESULTS / "rolling_deploy.json", summary)
     (RESULTS / "rolling_deploy.svg").write_text(svg_chart(
         buckets, windows, (deploy_started, deploy_ended), f"Rolling restart (app_env) across 4 hosts behind nginx: "
                           f"{result['failed']} failed of {result['requests']:,} requests"))
