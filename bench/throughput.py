@@ -45,8 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serve  # noqa: E402
 from _serve import sh  # noqa: E402
-import deploylib  # noqa: E402
-from deploylib import BenchLock, command_line, log, median  # noqa: E402
+from deploylib import BenchLock, command_line, log, median, write_json  # noqa: E402
 
 CONTAINER = "asgi-bench-serve1"
 CONF = "/etc/hello/gunicorn.conf.py"
@@ -309,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = saved["rounds"]
         args.threads, args.connections, args.duration = (int(x[2:].rstrip("s")) for x in saved["wrk"].split()[:3])
         payload.update(analyse(payload["runs"], saved["auto_workers"], saved["sweep"], args))
-        deploylib.write_json(args.output or args.reanalyse, payload)
+        write_json(args.output or args.reanalyse, payload)
         print(payload["table_md"])
         return 0
 
