@@ -365,6 +365,23 @@ def set_flags(flag_dir: str, present: list[str], absent: list[str]) -> str:
     return " && ".join(parts)
 
 
+def install_nginx_config(config: str, kept_out: str) -> str:
+    """Put CONFIG.new and KEPT_OUT.new in place and reload nginx gracefully,
+    unless `nginx -t` refuses the new config: then the previous one is put
+    back (so that no later run meets an untested file) and the command fails."""
+    c, prev = q(config), q(config + ".prev")
+    return "; ".join([
+        "set -e",
+        f"mv -f {q(kept_out + '.new')} {q(kept_out)}",
+        f"if [ -e {c} ]; then cp -p {c} {prev}; else rm -f {prev}; fi",
+        f"mv -f {q(config + '.new')} {c}",
+        f"if ! nginx -t -q; then if [ -e {prev} ]; then mv -f {prev} {c}; else rm -f {c}; fi; "
+        f"echo 'nginx -t refused the new config; the previous one is back in place' >&2; exit 1; fi",
+        f"rm -f {prev}",
+        "systemctl reload-or-restart nginx",
+    ])
+
+
 def releases_state(paths: AppPaths) -> str:
     """Report `current`, the activation history, each release's venv, and the venvs."""
     root = q(paths.root)

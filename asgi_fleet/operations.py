@@ -4,7 +4,9 @@ the commands needed to reach it, so that an unchanged re-run changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import time
 from typing import Callable
 
@@ -72,21 +74,6 @@ def release(path: str, release_id: str, tarball_src, venv: str):
     tarball = f"{path}.tar.gz"
     yield FileUploadCommand(tarball_src, tarball)
     yield commands.unpack_release(path, tarball, release_id, venv)
-
-
-@operation()
-def switch_release(paths: commands.AppPaths, release_id: str):
-    """
-    Point `current` at a release, atomically (rename over the old link), and
-    record the switch in the app's history (what rollback goes back through).
-
-    + paths: the app's paths
-    + release_id: the release to run
-    """
-    if host.get_fact(Releases, paths=paths).current == release_id:
-        host.noop(f"current already points at releases/{release_id}")
-        return
-    yield commands.switch_release(paths, release_id)
 
 
 @operation()
@@ -304,6 +291,48 @@ def lb_rotation(flag_dir: str, drained: Callable[[], set[str]]):
         host.noop(f"in rotation: all but {sorted(want)}" if want else "every server in rotation")
         return
     yield commands.set_flags(flag_dir, sorted(want), sorted(have - want))
+
+
+def _kept_out_record(text: str | None) -> dict[str, list[str]]:
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return {str(app): [str(h) for h in hosts] for app, hosts in data.items()
+            if isinstance(hosts, list)} if isinstance(data, dict) else {}
+
+
+@operation()
+def lb_config(path: str, kept_out_file: str,
+              kept_out: Callable[[dict[str, list[str]]], dict[str, list[str]]],
+              render: Callable[[dict[str, list[str]]], str]):
+    """
+    The load balancer's nginx config, without the hosts kept out of rotation,
+    installed only if `nginx -t` passes, then nginx reloaded gracefully.
+
+    Who is out is recorded on the load balancer ({app: [host names]}), so a
+    later run keeps a broken host out too, until one finds it healthy.
+
+    + path: the nginx config file
+    + kept_out_file: the record of who is kept out (JSON)
+    + kept_out: from the record to who is out now, asked when this runs
+    + render: the config for a given {app: [hosts kept out]}
+    """
+    recorded = _kept_out_record(host.get_fact(FileContent, path=kept_out_file))
+    out = kept_out(recorded) if host.state.is_executing else recorded
+    config = render(out)
+    live = host.get_fact(FilesDigest, paths=(path,))
+    if out == recorded and live == hashlib.sha256(config.encode()).hexdigest():
+        host.noop(f"fronts the fleet{f', without {out}' if out else ''}")
+        return
+    for app, hosts in out.items():
+        if hosts != recorded.get(app):
+            logger.warning(f"--> {app}: kept out of rotation at {host.name}: {', '.join(hosts)}"
+                           " (failed, and not healthy on its old release)")
+    yield f"mkdir -p {commands.q(kept_out_file.rpartition('/')[0])}"
+    yield FileUploadCommand(io.StringIO(config), f"{path}.new")
+    yield FileUploadCommand(io.StringIO(json.dumps(out, sort_keys=True)), f"{kept_out_file}.new")
+    yield commands.install_nginx_config(path, kept_out_file)
 
 
 @operation()

@@ -28,6 +28,11 @@ from asgi_fleet.rollout import SUMMARY_COLUMNS, summary_rows
 from asgi_fleet.settings import PROJECT_ROOT
 
 
+# An activation's outcomes that leave the app not serving healthily on any
+# release: the load balancer keeps such a host out of rotation.
+BROKEN = ("failed", "rollback failed", "unreachable")
+
+
 def record_path() -> Path:
     return Path(os.environ.get("ASGI_FLEET_RECORD") or PROJECT_ROOT / ".asgi-fleet" / "last-run.json")
 
@@ -161,12 +166,11 @@ class HostRecord:
 
     def activation(self, host_name: str, app: str) -> str | None:
         """The activation another host's app was planned with (None: not known)."""
-        return self.run.host(host_name)["apps"].get(app, {}).get("activation")
+        return self.run.hosts.get(host_name, {}).get("apps", {}).get(app, {}).get("activation")
 
-    def broken(self, host_name: str, app: str) -> bool:
-        """Whether a host's app failed and is not serving its old release healthily."""
-        health = self.run.host(host_name)["apps"].get(app, {}).get("health")
-        return health in ("failed", "rollback failed", "unreachable")
+    def health(self, host_name: str, app: str) -> str | None:
+        """How a host's app came out of this run's activation (None: not yet, or not in the run)."""
+        return self.run.hosts.get(host_name, {}).get("apps", {}).get(app, {}).get("health")
 
     def halted(self, reason: str | None) -> None:
         if reason and not self.run.rollout["halted"]:
@@ -181,7 +185,7 @@ def record_run(state, host, fleet) -> HostRecord:
     run = getattr(state, "asgi_fleet_record", None)
     if run is None:
         run = state.asgi_fleet_record = RunRecord(record_path())
-        run.rollout.update(batches=fleet.batches, failure_budget=fleet.budget)
+        run.rollout.update(batches=fleet.batches, failure_budget=fleet.budget, targeted=fleet.targeted)
         state.add_callback_handler(run)
         atexit.register(lambda: print(run.summary(), flush=True))
         for other in state.inventory:  # every host of the run, even one that never connected

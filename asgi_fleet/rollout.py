@@ -89,19 +89,51 @@ def drain_flag(app: str, batch_number: int) -> str:
     return f"{app}.drain-batch-{batch_number}"
 
 
-def lb_config(apps: list[LbApp], batches: list[list[str]]) -> list[dict[str, Any]]:
-    """What templates/nginx-lb.conf.j2 renders: each app with its servers and,
-    per batch that can be drained, the servers that stay in rotation."""
+def in_rotation(app: LbApp, kept_out: dict[str, list[str]]) -> list[str]:
+    """The hosts of `app` the load balancer sends requests to: every one but
+    those kept out after a failed deploy. If that would leave none, all of them
+    (an app with no server at all answers nothing; a sick one may answer some)."""
+    left = [h for h in app.servers if h not in kept_out.get(app.name, ())]
+    return left or list(app.servers)
+
+
+def lb_config(apps: list[LbApp], batches: list[list[str]],
+              kept_out: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """What templates/nginx-lb.conf.j2 renders: each app with its servers in
+    rotation, those kept out, and, per batch that can be drained, the servers
+    that stay in rotation while it is."""
     config = []
     for app in apps:
+        serving = in_rotation(app, kept_out or {})
         drains = []
         for number, batch in enumerate(batches, start=1):
-            left = drained_upstreams(batch, {app.name: list(app.servers)})
+            left = drained_upstreams(batch, {app.name: serving})
             if app.name in left:
                 drains.append({"batch": number, "servers": [app.servers[h] for h in left[app.name]]})
-        config.append({"name": app.name, "port": app.port, "servers": list(app.servers.values()),
+        config.append({"name": app.name, "port": app.port,
+                       "servers": [app.servers[h] for h in serving],
+                       "kept_out": [h for h in app.servers if h not in serving],
                        "drains": drains})
     return config
+
+
+def kept_out_after(recorded: dict[str, list[str]], apps: list[LbApp],
+                   healthy: set[tuple[str, str]], broken: set[tuple[str, str]]) -> dict[str, list[str]]:
+    """Who stays out of rotation, from the load balancer's record and this run.
+
+    A (host, app) that failed and is not healthy on its old release (`broken`)
+    goes out, whatever batch it was in; one recorded out comes back only once
+    a deploy finds it healthy. Hosts and apps no longer in the fleet drop out
+    of the record.
+    """
+    out = {}
+    for app in apps:
+        hosts = [h for h in app.servers
+                 if (h, app.name) in broken
+                 or (h in recorded.get(app.name, ()) and (h, app.name) not in healthy)]
+        if hosts:
+            out[app.name] = hosts
+    return out
 
 
 SUMMARY_COLUMNS = ("host", "app", "batch", "old release", "new release", "activation", "health",

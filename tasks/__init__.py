@@ -14,3 +14,13 @@ def template(name: str) -> str:
 def changed(op: OperationMeta) -> bool:
     """Whether an op changed the host: its result once executed, its prediction before."""
     return op.did_change() if op.is_complete() else bool(op.will_change)
+
+
+def render_template(name: str, **variables) -> str:
+    """A template rendered on the controller, when an operation must decide its
+    content at execution time (files.template takes it at definition time)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    return env.get_template(name).render(**variables)

@@ -18,13 +18,6 @@ def ship_release(plan):
     )
 
 
-@deploy("Switch current")
-def switch_current(plan):
-    return operations.switch_release(
-        name=f"current -> releases/{plan.release_id}", paths=plan.paths, release_id=plan.release_id,
-    )
-
-
 @deploy("Prune releases")
 def prune_releases(plan):
     """After a healthy activation only: the releases to roll back to stay."""

@@ -15,11 +15,18 @@ from pyinfra.api import deploy
 
 from asgi_fleet import operations, rollout
 from asgi_fleet.activation import NONE
+from asgi_fleet.record import BROKEN
 from asgi_fleet.settings import app_settings
-from tasks import changed
+from tasks import changed, render_template
+
+NGINX_CONF = "/etc/nginx/conf.d/asgi-fleet.conf"
 
 LB_GROUP = "lb"  # the inventory group of load balancers
 LB_FLAG_DIR = "/run/asgi-fleet-lb"  # drain flags (templates/nginx-lb.conf.j2)
+# Who is kept out of rotation after a failed deploy ({app: [host names]}): on
+# disk, not in /run, so that neither a reboot nor the next run puts a broken
+# host back; only a deploy that finds it healthy does.
+LB_KEPT_OUT = "/var/lib/asgi-fleet-lb/kept-out.json"
 
 
 def is_lb(some_host) -> bool:
@@ -33,35 +40,49 @@ def short_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Fleet:
-    """The run's app hosts in inventory order, their batches, and what the load balancer fronts."""
+    """The inventory's app hosts in inventory order, their batches, what the
+    load balancer fronts, and the hosts this run activates (`targeted`: all of
+    them, or those a --limit selects).
+
+    The batches and the load balancer come from the whole inventory, so that a
+    --limit changes what is activated, never what the load balancer fronts.
+    """
 
     app_hosts: list[str]
     batches: list[list[str]]
     budget: int
     lb_apps: list[rollout.LbApp]
+    targeted: list[str]
+    load_balancers: list[str]
 
     def halted(self, failed: set[str]) -> str | None:
-        return rollout.halt_reason([h for h in self.app_hosts if h in failed], self.budget)
+        lbs = [h for h in self.load_balancers if h in failed]
+        if lbs:  # a load balancer that failed can no longer drain nor keep a broken host out
+            return f"the load balancer failed ({', '.join(lbs)})"
+        return rollout.halt_reason([h for h in self.targeted if h in failed], self.budget)
 
 
 def plan_fleet(state) -> Fleet:
-    """Worked out once per run from the inventory (fleet-wide settings come
-    from the first app host; every host's settings are validated here)."""
+    """Worked out once per run from the whole inventory (fleet-wide settings
+    come from the first app host; every app host's settings are validated)."""
     fleet = getattr(state, "asgi_fleet_fleet", None)
     if fleet is None:
-        hosts = [h for h in state.inventory if not is_lb(h) and state.is_host_in_limit(h)]
+        hosts = [h for h in state.inventory if not is_lb(h)]
         binds = []
         for app_host in hosts:
             apps = app_settings(app_host.data.dict(), where=app_host.name)
             address = app_host.data.get("lb_address") or short_name(app_host.name)
             binds.append((app_host.name, address, {a["app_name"]: a["bind"] for a in apps}))
         names = [h.name for h in hosts]
+        targeted = [h.name for h in hosts if state.is_host_in_limit(h)]
         first = hosts[0].data if hosts else {}
         fleet = state.asgi_fleet_fleet = Fleet(
             app_hosts=names,
             batches=rollout.batches(names, first.get("rollout_batch", 1)),
-            budget=rollout.failure_budget(first.get("rollout_max_failures", 0), len(names)),
+            budget=rollout.failure_budget(first.get("rollout_max_failures", 0), len(targeted)),
             lb_apps=rollout.lb_apps(binds),
+            targeted=targeted,
+            load_balancers=[h.name for h in state.inventory if is_lb(h) and state.is_host_in_limit(h)],
         )
     return fleet
 
@@ -78,21 +99,25 @@ def activate_batch(state, fleet: Fleet, number: int, plans, venvs, run):
         run.halted(reason)
         return reason
 
-    def drain_flags():
+    def drain_flags():  # only the batch's hosts this run activates, and only if they change
         if halted():
             return set()
         return {rollout.drain_flag(app.name, number) for app in fleet.lb_apps
                 if any(run.activation(h, app.name) not in (NONE, None)
-                       for h in batch if h in app.servers)}
+                       for h in batch if h in app.servers and h in fleet.targeted)}
 
-    def broken_flags():  # a host that failed and is not healthy on its old release stays out
-        return {rollout.drain_flag(app.name, number) for app in fleet.lb_apps
-                if any(run.broken(h, app.name) for h in batch if h in app.servers)}
+    def kept_out(recorded):  # a host that failed and is not healthy on its old release stays out
+        outcomes = {(h, app.name): run.health(h, app.name) for app in fleet.lb_apps
+                    for h in app.servers if h in fleet.targeted}
+        return rollout.kept_out_after(
+            recorded, fleet.lb_apps,
+            healthy={key for key, health in outcomes.items() if health == "healthy"},
+            broken={key for key, health in outcomes.items() if health in BROKEN})
 
-    flag_dir = LB_FLAG_DIR if is_lb(host) else None
-    operations.lb_rotation(name=f"{title}: drain at the load balancer", flag_dir=flag_dir,
-                           drained=drain_flags)
-    if host.name in batch:
+    lb = is_lb(host)
+    operations.lb_rotation(name=f"{title}: drain at the load balancer",
+                           flag_dir=LB_FLAG_DIR if lb else None, drained=drain_flags)
+    if host.name in batch and host.name in fleet.targeted:
         for plan, venv in zip(plans, venvs):
             record = run.app_step(plan, step=f"{title}: activate {plan.paths.app}", batch=number)
             operations.activate(
@@ -101,5 +126,18 @@ def activate_batch(state, fleet: Fleet, number: int, plans, venvs, run):
                 # the gate, and a rollback's gate, with room to spare; never longer
                 time_limit=2 * plan.app["health_deadline"] + 30,
             )
-    operations.lb_rotation(name=f"{title}: back into rotation", flag_dir=flag_dir,
-                           drained=broken_flags)
+    if lb:  # first keep the broken out (nginx reloads), then lift the drain
+        front_the_fleet(fleet, name=f"{title}: keep failed hosts out of rotation", kept_out=kept_out)
+    operations.lb_rotation(name=f"{title}: back into rotation",
+                           flag_dir=LB_FLAG_DIR if lb else None, drained=set)
+
+
+def front_the_fleet(fleet: Fleet, name: str, kept_out=lambda recorded: recorded):
+    """The load balancer's nginx config for the whole fleet, without the hosts
+    kept out of rotation (`kept_out`: from the record on the LB host to who is
+    out now, asked when this runs)."""
+    return operations.lb_config(
+        name=name, path=NGINX_CONF, kept_out_file=LB_KEPT_OUT, kept_out=kept_out,
+        render=lambda out: render_template("nginx-lb.conf.j2", flag_dir=LB_FLAG_DIR,
+                                           apps=rollout.lb_config(fleet.lb_apps, fleet.batches, out)),
+    )

@@ -63,7 +63,7 @@ def test_the_nginx_config_has_an_upstream_without_each_batch_switched_by_its_fla
     apps = rollout.lb_apps([(h, h, {"hello": "0.0.0.0:8000"}) for h in ("web1", "web2", "web3")])
     config = rollout.lb_config(apps, rollout.batches(["web1", "web2", "web3"], 2))
     assert config == [{"name": "hello", "port": 8000,
-                       "servers": ["web1:8000", "web2:8000", "web3:8000"],
+                       "servers": ["web1:8000", "web2:8000", "web3:8000"], "kept_out": [],
                        "drains": [{"batch": 1, "servers": ["web3:8000"]},
                                   {"batch": 2, "servers": ["web1:8000", "web2:8000"]}]}]
     text = render("nginx-lb.conf.j2", apps=config, flag_dir="/run/asgi-fleet-lb")
@@ -72,6 +72,37 @@ def test_the_nginx_config_has_an_upstream_without_each_batch_switched_by_its_fla
     assert "set $asgi_fleet_upstream hello-without-batch-2;" in text
     assert "listen 8000;" in text and "proxy_pass http://$asgi_fleet_upstream;" in text
     assert text.count("{") == text.count("}")
+
+
+def test_a_host_kept_out_is_in_no_upstream_and_no_drain_brings_it_back():
+    hosts = ["web1", "web2", "web3", "web4"]
+    apps = rollout.lb_apps([(h, h, {"hello": "0.0.0.0:8000"}) for h in hosts])
+    config = rollout.lb_config(apps, rollout.batches(hosts, 1), {"hello": ["web1"]})[0]
+    assert config["servers"] == ["web2:8000", "web3:8000", "web4:8000"]
+    assert config["kept_out"] == ["web1"]
+    # batch 1 holds only the kept-out host: nothing to drain; every other drain leaves web1 out
+    assert [d["batch"] for d in config["drains"]] == [2, 3, 4]
+    assert all("web1:8000" not in d["servers"] for d in config["drains"])
+    text = render("nginx-lb.conf.j2", apps=[config], flag_dir="/run/asgi-fleet-lb")
+    assert "server web1:8000" not in text and "# kept out of rotation after a failed deploy: web1" in text
+
+
+def test_an_app_whose_every_host_is_kept_out_keeps_them_all():
+    apps = rollout.lb_apps([("web1", "web1", {"shop": "0.0.0.0:8001"})])
+    assert rollout.lb_config(apps, [["web1"]], {"shop": ["web1"]})[0]["servers"] == ["web1:8001"]
+
+
+def test_broken_goes_out_whatever_its_batch_and_comes_back_only_when_healthy():
+    hosts = ["web1", "web2", "web3"]
+    apps = rollout.lb_apps([(h, h, {"hello": "0.0.0.0:8000", "shop": "0.0.0.0:8001"}) for h in hosts])
+    out = rollout.kept_out_after({}, apps, healthy={("web2", "hello")}, broken={("web1", "hello")})
+    assert out == {"hello": ["web1"]}
+    # the next run: web1 not activated (rollout stopped, or outside a --limit) stays out
+    assert rollout.kept_out_after(out, apps, healthy={("web2", "hello")}, broken=set()) == out
+    # found healthy: back in; a host that left the inventory leaves the record
+    assert rollout.kept_out_after({"hello": ["web1", "gone"]}, apps, healthy={("web1", "hello")},
+                                  broken=set()) == {}
+    assert rollout.kept_out_after({"hello": ["gone"]}, apps, set(), set()) == {}
 
 
 def test_the_summary_has_a_row_per_host_and_app():
