@@ -8,6 +8,7 @@ balancer while the whole fleet is deployed, one host per batch.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ APP_HOSTS = ["@docker/asgi-web1", "@docker/asgi-web2", "asgi-web3", "@docker/asg
 FIRST = "@docker/asgi-web1"
 
 
+SICK_FLAG = "/etc/asgi-fleet-test-sick"
 SIX_LOCK = f"app_lock={PROJECT_ROOT / 'tests/e2e/data/requirements-with-six.lock'}"
 
 
@@ -63,6 +65,16 @@ def variants(tmp_path_factory) -> dict[str, Path]:
             '    from fastapi.responses import JSONResponse\n'
             '    if socket.gethostname() == "asgi-web1" and "preflight" not in open("/proc/self/cgroup").read():\n'
             '        return JSONResponse({"status": "sick on this host"}, status_code=503)\n'),
+        # sick wherever SICK_FLAG exists (outside preflight's canary): a host
+        # that fails its gate and cannot roll back, since its old release is too
+        **{f"sick-if-flagged-{v}": (lambda v: lambda text: text.replace(
+            'async def healthz() -> dict:\n',
+            'async def healthz():\n'
+            '    import os\n'
+            '    from fastapi.responses import JSONResponse\n'
+            f'    if os.path.exists({SICK_FLAG!r}) and "preflight" not in open("/proc/self/cgroup").read():\n'
+            '        return JSONResponse({"status": "sick while flagged"}, status_code=503)\n'
+        ) + f"\n# variant {v}\n")(v) for v in "ab"},
     })
 
 
@@ -87,8 +99,10 @@ class LoadThroughLb:
         self.result = json.loads(self.out.read_text())
 
 
-def deploy(tmp_path, *data: str, **kwargs):
-    return run_deploy(tmp_path, *[a for item in data for a in ("--data", item)], **kwargs)
+def deploy(tmp_path, *data: str, limit: tuple[str, ...] = (), **kwargs):
+    """A deploy with `--data` for each of `data`, and `--limit` for each of `limit`."""
+    return run_deploy(tmp_path, *[a for item in data for a in ("--data", item)],
+                      *[a for item in limit for a in ("--limit", item)], **kwargs)
 
 
 def releases(run) -> dict[str, str]:
@@ -177,6 +191,76 @@ def test_a_release_sick_on_its_first_host_is_rolled_back_there_and_goes_no_furth
         assert hosts[name].check_output("readlink /srv/hello/current") == f"releases/{old[name]}"
     # the failed host is healthy on its old release, so it went back into rotation
     assert hosts[f"@docker/{LB}"].check_output("ls -A /run/asgi-fleet-lb") == ""
+
+
+def upstream_servers(lb, app: str) -> list[str]:
+    config = lb.file("/etc/nginx/conf.d/asgi-fleet.conf").content_string
+    block = re.search(r"upstream %s \{(.*?)\}" % re.escape(app), config, re.S)
+    return re.findall(r"server (\S+) ", block.group(1))
+
+
+def main_pid(host, service: str = "hello") -> str:
+    return host.check_output(f"systemctl show -p MainPID --value {service}")
+
+
+def test_a_limited_deploy_activates_only_its_hosts_and_the_load_balancer_still_fronts_them_all(
+        hosts, lb_address, variants, tmp_path):
+    base = deploy(tmp_path, f"app_source={variants['code-a']}")
+    assert base.returncode == 0, base.output[-5000:]
+    lb = hosts[f"@docker/{LB}"]
+    upstreams = {app: upstream_servers(lb, app) for app in ("hello", "shop")}
+    assert upstreams == {"hello": [f"{h.rsplit('/', 1)[-1]}:8000" for h in APP_HOSTS],
+                         "shop": ["asgi-web1:8001"]}
+    others = [h for h in APP_HOSTS if h != "@docker/asgi-web2"]
+    pids = {h: main_pid(hosts[h]) for h in others}
+
+    with LoadThroughLb(lb_address, tmp_path) as load:
+        run = deploy(tmp_path, f"app_source={variants['code-b']}",
+                     limit=("@docker/asgi-web2", f"@docker/{LB}"))
+    assert run.returncode == 0, run.output[-5000:]
+
+    assert_no_failed_request(load.result)
+    assert {app: upstream_servers(lb, app) for app in ("hello", "shop")} == upstreams
+    web2 = run.host("@docker/asgi-web2")["apps"]["hello"]
+    assert (web2["activation"], web2["health"]) == ("reload", "healthy")
+    assert served_release(hosts["@docker/asgi-web2"]) == web2["release"] != releases(base)["@docker/asgi-web2"]
+    for name in others:  # not in the run, not drained, not touched
+        assert name not in run.record["hosts"]
+        assert main_pid(hosts[name]) == pids[name]
+        assert served_release(hosts[name]) == releases(base)[name]
+    lb_ops = [op["name"] for op in run.host(f"@docker/{LB}")["ops"] if op["changed"]]
+    assert all("Batch 2/4" in op for op in lb_ops), lb_ops
+    assert lb.check_output("ls -A /run/asgi-fleet-lb") == ""
+
+
+def test_a_host_that_cannot_roll_back_stays_out_of_rotation_until_a_deploy_finds_it_healthy(
+        hosts, variants, tmp_path):
+    lb, web1 = hosts[f"@docker/{LB}"], hosts[FIRST]
+    base = deploy(tmp_path, f"app_source={variants['sick-if-flagged-a']}")
+    assert base.returncode == 0, base.output[-5000:]
+    web1.run_test(f"touch {SICK_FLAG}")
+    try:
+        for attempt in ("the halted run", "the next run"):
+            run = deploy(tmp_path, f"app_source={variants['sick-if-flagged-b']}")
+            assert run.returncode != 0, attempt
+            assert run.host(FIRST)["apps"]["hello"]["health"] == "rollback failed", attempt
+            assert "asgi-web1" in run.record["rollout"]["halted"]
+            # batch 1 of 4 failed, yet at the end of the run it is out of rotation
+            assert "asgi-web1:8000" not in upstream_servers(lb, "hello"), attempt
+            assert upstream_servers(lb, "hello") == ["asgi-web2:8000", "asgi-web3:8000", "asgi-web4:8000"]
+            assert json.loads(lb.file("/var/lib/asgi-fleet-lb/kept-out.json").content_string) \
+                == {"hello": [FIRST]}
+            assert lb.check_output("ls -A /run/asgi-fleet-lb") == ""
+            codes = lb.check_output("for i in $(seq 40); do curl -s -o /dev/null -w '%{http_code} ' "
+                                    "127.0.0.1:8000/healthz; done").split()
+            assert codes == ["200"] * 40, f"{attempt}: through the load balancer: {codes}"
+    finally:
+        web1.run(f"rm -f {SICK_FLAG}")
+    healed = deploy(tmp_path, f"app_source={variants['sick-if-flagged-b']}")
+    assert healed.returncode == 0, healed.output[-5000:]
+    assert healed.host(FIRST)["apps"]["hello"]["health"] == "healthy"
+    assert upstream_servers(lb, "hello") == [f"{h.rsplit('/', 1)[-1]}:8000" for h in APP_HOSTS]
+    assert json.loads(lb.file("/var/lib/asgi-fleet-lb/kept-out.json").content_string) == {}
 
 
 def test_a_host_that_stops_answering_mid_rollout_stops_it_within_the_time_limit(
