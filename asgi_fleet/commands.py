@@ -217,7 +217,19 @@ def build_virtualenv(
     ])
 
 
-def unpack_release(release_dir: str, tarball: str, release_id: str, venv_dir: str) -> str:
+def loose_files(tree: str, group: str) -> str:
+    """The first path under `tree` (symlinks aside) not owned by root:GROUP,
+    writable by the group, or open to others: one `find`, fast on any tree."""
+    return (f"find {q(tree)} -not -type l \\( -not -user root -o -not -group {q(group)} "
+            f"-o -perm /g=w -o -perm /o=rwx \\) -print -quit 2>/dev/null || true")
+
+
+def release_modes(release_dir: str, group: str) -> str:
+    """Code belongs to root and is readable by the app's group only."""
+    return f"chown -R root:{q(group)} {q(release_dir)} && chmod -R u=rwX,g=rX,o= {q(release_dir)}"
+
+
+def unpack_release(release_dir: str, tarball: str, release_id: str, venv_dir: str, group: str) -> str:
     """Unpack a release beside its final place, then rename it into place.
 
     The rename makes a release appear whole or not at all; REVISION is what
@@ -230,8 +242,7 @@ def unpack_release(release_dir: str, tarball: str, release_id: str, venv_dir: st
         f"tar -xzf {q(tarball)} -C {q(tmp)} --no-same-owner",
         f"ln -sfn {q(venv_dir)} {q(tmp + '/.venv')}",
         f"echo {q(release_id)} > {q(tmp + '/REVISION')}",
-        f"chown -R root:root {q(tmp)}",
-        f"chmod -R u=rwX,go=rX {q(tmp)}",
+        release_modes(tmp, group),
         f"mv -T {q(tmp)} {q(release_dir)}",
         f"rm -f {q(tarball)}",
     ])
@@ -303,7 +314,7 @@ systemctl stop {unit}.service 2>/dev/null; systemctl reset-failed {unit}.service
 if ( {wait} ); then healthy=yes; else healthy=no; fi
 systemctl stop {unit}.service 2>/dev/null
 [ "$healthy" = yes ] || exit 1
-echo {q(digest)} > {q(stamp)}
+echo {q(digest)} > {q(stamp)} && chown root:{q(paths.app)} {q(stamp)} && chmod 640 {q(stamp)}
 """.strip()
 
 

@@ -81,6 +81,17 @@ class Releases(FactBase):
         return parse_releases_state("\n".join(output))
 
 
+class LooseFiles(FactBase):
+    """The first path in a tree with other owners or looser modes than
+    root:GROUP, u=rwX,g=rX,o= (empty: none)."""
+
+    def command(self, tree, group):
+        return commands.loose_files(tree, group)
+
+    def process(self, output):
+        return output[0].strip() if output else ""
+
+
 class FileState(FactBase):
     """"SHA256 OWNER GROUP MODE" of a file, or "" when it does not exist."""
 

@@ -20,7 +20,7 @@ from asgi_fleet.activation import (
     ACTIVATION_COMMANDS, NEEDS_UNIT_RELOAD, NONE, UNDO_COMMANDS, activation_kind,
 )
 from asgi_fleet.facts import (
-    FileContent, FilesDigest, FileState, FlagFiles, HealthStatus, Releases, RunningMasterFact,
+    FileContent, FilesDigest, FileState, LooseFiles, FlagFiles, HealthStatus, Releases, RunningMasterFact,
     StagedChanges, UnitsNotEnabled, VenvState,
 )
 from asgi_fleet.release import releases_to_prune, venvs_to_prune
@@ -59,21 +59,29 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, index_url: str | None
 
 
 @operation()
-def release(path: str, release_id: str, tarball_src, venv: str):
+def release(path: str, release_id: str, tarball_src, venv: str, group: str):
     """
-    Ship a release: unpack its tarball into `path`, linked to its virtualenv.
+    Ship a release: unpack its tarball into `path`, linked to its virtualenv,
+    owned by root and readable by the app's group only. A release already in
+    place with other owners or modes gets them back.
 
     + path: the release directory (releases/RELEASE_ID)
     + release_id: written to REVISION, which the app can report
     + tarball_src: the release tarball (a file-like object or a path)
     + venv: the virtualenv the release runs with
+    + group: the app's group
     """
     if host.get_fact(Directory, path=path):
-        host.noop(f"release {release_id} is in place")
+        loose = host.get_fact(LooseFiles, tree=path, group=group)
+        if loose:  # changed by hand, or shipped by an older asgi-fleet
+            logger.warning(f"{host.name}: {loose} is not root:{group} u=rwX,g=rX,o=: repairing the release")
+            yield commands.release_modes(path, group)
+        else:
+            host.noop(f"release {release_id} is in place")
         return
     tarball = f"{path}.tar.gz"
     yield FileUploadCommand(tarball_src, tarball)
-    yield commands.unpack_release(path, tarball, release_id, venv)
+    yield commands.unpack_release(path, tarball, release_id, venv, group)
 
 
 @operation()

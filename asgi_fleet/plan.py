@@ -70,12 +70,18 @@ def plan_app(app: dict[str, Any], where: str = "") -> AppPlan:
     if problems:
         raise InvalidSettings([f"{where}: {p}" for p in problems])
     app_dir = _local(app["app_source"])
-    release_id = release.release_id(app_dir, lock_file)
+    exclude = tuple(app["release_exclude"])
+    if not release.release_files(app_dir, exclude):
+        raise InvalidSettings([
+            f"{where}: app_source={app['app_source']!r}: no file to ship: it is in a git work tree "
+            "whose tracked files are the release, and git tracks none there (git add them), "
+            "or release_exclude leaves none out"])
+    release_id = release.release_id(app_dir, lock_file, exclude)
     tarball = BUILD_DIR / f"{app['app_name']}-{release_id}.tar.gz"
     if not tarball.exists():
         BUILD_DIR.mkdir(parents=True, exist_ok=True)
         tmp = tarball.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(release.release_tarball(app_dir))
+        tmp.write_bytes(release.release_tarball(app_dir, exclude))
         os.replace(tmp, tarball)
     return AppPlan(
         app=app,

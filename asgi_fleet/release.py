@@ -11,13 +11,22 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# Never part of a release: build and editor leftovers on the controller.
-IGNORED_NAMES = {"__pycache__", ".git", ".venv", ".pytest_cache", ".mypy_cache", "REVISION"}
-IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp")
+import pathspec
+
+# Never part of a release, whatever the source: secrets, dependencies that
+# the virtualenv provides, VCS metadata, caches, build and editor leftovers
+# (gitignore patterns). REVISION is written on the host.
+ALWAYS_EXCLUDED = (
+    ".env", ".env.*", "*.env", ".envrc", ".git/", ".hg/", ".svn/", "node_modules/",
+    "__pycache__/", ".venv/", "venv/", ".tox/", ".nox/", ".pytest_cache/", ".mypy_cache/",
+    ".ruff_cache/", ".hypothesis/", ".cache/", ".coverage", "htmlcov/", "*.egg-info/", "*.pyc",
+    "*.pyo", "*.swp", "*~", ".DS_Store", "/REVISION",
+)
 
 # Distributions the server stack needs in every app's lock file, and why.
 REQUIRED_IN_LOCK = {
@@ -32,30 +41,47 @@ REQUIRED_IN_LOCK = {
 _LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
 
 
-def release_files(app_dir: Path) -> list[Path]:
-    """The files of a release, relative to app_dir, in a stable order."""
-    files = []
-    for path in sorted(app_dir.rglob("*")):
-        rel = path.relative_to(app_dir)
-        if any(part in IGNORED_NAMES for part in rel.parts) or path.name.endswith(IGNORED_SUFFIXES):
-            continue
-        if path.is_file():
-            files.append(rel)
-    return files
+def _git_files(app_dir: Path) -> list[str] | None:
+    """The files git tracks under `app_dir` (None: not in a git work tree)."""
+    try:
+        listed = subprocess.run(["git", "-C", str(app_dir), "ls-files", "-z", "--cached"],
+                                capture_output=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [name for name in listed.decode("utf-8", "surrogateescape").split("\0") if name]
 
 
-def digest(app_dir: Path, lock_file: Path) -> str:
+def release_files(app_dir: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
+    """The files of a release, relative to app_dir, in a stable order.
+
+    From a git work tree, the files git tracks (as they are in the work tree);
+    otherwise every file but those the app's .gitignore names. Never what
+    ALWAYS_EXCLUDED or `exclude` (gitignore patterns, the release_exclude
+    setting) match.
+    """
+    patterns = [*ALWAYS_EXCLUDED, *exclude]
+    tracked = _git_files(app_dir)
+    if tracked is None:
+        ignore = app_dir / ".gitignore"
+        patterns += ignore.read_text().splitlines() if ignore.is_file() else []
+        tracked = [str(p.relative_to(app_dir)) for p in app_dir.rglob("*")]
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    return sorted(Path(name) for name in tracked
+                  if not spec.match_file(name) and (app_dir / name).is_file())
+
+
+def digest(app_dir: Path, lock_file: Path, exclude: tuple[str, ...] = ()) -> str:
     """sha256 over every release file (path and bytes) and the release's virtualenv."""
     sha = hashlib.sha256()
-    for rel in release_files(app_dir):
+    for rel in release_files(app_dir, exclude):
         sha.update(str(rel).encode() + b"\0" + (app_dir / rel).read_bytes() + b"\0")
     sha.update(b"venv\0" + venv_id(lock_file).encode())
     return sha.hexdigest()
 
 
-def release_id(app_dir: Path, lock_file: Path) -> str:
+def release_id(app_dir: Path, lock_file: Path, exclude: tuple[str, ...] = ()) -> str:
     """What will run: the app's files and the virtualenv (lock + worker module)."""
-    return digest(app_dir, lock_file)[:12]
+    return digest(app_dir, lock_file, exclude)[:12]
 
 
 # asgi-fleet's worker class, installed into every app virtualenv as a module.
@@ -71,15 +97,17 @@ def venv_id(lock_file: Path) -> str:
     return sha.hexdigest()[:12]
 
 
-def release_tarball(app_dir: Path) -> bytes:
-    """A reproducible gzipped tarball of the release files (fixed owner, mode, mtime)."""
+def release_tarball(app_dir: Path, exclude: tuple[str, ...] = ()) -> bytes:
+    """A reproducible gzipped tarball of the release files (fixed owner, mode,
+    mtime; readable by the owner and the group only: the host makes them
+    root's and the app group's)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for rel in release_files(app_dir):
+        for rel in release_files(app_dir, exclude):
             data = (app_dir / rel).read_bytes()
             info = tarfile.TarInfo(str(rel))
             info.size = len(data)
-            info.mode = 0o644
+            info.mode = 0o640
             info.mtime = 0
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()

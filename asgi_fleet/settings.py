@@ -199,6 +199,7 @@ RULES: dict[str, Rule] = {
     # the app
     "app_name": Rule(matches(APP_NAME_RE, "shop")),
     "app_source": Rule(local_dir),
+    "release_exclude": Rule(string_list),
     "app_module": Rule(matches(APP_MODULE_RE, "main:app")),
     "app_lock": Rule(local_file()),
     "app_env": Rule(environment),

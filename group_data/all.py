@@ -6,6 +6,11 @@
 # --- The app -----------------------------------------------------------------
 app_name = "hello"  # names the unit, user, group, paths and socket: /srv/hello, hello.service
 app_source = "example"  # the app's directory on the controller, shipped as a release
+# What a release holds: from a git work tree the files git tracks, otherwise
+# all but what the app's .gitignore names; never .env*, node_modules/, VCS
+# dirs or caches (asgi_fleet/release.py ALWAYS_EXCLUDED). More gitignore
+# patterns to leave out, e.g. ["docs/", "*.sqlite3"]:
+release_exclude = []
 app_module = "app:app"  # the ASGI callable, "module:attribute" (a factory: "module:create_app()")
 app_lock = "example/requirements.lock"  # hash-locked requirements: server stack + the app's own
 app_env = {}  # environment for the app (systemd EnvironmentFile /etc/APP/env)

@@ -15,6 +15,7 @@ def ship_release(plan):
     return operations.release(
         name=f"Release {plan.release_id}", path=plan.release_dir,
         release_id=plan.release_id, tarball_src=str(plan.tarball), venv=plan.venv_dir,
+        group=plan.paths.app,
     )
 
 

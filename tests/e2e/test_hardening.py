@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import textwrap
 import uuid
 
@@ -69,3 +70,33 @@ def test_a_secret_reaches_the_app_and_never_shows(deployed, tmp_path):
         restored = run_deploy(tmp_path, "--limit", HOST)  # back to no secrets
         assert restored.returncode == 0, restored.output[-3000:]
     assert host.check_output("cat /etc/hello/secrets") == ""
+
+
+def test_a_release_ships_neither_env_files_nor_node_modules_and_only_the_app_group_reads_it(
+        deployed, tmp_path):
+    app = tmp_path / "app"
+    shutil.copytree(PROJECT_ROOT / "example", app)
+    leaks = {".env": "API_TOKEN=from-the-developers-laptop\n", ".env.local": "X=1\n",
+             "node_modules/left-pad/index.js": "module.exports = 1\n", ".tox/log": "x\n"}
+    for name, text in leaks.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    (app / "app.py").write_text((app / "app.py").read_text() + "\n# shipped without its .env\n")
+    [web2] = [h for h in fleet_hosts() if h.name == HOST]
+    host = infra_of(web2)
+    try:
+        run = run_deploy(tmp_path, "--limit", HOST, "--data", f"app_source={app}")
+        assert run.returncode == 0, run.output[-3000:]
+        release = f"/srv/hello/releases/{run.host(HOST)['apps']['hello']['release']}"
+        assert host.check_output("readlink -f /srv/hello/current") == release
+        shipped = host.check_output(f"cd {release} && find . -mindepth 1 -not -name .venv").split()
+        assert "./app.py" in shipped
+        assert not [p for p in shipped if ".env" in p or "node_modules" in p or ".tox" in p], shipped
+        assert host.check_output(f"stat -c '%U %G %a' {release}") == "root hello 750"
+        # nothing in it belongs to anyone but root:hello, or is readable by others
+        odd = host.check_output(f"find {release} -not -type l \\( -not -user root -o -not -group hello "
+                                "-o -perm /o=rwx -o -perm /g=w \\) -print")
+        assert odd == "", odd
+    finally:
+        restored = run_deploy(tmp_path, "--limit", HOST)
+        assert restored.returncode == 0, restored.output[-3000:]

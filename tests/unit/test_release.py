@@ -1,7 +1,9 @@
 import io
 import tarfile
 
-from asgi_fleet.release import lock_problems, locked_versions, release_id, release_tarball
+import subprocess
+
+from asgi_fleet.release import lock_problems, locked_versions, release_files, release_id, release_tarball
 
 LOCK = """\
 gunicorn==27.0.1 \\
@@ -116,3 +118,42 @@ def test_parse_releases_state_and_prune_unused_venvs():
     assert state.releases == {"r1": "/srv/shop/venvs/v1", "r2": "/srv/shop/venvs/v2"}
     assert venvs_to_prune(state, ["r2"]) == ["v1", "v0"]
     assert venvs_to_prune(state, ["r1", "r2"]) == ["v0"]
+
+
+def _tree(root, names):
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"contents of {name}\n")
+
+
+LEAKS = [".env", ".env.production", "node_modules/left-pad/index.js", ".tox/py311/log.txt",
+         ".git/config", "web/.env", ".venv/bin/python", "pkg/__pycache__/m.cpython-311.pyc"]
+
+
+def test_a_release_outside_git_leaves_out_secrets_dependencies_caches_and_what_gitignore_names(tmp_path):
+    app = tmp_path / "app"
+    _tree(app, ["main.py", "pkg/mod.py", "static/site.css", "local.db", "docs/a.md", *LEAKS])
+    (app / ".gitignore").write_text("*.db\n")
+    assert [str(p) for p in release_files(app, exclude=("docs/",))] == [
+        ".gitignore", "main.py", "pkg/mod.py", "static/site.css"]
+
+
+def test_a_release_from_git_is_what_git_tracks_and_never_a_committed_env(tmp_path):
+    app = tmp_path / "repo" / "app"
+    _tree(app, ["main.py", "pkg/mod.py", ".env", "web/.env", "untracked.py", "node_modules/x.js"])
+    git = ["git", "-C", str(tmp_path / "repo"), "-c", "user.email=t@e", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "app/main.py", "app/pkg/mod.py", "app/.env", "app/web/.env",
+                    "-f", "app/node_modules/x.js"], check=True)
+    (app / "pkg" / "mod.py").write_text("changed in the work tree\n")
+    files = release_files(app)
+    assert [str(p) for p in files] == ["main.py", "pkg/mod.py"]
+    with tarfile.open(fileobj=io.BytesIO(release_tarball(app))) as tar:
+        assert tar.extractfile("pkg/mod.py").read() == b"changed in the work tree\n"
+
+
+def test_release_files_are_readable_by_owner_and_group_only(tmp_path):
+    app, _ = make_app(tmp_path)
+    with tarfile.open(fileobj=io.BytesIO(release_tarball(app))) as tar:
+        assert {m.mode for m in tar.getmembers()} == {0o640}

@@ -153,7 +153,7 @@ def test_code_config_and_secrets_are_root_owned_and_not_writable_by_the_app(prob
     app, paths = probe.paths.app, probe.paths
     release = probe.current_release
     expected = {  # path: (owner, group, mode)
-        release: ("root", "root", "755"),
+        release: ("root", app, "750"),
         probe.run(f"readlink -f {release}/.venv").strip(): ("root", "root", "755"),
         paths.etc: ("root", app, "750"),
         paths.gunicorn_conf: ("root", app, "640"),
