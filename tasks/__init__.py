@@ -3,6 +3,7 @@
 from pyinfra.api.operation import OperationMeta
 
 from asgi_fleet.settings import PROJECT_ROOT
+from asgi_fleet.sinks import TEMPLATE_HELPERS
 
 TEMPLATES = PROJECT_ROOT / "templates"
 
@@ -23,4 +24,4 @@ def render_template(name: str, **variables) -> str:
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
-    return env.get_template(name).render(**variables)
+    return env.get_template(name).render(**TEMPLATE_HELPERS, **variables)

@@ -11,6 +11,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from asgi_fleet import operations
+from asgi_fleet.sinks import TEMPLATE_HELPERS
 from tasks import template
 
 
@@ -20,7 +21,7 @@ def stage_files(plan):
     staged = {name: path for name, (path, _) in paths.staged.items()}
     for path in (paths.etc, paths.candidates):
         files.directory(name=f"{path}/", path=path, user="root", group=paths.app, mode="750")
-    variables = {"app": plan.app, "paths": paths}
+    variables = {"app": plan.app, "paths": paths, **TEMPLATE_HELPERS}
     files.template(name=staged["config"], src=template("gunicorn.conf.py.j2"),
                    dest=staged["config"], user="root", group=paths.app, mode="640",
                    chdir=paths.current, worker_plan=plan.workers, **variables)

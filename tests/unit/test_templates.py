@@ -4,16 +4,16 @@ import configparser
 
 import pytest
 from gunicorn.config import Config
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.settings import PROJECT_ROOT, app_settings
 from asgi_fleet.sizing import WorkerPlan
+from tasks import render_template
 
 
 def render(name, **values):
-    env = Environment(loader=FileSystemLoader(PROJECT_ROOT / "templates"), undefined=StrictUndefined)
-    return env.get_template(name).render(**values)
+    """As the deploy renders it (files.template gets the same helpers)."""
+    return render_template(name, **values)
 
 
 @pytest.fixture

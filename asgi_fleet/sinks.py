@@ -1,0 +1,33 @@
+"""Quoting for each place a setting lands, in one place.
+
+Settings are first validated by allow-lists (settings.py); what may still hold
+any character (app_env values) is encoded here for its sink, so that what the
+app, systemd or gunicorn reads back is exactly the value that was set.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+shell = shlex.quote  # an argument of a command run by sh on a host
+
+
+def python(value: str | int | bool | None) -> str:
+    """A literal in a Python file (gunicorn.conf.py) that evaluates to `value`."""
+    return repr(value)
+
+
+# What a backslash must precede inside double quotes in a systemd
+# EnvironmentFile (systemd's env-file parser, SHELL_NEED_ESCAPE).
+_ENV_FILE_ESCAPED = '"\\`$'
+
+
+def env_file_value(value: str) -> str:
+    """A value in a systemd EnvironmentFile, double-quoted and escaped so
+    that systemd reads back exactly `value` (settings.py refuses newlines and
+    other control characters, which such a file cannot hold)."""
+    return '"' + "".join("\\" + c if c in _ENV_FILE_ESCAPED else c for c in value) + '"'
+
+
+# Passed to every template as functions: {{ py(app.app_module) }}.
+TEMPLATE_HELPERS = {"py": python, "env_value": env_file_value}
