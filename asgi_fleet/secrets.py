@@ -60,8 +60,9 @@ def secrets_file(secrets: dict[str, str]) -> Redacted:
     lines = []
     for name in sorted(secrets):
         value = _value(secrets[name])
-        if "\n" in value:
-            raise ValueError(f"secret {name}: must be a single line")
+        if not value.isprintable():  # the value itself is never shown
+            raise ValueError(f"secret {name}: must be printable text on one line, without a "
+                             "newline, carriage return, NUL or other control character")
         lines.append(f"{name}={value}\n")
     return Redacted("".join(lines).encode())
 

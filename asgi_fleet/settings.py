@@ -24,10 +24,25 @@ from asgi_fleet.sizing import WORKER_POLICIES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-DOTTED_PATH_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
-APP_MODULE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\(\))?$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Allow-lists, matched whole (re.fullmatch) and ASCII only: a setting that
+# reaches a shell, a unit file, gunicorn.conf.py or the nginx config can hold
+# nothing that means something there (a newline, $, %, ;, a quote).
+APP_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}", re.ASCII)
+DOTTED_PATH_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
+APP_MODULE_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\(\))?", re.ASCII)
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+PATH_RE = re.compile(r"(/[A-Za-z0-9._-]+)+", re.ASCII)  # absolute, no //, no trailing /
+HEALTH_PATH_RE = re.compile(r"/[A-Za-z0-9._~%/+-]*(\?[A-Za-z0-9._~%+=&-]*)?", re.ASCII)
+DEBIAN_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+", re.ASCII)  # Debian policy 5.6.1
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                         r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", re.ASCII)
+INDEX_URL_RE = re.compile(r"https?://([A-Za-z0-9._~%+-]+(:[A-Za-z0-9._~%+-]*)?@)?[A-Za-z0-9.-]+"
+                          r"(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+-]*)?", re.ASCII)
+PORT_RE = re.compile(r"[1-9][0-9]{0,4}", re.ASCII)
+# Names asgi-fleet derives from an app's name, besides the name itself (user,
+# group, APP.service, APP.socket, /srv/APP, /etc/APP): an app may not be
+# called what another app's derived name is.
+DERIVED_SUFFIXES = ("-preflight",)
 # Gunicorn's own short worker names: all of them serve WSGI, not ASGI.
 GUNICORN_WSGI_WORKERS = {"sync", "gthread", "eventlet", "gevent", "tornado"}
 
@@ -77,24 +92,67 @@ def one_of(*allowed) -> Check:
     return check
 
 
-def matches(pattern: re.Pattern, example: str) -> Check:
-    def check(value):
-        if not isinstance(value, str) or not pattern.match(value):
-            return f"must match {pattern.pattern} (for example {example!r})"
-        return None
-
-    return check
-
-
-def text(optional: bool = False) -> Check:
+def matches(pattern: re.Pattern, example: str, optional: bool = False) -> Check:
     def check(value):
         if optional and value is None:
             return None
-        if not isinstance(value, str) or not value:
-            return f"must be {'None or ' if optional else ''}a non-empty string"
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            return (f"must be {'None or ' if optional else ''}a string made of {pattern.pattern} "
+                    f"(for example {example!r})")
         return None
 
     return check
+
+
+def app_name(value) -> str | None:
+    allowed = matches(APP_NAME_RE, "shop")(value)
+    if allowed:
+        return allowed
+    for suffix in DERIVED_SUFFIXES:
+        if value.endswith(suffix):
+            return (f"must not end in {suffix!r}: asgi-fleet names the unit of app "
+                    f"{value.removesuffix(suffix)!r}'s preflight canary so")
+    return None
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str) and bool(PATH_RE.fullmatch(value)) and not (
+        {"..", "."} & set(value.split("/")))
+
+
+def absolute_path(value) -> str | None:
+    if not _is_path(value):
+        return f"must be an absolute path made of {PATH_RE.pattern}, without . or .. (for example '/srv')"
+    return None
+
+
+def absolute_paths(value) -> str | None:
+    if not isinstance(value, (list, tuple)) or not all(_is_path(v) for v in value):
+        return f"must be a list of absolute paths made of {PATH_RE.pattern}, without . or .."
+    return None
+
+
+def packages(value) -> str | None:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) and DEBIAN_PACKAGE_RE.fullmatch(v) for v in value):
+        return f"must be a list of Debian package names ({DEBIAN_PACKAGE_RE.pattern})"
+    return None
+
+
+def lb_address(value) -> str | None:
+    """How the load balancer reaches this host: a host name, an IPv4 address or [IPv6]."""
+    allowed = "must be None, a host name, an IPv4 address or an [IPv6] address"
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return allowed
+    if value.startswith("[") and value.endswith("]"):
+        try:
+            address = ipaddress.ip_address(value[1:-1])
+            return None if address.version == 6 and address.scope_id is None else allowed
+        except ValueError:
+            return allowed
+    return None if HOSTNAME_RE.fullmatch(value) else allowed
 
 
 def string_list(value) -> str | None:
@@ -123,30 +181,42 @@ def local_file(optional: bool = False) -> Check:
     return check
 
 
+def parse_bind(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """(address, port) of a TCP bind "HOST:PORT" or "[V6]:PORT"; ValueError if it is none."""
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        address = ipaddress.IPv6Address(host[1:-1])
+        if address.scope_id is not None:  # "%zone" would be a systemd specifier
+            raise ValueError(host)
+    else:
+        address = ipaddress.IPv4Address(host)
+    if not PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise ValueError(port)
+    return address, int(port)
+
+
 def bind_address(value) -> str | None:
-    allowed = "must be HOST:PORT (an IP address, port 1-65535) or unix:/absolute/path"
+    allowed = (f"must be HOST:PORT (an IPv4 address or [IPv6], port 1-65535) or "
+               f"unix:/absolute/path made of {PATH_RE.pattern}")
     if not isinstance(value, str):
         return allowed
     if value.startswith("unix:"):
-        return None if value[5:].startswith("/") else allowed
-    host, _, port = value.rpartition(":")
+        return None if _is_path(value[5:]) else allowed
     try:
-        ipaddress.ip_address(host.strip("[]"))
-        if not 1 <= int(port) <= 65535:
-            return allowed
+        parse_bind(value)
     except ValueError:
         return allowed
     return None
 
 
 def worker_class(value) -> str | None:
-    if value in GUNICORN_WSGI_WORKERS:
+    if isinstance(value, str) and value in GUNICORN_WSGI_WORKERS:
         return (
             f"{value!r} is one of gunicorn's WSGI workers and answers every ASGI request "
             "with 500; must be the dotted path of an ASGI worker class, "
             "such as 'uvicorn_worker.UvicornWorker'"
         )
-    if not isinstance(value, str) or not DOTTED_PATH_RE.match(value):
+    if not isinstance(value, str) or not DOTTED_PATH_RE.fullmatch(value):
         return "must be the dotted path of a worker class, such as 'uvicorn_worker.UvicornWorker'"
     return None
 
@@ -156,10 +226,11 @@ def environment(value) -> str | None:
     if not isinstance(value, dict):
         return allowed
     for key, item in value.items():
-        if not isinstance(key, str) or not ENV_NAME_RE.match(key) or not isinstance(item, str):
+        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key) or not isinstance(item, str):
             return allowed
-        if "\n" in item:
-            return f"{key}: must be a single line (systemd EnvironmentFile)"
+        if not item.isprintable():
+            return (f"must hold printable text only, without newlines, tabs or other control "
+                    f"characters (a systemd EnvironmentFile cannot hold them); {key} has one")
     return None
 
 
@@ -174,12 +245,12 @@ def forwarded_ips(value) -> str | None:
             ipaddress.ip_network(part.strip(), strict=False)
     except ValueError:
         return allowed
-    return None
+    return None if value.isascii() and value.isprintable() else allowed
 
 
 def networks(value) -> str | None:
     allowed = "must be None or a list of IP networks, e.g. ['10.0.0.0/8']"
-    if not isinstance(value, (list, tuple)):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         return allowed
     try:
         for item in value:
@@ -197,7 +268,7 @@ class Rule:
 
 RULES: dict[str, Rule] = {
     # the app
-    "app_name": Rule(matches(APP_NAME_RE, "shop")),
+    "app_name": Rule(app_name),
     "app_source": Rule(local_dir),
     "release_exclude": Rule(string_list),
     "app_module": Rule(matches(APP_MODULE_RE, "main:app")),
@@ -222,26 +293,26 @@ RULES: dict[str, Rule] = {
     "log_level": Rule(one_of("debug", "info", "warning", "error", "critical")),
     "access_log": Rule(one_of(False, True)),
     # sandbox
-    "unit_read_write_paths": Rule(lambda v: string_list(v) or (
-        None if all(p.startswith("/") for p in v) else "must be absolute paths")),
+    "unit_read_write_paths": Rule(absolute_paths),
     "unit_ip_address_allow": Rule(lambda v: None if v is None else networks(v)),
     "unit_memory_deny_write_execute": Rule(one_of(False, True)),
     # health gate
-    "health_path": Rule(matches(re.compile(r"^/\S*$"), "/healthz")),
+    "health_path": Rule(matches(HEALTH_PATH_RE, "/healthz")),
     "health_deadline": Rule(integer(1, 600)),
     "health_consecutive": Rule(integer(1, 100)),
     # releases
-    "srv_root": Rule(matches(re.compile(r"^/[\w./-]+[^/]$"), "/srv")),
+    "srv_root": Rule(absolute_path),
     "keep_releases": Rule(integer(2, 100)),
     "rollback": Rule(one_of(False, True), per_app=False),
 
     "rollout_batch": Rule(count_or_percent(1, 10000), per_app=False),
     "rollout_max_failures": Rule(count_or_percent(0, 10000), per_app=False),
-    "lb_address": Rule(text(optional=True), per_app=False),
+    "lb_address": Rule(lb_address, per_app=False),
     # host packages and the package index
-    "extra_system_packages": Rule(string_list, per_app=False),
+    "extra_system_packages": Rule(packages, per_app=False),
     "apt_cache_time": Rule(integer(0, 30 * 86400), per_app=False),
-    "pip_index_url": Rule(text(optional=True), per_app=False),
+    "pip_index_url": Rule(matches(INDEX_URL_RE, "https://pypi.example.com/simple", optional=True),
+                          per_app=False),
     "pip_ca_bundle": Rule(local_file(optional=True), per_app=False),
 }
 
@@ -309,13 +380,26 @@ def app_settings(data: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
 
 
 def _collisions(apps: list[dict[str, Any]], where: str) -> list[str]:
-    """Two apps on one host must differ in name and bind."""
+    """Two apps on one host must differ in name, in the names derived from it,
+    and in what they listen on, however it is spelled (0.0.0.0:8000 takes
+    127.0.0.1:8000 too)."""
     problems = []
-    for key in ("app_name", "bind"):
-        seen: dict[Any, int] = {}
-        for app in apps:
-            seen[app.get(key)] = seen.get(app.get(key), 0) + 1
-        for value, count in seen.items():
-            if count > 1:
-                problems.append(f"{where}: apps: {key}={value!r} is used by {count} apps; must be unique per host")
+    names = [app.get("app_name") for app in apps]
+    for name in dict.fromkeys(names):
+        if names.count(name) > 1:
+            problems.append(f"{where}: apps: app_name={name!r} is used by {names.count(name)} apps; "
+                            "must be unique per host")
+    binds = [app.get("bind") for app in apps if bind_address(app.get("bind")) is None]
+    for i, first in enumerate(binds):
+        for second in binds[i + 1:]:
+            if _same_listener(first, second):
+                problems.append(f"{where}: apps: bind={first!r} and bind={second!r} listen on the "
+                                "same address; each app needs its own")
     return problems
+
+
+def _same_listener(first: str, second: str) -> bool:
+    if first.startswith("unix:") or second.startswith("unix:"):
+        return first == second
+    (a, port_a), (b, port_b) = parse_bind(first), parse_bind(second)
+    return port_a == port_b and (a == b or a.is_unspecified or b.is_unspecified)

@@ -16,7 +16,7 @@ from pyinfra.api import deploy
 from asgi_fleet import operations, rollout
 from asgi_fleet.activation import NONE
 from asgi_fleet.record import BROKEN
-from asgi_fleet.settings import app_settings
+from asgi_fleet.settings import InvalidSettings, app_settings, lb_address
 from tasks import changed, render_template
 
 NGINX_CONF = "/etc/nginx/conf.d/asgi-fleet.conf"
@@ -72,6 +72,9 @@ def plan_fleet(state) -> Fleet:
         for app_host in hosts:
             apps = app_settings(app_host.data.dict(), where=app_host.name)
             address = app_host.data.get("lb_address") or short_name(app_host.name)
+            if lb_address(address):  # a host name that nginx would read as more than a name
+                raise InvalidSettings([f"{app_host.name}: lb_address={address!r} (from the host's "
+                                       f"name): {lb_address(address)}; set lb_address"])
             binds.append((app_host.name, address, {a["app_name"]: a["bind"] for a in apps}))
         names = [h.name for h in hosts]
         targeted = [h.name for h in hosts if state.is_host_in_limit(h)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -9,7 +10,12 @@ import shutil
 import textwrap
 import uuid
 
-from asgi_fleet.settings import PROJECT_ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asgi_fleet.commands import AppPaths
+from asgi_fleet.settings import PROJECT_ROOT, environment
+from tasks import render_template
 from e2e_helpers import Target, fleet_hosts, infra_of, run_deploy, run_verify
 
 HOST = "@docker/asgi-web2"
@@ -100,3 +106,29 @@ def test_a_release_ships_neither_env_files_nor_node_modules_and_only_the_app_gro
     finally:
         restored = run_deploy(tmp_path, "--limit", HOST)
         assert restored.returncode == 0, restored.output[-3000:]
+
+
+def test_app_env_values_are_read_back_by_systemd_exactly(deployed):
+    """Hostile app_env values that validation accepts, rendered by the deploy's
+    template, read by real systemd (EnvironmentFile) into a real process."""
+    [web2] = [h for h in fleet_hosts() if h.name == HOST]
+    host = infra_of(web2)
+    accepted = st.text(alphabet=st.one_of(st.sampled_from(list("$`'\"\\;&|<>%{}()[]*?!#=+@~, aZ09é€😀")), st.characters()),
+                       max_size=20).filter(lambda v: environment({"V": v}) is None)
+
+    @settings(max_examples=25, deadline=None)
+    @given(values=st.dictionaries(st.sampled_from(["API_URL", "GREETING", "X"]), accepted, min_size=1))
+    def read_back(values):
+        text = render_template("app.env.j2", app={"app_env": values}, paths=AppPaths("hello"))
+        encoded = base64.b64encode(text.encode()).decode()
+        out = host.check_output(
+            f"echo {encoded} | base64 -d > /run/asgi-fleet-env-test && "
+            "systemd-run --quiet --wait --pipe -p EnvironmentFile=/run/asgi-fleet-env-test "
+            "/usr/bin/env -0 | base64 -w0")
+        seen = dict(item.split("=", 1) for item in base64.b64decode(out).decode().split("\0") if item)
+        assert {name: seen.get(name) for name in values} == values
+
+    try:
+        read_back()
+    finally:
+        host.run("rm -f /run/asgi-fleet-env-test")

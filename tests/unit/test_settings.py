@@ -35,12 +35,12 @@ def test_every_tunable_has_a_rule_and_every_rule_a_commented_default(defaults):
     ("worker_class", "uvicorn_worker", "must be the dotted path of a worker class"),
     ("bind", "localhost:8000", "must be HOST:PORT"),
     ("bind", "0.0.0.0:70000", "must be HOST:PORT"),
-    ("app_name", "Shop App", "must match"),
-    ("app_module", "app", "must match"),
+    ("app_name", "Shop App", "must be a string made of"),
+    ("app_module", "app", "must be a string made of"),
     ("app_source", "no/such/dir", "must be a directory on the controller"),
     ("app_env", {"BAD-NAME": "x"}, "must be a dict of NAME: string"),
     ("forwarded_allow_ips", "proxy.local", "must be '*' or a comma-separated list"),
-    ("health_path", "healthz", "must match"),
+    ("health_path", "healthz", "must be a string made of"),
     ("rollout_batch", 0, "must be an integer from 1 to 10000 or a percentage"),
     ("rollout_batch", "0%", "(above 0%)"),
     ("rollout_batch", "half", "like \"25%\""),
@@ -72,7 +72,8 @@ def test_two_apps_inherit_host_settings_and_override_their_own(defaults):
 
 def test_two_apps_may_not_share_a_name_or_a_bind(defaults):
     found = problems(defaults | {"apps": [{"app_name": "hello"}, {"app_name": "shop"}]})
-    assert found == ["web1: apps: bind='0.0.0.0:8000' is used by 2 apps; must be unique per host"]
+    assert found == ["web1: apps: bind='0.0.0.0:8000' and bind='0.0.0.0:8000' listen on the same "
+                     "address; each app needs its own"]
 
 
 def test_a_bad_per_app_value_names_the_app(defaults):
