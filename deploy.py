@@ -23,7 +23,7 @@ from tasks.python_env import install_verify_tools, install_virtualenv, package_i
 from tasks.release import prune_releases, ship_release
 from tasks.rollout import activate_batch, is_lb, plan_fleet
 from tasks.service import plan_activation
-from tasks.system import prepare_host
+from tasks.system import prepare_host, refuse_foreign_names
 
 # Validates every setting (raising before any host is changed): the fleet's
 # batches and load balancer upstreams, and for this host each app's release,
@@ -33,6 +33,7 @@ plans = []
 if not is_lb(host):
     resources = host.get_fact(HostResourcesFact)
     plans = [plan.sized(resources) for plan in plan_host(host.data.dict(), where=host.name)]
+    refuse_foreign_names(host, plans)  # never take over a user, unit or path we did not create
 if host.data.get("rollback"):
     plans = [plan.rolled_back(host.get_fact(Releases, paths=plan.paths), f"{host.name}/{plan.paths.app}")
              for plan in plans]

@@ -416,6 +416,28 @@ def switch_release(paths: AppPaths, release_id: str) -> str:
 DEPLOY_LOCK = "/run/lock/asgi-fleet.deploy"
 
 
+NAMES_DIR = "/var/lib/asgi-fleet/apps"  # a marker per app name asgi-fleet took
+
+
+def foreign_names(paths: AppPaths) -> str:
+    """What the host already has by an app's names that asgi-fleet did not
+    create: "ours" when it did (its marker, or a unit it wrote before markers
+    existed), else a line per user, group, unit or path found."""
+    app = q(paths.app)
+    units = " ".join(q(u) for u in (paths.service, paths.socket, f"{paths.app}-preflight.service"))
+    dirs = " ".join(q(d) for d in (paths.root, paths.etc, paths.runtime_dir, paths.state_dir))
+    return "; ".join([
+        f"if [ -e {q(NAMES_DIR + '/' + paths.app)} ] || head -n1 {q(UNIT_DIR + '/' + paths.service)} "
+        "2>/dev/null | grep -q 'managed by asgi-fleet'; then echo ours; exit 0; fi",
+        f"getent passwd {app} >/dev/null && echo user {app}",
+        f"getent group {app} >/dev/null && echo group {app}",
+        f"for unit in {units}; do path=$(systemctl show -p FragmentPath --value \"$unit\" 2>/dev/null); "
+        "[ -n \"$path\" ] && echo \"unit $unit ($path)\"; done",
+        f"for dir in {dirs}; do [ -e \"$dir\" ] && echo \"path $dir\"; done",
+        "true",
+    ])
+
+
 def acquire_lock(owner: str) -> str:
     """Create the host's deploy lock, or print who holds it (noclobber: atomic)."""
     return (f"mkdir -p /run/lock && ( set -C; echo {q(owner)} > {DEPLOY_LOCK} ) 2>/dev/null"

@@ -81,6 +81,18 @@ class Releases(FactBase):
         return parse_releases_state("\n".join(output))
 
 
+class ForeignNames(FactBase):
+    """What the host has by an app's names that asgi-fleet did not create
+    (an empty list: nothing, or all of it is asgi-fleet's own)."""
+
+    def command(self, paths):
+        return commands.foreign_names(paths)
+
+    def process(self, output):
+        lines = [line.strip() for line in output if line.strip()]
+        return [] if lines == ["ours"] else lines
+
+
 class LooseFiles(FactBase):
     """The first path in a tree with other owners or looser modes than
     root:GROUP, u=rwX,g=rX,o= (empty: none)."""

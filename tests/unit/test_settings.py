@@ -37,6 +37,8 @@ def test_every_tunable_has_a_rule_and_every_rule_a_commented_default(defaults):
     ("bind", "0.0.0.0:70000", "must be HOST:PORT"),
     ("app_name", "Shop App", "must be a string made of"),
     ("app_module", "app", "must be a string made of"),
+    ("app_name", "hello-preflight", "must not end in '-preflight'"),
+    ("app_name", "hello\n", "must be a string made of"),
     ("app_source", "no/such/dir", "must be a directory on the controller"),
     ("app_env", {"BAD-NAME": "x"}, "must be a dict of NAME: string"),
     ("forwarded_allow_ips", "proxy.local", "must be '*' or a comma-separated list"),
