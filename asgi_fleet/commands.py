@@ -274,10 +274,12 @@ def files_digest(*paths: str) -> str:
 
 
 def run_as_app(paths: AppPaths, release_dir: str, env_file: str) -> str:
-    """Run a command the way the service runs: as the app user, with its environment."""
+    """Run a command the way the service runs: as the app user, with its
+    environment (and, through gunicorn.conf.py, its candidate secrets)."""
     return (f"systemd-run --quiet --collect --wait --pipe -p User={paths.app} -p Group={paths.app}"
             f" -p EnvironmentFile={q(env_file)} -p WorkingDirectory={q(release_dir)}"
-            f" -E ASGI_FLEET_PREFLIGHT_RELEASE={q(release_dir)}")
+            f" -E ASGI_FLEET_PREFLIGHT_RELEASE={q(release_dir)}"
+            f" -E ASGI_FLEET_PREFLIGHT_SECRETS={q(paths.candidates + '/secrets')}")
 
 
 def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_class: str,
@@ -299,14 +301,16 @@ def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_clas
     canary = (
         f"systemd-run --quiet --collect --unit={unit} -p User={paths.app} -p Group={paths.app}"
         f" -p EnvironmentFile={q(paths.candidates + '/env')} -p WorkingDirectory={q(release_dir)}"
-        f" -E ASGI_FLEET_PREFLIGHT_RELEASE={q(release_dir)} -p RuntimeDirectory={unit} {gunicorn} -c {q(paths.candidates + '/gunicorn.conf.py')}"
+        f" -E ASGI_FLEET_PREFLIGHT_RELEASE={q(release_dir)}"
+        f" -E ASGI_FLEET_PREFLIGHT_SECRETS={q(paths.candidates + '/secrets')}"
+        f" -p RuntimeDirectory={unit} {gunicorn} -c {q(paths.candidates + '/gunicorn.conf.py')}"
         f" --chdir {q(release_dir)} --workers 1 --bind unix:{sock} --control-socket /run/{unit}/ctl"
         f" --worker-tmp-dir /run/{unit} {q(app_module)}"
     )
     wait = wait_healthy(f"unix:{sock}", health_path, deadline, f"{unit}.service",
                         label="preflight: the canary's health check")
     return f"""
-{as_app} {q(release_dir + '/.venv/bin/python')} {q(script)} {q(app_module)} {q(worker_class)} || exit 1
+{as_app} {q(release_dir + '/.venv/bin/python')} {q(script)} {q(app_module)} {q(worker_class)} {q(paths.candidates + '/gunicorn.conf.py')} || exit 1
 {as_app} {gunicorn} --check-config -c {q(paths.candidates + '/gunicorn.conf.py')} --chdir {q(release_dir)} {q(app_module)} \\
     || {{ echo "preflight failed: gunicorn --check-config refused the candidate config" >&2; exit 1; }}
 systemctl stop {unit}.service 2>/dev/null; systemctl reset-failed {unit}.service 2>/dev/null

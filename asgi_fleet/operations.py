@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import time
+import uuid
 from typing import Callable
 
 import gevent
@@ -360,9 +361,20 @@ def secret_file(path: str, content: bytes, group: str):
         host.noop(f"{path} is up to date")
         return
     upload = f"{path}.upload"
-    yield FileUploadCommand(io.BytesIO(content), upload)
-    yield (f"install -m 640 -o root -g {commands.q(group)} {commands.q(upload)} {commands.q(path)}"
-           f" && rm -f {commands.q(upload)}")
+    # Over SSH with sudo, pyinfra uploads as the SSH user to a temporary file
+    # first: put it in a directory of a random name that only that user can
+    # enter (mkdir fails rather than reuse one that exists), never in /tmp itself.
+    private = f"/tmp/asgi-fleet-upload-{uuid.uuid4().hex}"
+    yield FunctionCommand(_private_dir, (private,), {})
+    yield FileUploadCommand(io.BytesIO(content), upload, remote_temp_filename=f"{private}/secrets")
+    yield (f"rm -rf {commands.q(private)} && install -m 640 -o root -g {commands.q(group)} "
+           f"{commands.q(upload)} {commands.q(path)} && rm -f {commands.q(upload)}")
+
+
+def _private_dir(state, host, path: str) -> bool:
+    """A directory only the connecting user can enter (no sudo: it is that user's)."""
+    made, _ = host.run_shell_command(f"umask 077 && mkdir -m 700 {commands.q(path)}", _sudo=False)
+    return made
 
 
 @operation()

@@ -23,5 +23,6 @@ def preflight(plan):
         paths=paths, release_dir=plan.release_dir, app_module=app["app_module"],
         worker_class=app["worker_class"], health_path=app["health_path"],
         deadline=app["health_deadline"], script=PREFLIGHT_SCRIPT,
-        candidates=(f"{paths.candidates}/gunicorn.conf.py", f"{paths.candidates}/env"),
+        candidates=(f"{paths.candidates}/gunicorn.conf.py", f"{paths.candidates}/env",
+                    f"{paths.candidates}/secrets"),  # a secrets-only change is checked too
     )

@@ -1,8 +1,11 @@
 """asgi-fleet preflight: can this release serve? Run on the host before any switch.
 
-    RELEASE/.venv/bin/python preflight.py APP_MODULE WORKER_CLASS
+    RELEASE/.venv/bin/python preflight.py APP_MODULE WORKER_CLASS [GUNICORN_CONF]
 
 Run as the app user, in the release directory, with the app's environment.
+GUNICORN_CONF, the candidate config, is run first as gunicorn runs it, so the
+app is imported with the candidate secrets it loads (an app that reads a
+secret at import time, as pydantic-settings does, needs them).
 Exits non-zero with one line that says what is wrong and how to fix it.
 Standard library only, plus what the release's own virtualenv provides.
 """
@@ -10,6 +13,7 @@ Standard library only, plus what the release's own virtualenv provides.
 import importlib
 import inspect
 import os
+import runpy
 import sys
 import traceback
 
@@ -77,6 +81,8 @@ def check_worker(dotted: str) -> None:
 
 def main() -> None:
     app_spec, worker_class = sys.argv[1:3]
+    if len(sys.argv) > 3:
+        runpy.run_path(sys.argv[3])  # its secrets land in os.environ, as in gunicorn's master
     sys.path.insert(0, os.getcwd())  # as gunicorn's chdir does
     interface = check_app(app_spec)
     check_worker(worker_class)

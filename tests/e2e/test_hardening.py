@@ -147,3 +147,47 @@ def test_an_app_named_like_an_existing_account_is_refused_before_any_change(depl
     for name, host in hosts.items():
         assert not host.file("/srv/deploy").exists, name
         assert not host.file("/var/lib/asgi-fleet/apps/deploy").exists, name
+
+
+def test_an_app_that_reads_a_secret_at_import_passes_preflight_and_a_removed_secret_leaves(
+        deployed, tmp_path):
+    """Over SSH with sudo (asgi-web3): pydantic-settings style, the app reads
+    API_TOKEN when it is imported, so preflight must run with the candidate
+    secrets; once the secret is removed, no worker has it any more."""
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    app = tmp_path / "needs-token"
+    shutil.copytree(PROJECT_ROOT / "example", app)
+    (app / "app.py").write_text('import os\n\nAPI_TOKEN_AT_IMPORT = os.environ["API_TOKEN"]\n'
+                                + (app / "app.py").read_text())
+    inventory = tmp_path / "web3.py"
+    inventory.write_text(textwrap.dedent(f"""
+        import runpy
+        _base = runpy.run_path({str(PROJECT_ROOT / 'inventories' / 'docker.py')!r})
+        app = [(name, {{**data, "app_source": {str(app)!r},
+                        "app_secrets": {{"API_TOKEN": "env:ASGI_FLEET_TEST_SECRET"}}}})
+               for name, data in _base["app"] if name == "asgi-web3"]
+    """))
+    [web3] = [h for h in fleet_hosts() if h.name == "asgi-web3"]
+    host = infra_of(web3)
+    want = hashlib.sha256(secret.encode()).hexdigest()
+
+    def fingerprints():
+        return {json.loads(host.check_output("curl -sf 127.0.0.1:8000/secret-fingerprint"))["api_token_sha256"]
+                for _ in range(6)}
+
+    try:
+        run = run_deploy(tmp_path, inventory=str(inventory), env={"ASGI_FLEET_TEST_SECRET": secret})
+        assert run.returncode == 0, run.output[-3000:]
+        assert run.host("asgi-web3")["apps"]["hello"]["health"] == "healthy"
+        assert fingerprints() == {want}
+        # the upload went through a private directory, and left nothing behind
+        assert host.run(f"grep -rl {secret} /tmp /var/tmp /home/deploy").stdout == ""
+        assert host.check_output("ls -d /tmp/asgi-fleet-upload-* 2>/dev/null || true") == ""
+    finally:
+        removed = run_deploy(tmp_path, "--limit", "asgi-web3")  # the example app, no secrets
+        assert removed.returncode == 0, removed.output[-3000:]
+    assert removed.host("asgi-web3")["apps"]["hello"]["activation"] == "reload"
+    assert fingerprints() == {None}
+    for pid in host.check_output("pgrep -f 'gunicorn: worker \\[hello\\]'").split():
+        environ = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+        assert "API_TOKEN=" not in environ, f"worker {pid} still has API_TOKEN"

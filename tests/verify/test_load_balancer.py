@@ -7,8 +7,7 @@ import re
 import pytest
 
 from asgi_fleet.rollout import lb_apps
-from tasks.lb import NGINX_CONF
-from tasks.rollout import LB_FLAG_DIR
+from tasks.rollout import LB_FLAG_DIR, LB_KEPT_OUT, NGINX_CONF
 from verify_session import connect, inventory_hosts, short, targets
 
 
@@ -43,7 +42,11 @@ def test_every_app_host_is_an_upstream_server(lb, fronted):
         block = re.search(r"upstream %s \{(.*?)\}" % re.escape(app.name), config, re.S)
         assert block, f"no upstream for {app.name} in {NGINX_CONF}"
         listed = re.findall(r"server (\S+) ", block.group(1))
-        assert listed == list(app.servers.values()), f"{app.name}: upstream lists {listed}"
+        kept_out = lb.run(f"cat {LB_KEPT_OUT} 2>/dev/null").stdout.strip()
+        assert listed == list(app.servers.values()), (
+            f"{app.name}: upstream lists {listed}, want {list(app.servers.values())}"
+            + (f"; kept out of rotation after a failed deploy ({LB_KEPT_OUT}): {kept_out}; "
+               "fix the host, then deploy: a healthy host goes back in" if kept_out not in ("", "{}") else ""))
 
 
 def test_no_server_is_left_drained(lb):
