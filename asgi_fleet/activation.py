@@ -34,12 +34,13 @@ class RunningMaster:
     pid: int
     venv: str  # the virtualenv of the master's interpreter
     worker_releases: tuple[str, ...] = field(default=())  # each worker's cwd (a release dir)
+    slow_workers: tuple[int, ...] = field(default=())  # workers without uvloop or httptools loaded
 
 
 def parse_running_master(output: str) -> RunningMaster | None:
     """Parse commands.RUNNING_MASTER output (None when no master runs)."""
     pid = venv = None
-    workers = []
+    workers, slow = [], []
     for line in output.splitlines():
         key, _, rest = line.strip().partition(" ")
         if key == "pid":
@@ -49,17 +50,21 @@ def parse_running_master(output: str) -> RunningMaster | None:
         elif key == "worker":
             _, _, cwd = rest.partition(" ")
             workers.append(cwd)
+        elif key == "slow":
+            slow.append(int(rest))
     if not pid or venv is None:
         return None
-    return RunningMaster(pid=pid, venv=venv, worker_releases=tuple(workers))
+    return RunningMaster(pid=pid, venv=venv, worker_releases=tuple(workers), slow_workers=tuple(slow))
 
 
 def activation_kind(master: RunningMaster | None, *, venv: str, release_dir: str,
                     workers: int, changed: set[str]) -> str:
     """The activation a host needs: none, start, reload, restart or rebind.
 
-    A HUP also restores the configured worker count (after a TTOU, say), so a
-    master with the wrong number of workers gets one.
+    A HUP also restores the configured worker count (after a TTOU, say), and
+    boots workers that load uvloop and httptools again, so a master with the
+    wrong number of workers, or with workers that fell back to asyncio/h11,
+    gets one.
     """
     if master is None:
         return START
@@ -68,7 +73,8 @@ def activation_kind(master: RunningMaster | None, *, venv: str, release_dir: str
     if master.venv != venv or changed & NEEDS_RESTART:
         return RESTART
     stale_code = any(cwd != release_dir for cwd in master.worker_releases)
-    if stale_code or len(master.worker_releases) != workers or changed & NEEDS_RELOAD:
+    if (stale_code or len(master.worker_releases) != workers or master.slow_workers
+            or changed & NEEDS_RELOAD):
         return RELOAD
     return NONE
 

@@ -114,10 +114,18 @@ def installed_dists_digest(venv: str) -> str:
             " | sed 's#.*/##' | LC_ALL=C sort | sha256sum | cut -c1-64")
 
 
-def venv_state(venv: str) -> str:
-    """Three lines: the lock digest and dists digest recorded at build, the dists digest now."""
+def venv_state(venv: str, app: str) -> str:
+    """Three lines: the lock digest and dists digest recorded at build, the
+    dists digest now; then the first path in it the app could write, if any."""
     return (f"{{ cat {q(venv + '/' + VENV_MARKER)} 2>/dev/null || printf '\\n\\n'; }} | head -n2; "
-            + installed_dists_digest(venv))
+            + installed_dists_digest(venv) + "; " + writable_by_app(venv, app))
+
+
+def writable_by_app(tree: str, app: str) -> str:
+    """The first path under `tree` (symlinks aside) the app's user could change:
+    not owned by root, writable by others, or by the app's group. One `find`."""
+    return (f"find {q(tree)} -not -type l \\( -not -user root -o -perm /o=w "
+            f"-o \\( -group {q(app)} -perm /g=w \\) \\) -print -quit 2>/dev/null || true")
 
 
 def curl_args(bind: str, path: str) -> list[str]:
@@ -255,7 +263,9 @@ def running_master(service: str) -> str:
     (setproctitle's extension is always loaded): its command line is
     rewritten by setproctitle and its exe is the system python. A worker's cwd
     is the release it imported, since gunicorn chdirs to `current` and the
-    kernel resolves the link.
+    kernel resolves the link. A worker without uvloop or httptools in its
+    memory maps ("slow") fell back to asyncio/h11, say after a restart while
+    the packages were missing.
     """
     return f"""
 pid=$(systemctl show -p MainPID --value {q(service)} 2>/dev/null)
@@ -264,6 +274,8 @@ echo "pid $pid"
 echo "site $(grep -o '/[^ ]*/site-packages/' /proc/$pid/maps | head -n1)"
 for child in $(cat /proc/$pid/task/*/children 2>/dev/null); do
     echo "worker $child $(readlink /proc/$child/cwd)"
+    grep -q /uvloop/ /proc/$child/maps 2>/dev/null && grep -q /httptools/ /proc/$child/maps 2>/dev/null \
+        || echo "slow $child"
 done
 """.strip()
 
@@ -323,8 +335,10 @@ echo {q(digest)} > {q(stamp)} && chown root:{q(paths.app)} {q(stamp)} && chmod 6
 
 
 def staged_changes(paths: AppPaths) -> str:
-    """Print the name of each staged file that differs from the live one."""
-    return "; ".join(f"cmp -s {q(staged)} {q(live)} || echo {name}"
+    """Print the name of each staged file that differs from the live one, in
+    content, owner or mode (a secrets file chmod'ed 0644 by hand is a change)."""
+    return "; ".join(f"{{ cmp -s {q(staged)} {q(live)} && [ \"$(stat -c '%U %G %a' {q(staged)})\" = "
+                     f"\"$(stat -c '%U %G %a' {q(live)})\" ]; }} || echo {name}"
                      for name, (staged, live) in paths.staged.items()) + "; true"
 
 

@@ -21,14 +21,15 @@ class HostResourcesFact(FactBase):
 
 
 class VenvState(FactBase):
-    """(lock digest at build, dists digest at build, dists digest now) of a virtualenv."""
+    """(lock digest at build, dists digest at build, dists digest now, the
+    first path the app could write or "") of a virtualenv."""
 
-    def command(self, path):
-        return commands.venv_state(path)
+    def command(self, path, app):
+        return commands.venv_state(path, app)
 
     def process(self, output):
-        lines = [line.strip() for line in output] + ["", "", ""]
-        return tuple(lines[:3])
+        lines = [line.strip() for line in output] + ["", "", "", ""]
+        return tuple(lines[:4])
 
 
 class HealthStatus(FactBase):

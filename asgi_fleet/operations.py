@@ -28,7 +28,7 @@ from asgi_fleet.release import releases_to_prune, venvs_to_prune
 
 
 @operation()
-def virtualenv(path: str, lock_src: str, lock_sha256: str, index_url: str | None = None,
+def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, index_url: str | None = None,
                ca_bundle: str | None = None, modules: dict[str, str] | None = None):
     """
     Build a virtualenv from a hash-locked requirements file, once per lock.
@@ -36,6 +36,7 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, index_url: str | None
     + path: where the virtualenv lives (keyed by the lock's digest)
     + lock_src: the lock file on the controller
     + lock_sha256: its sha256, recorded in the venv when the build completed
+    + app: the app whose user must not be able to change it
     + index_url: a package index to use instead of PyPI
     + ca_bundle: a CA bundle on the host for pip (TLS proxy, private CA)
     + modules: {module name: file on the controller} added to site-packages
@@ -45,12 +46,14 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, index_url: str | None
     .. code:: python
 
         virtualenv(path="/srv/shop/venvs/0123abcd", lock_src="requirements.lock",
-                   lock_sha256=sha256_of_lock)
+                   lock_sha256=sha256_of_lock, app="shop")
     """
-    built_lock, built_dists, dists_now = host.get_fact(VenvState, path=path)
-    if built_lock == lock_sha256 and built_dists == dists_now:
+    built_lock, built_dists, dists_now, writable = host.get_fact(VenvState, path=path, app=app)
+    if built_lock == lock_sha256 and built_dists == dists_now and not writable:
         host.noop(f"virtualenv {path} is complete and unchanged")
         return
+    if writable:  # code the app's user could have changed is not trusted: rebuilt
+        logger.warning(f"{host.name}: {writable} is writable by {app}: rebuilding {path}")
     lock = f"{path}.lock"
     yield FileUploadCommand(lock_src, lock)
     for name, src in (modules or {}).items():

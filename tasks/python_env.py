@@ -41,6 +41,7 @@ def install_verify_tools(pip: PipOptions):
         name=f"Virtualenv {VERIFY_TOOLS_VENV}", path=VERIFY_TOOLS_VENV,
         lock_src=str(VERIFY_TOOLS_LOCK),
         lock_sha256=hashlib.sha256(VERIFY_TOOLS_LOCK.read_bytes()).hexdigest(),
+        app="root",  # run by root only: no one else may be able to change it
         index_url=pip.index_url, ca_bundle=pip.ca_bundle,
     )
 
@@ -56,6 +57,6 @@ def install_virtualenv(plan, pip: PipOptions):
     return operations.virtualenv(
         name=f"Virtualenv {plan.venv_id} from {plan.lock_file.name}",
         path=plan.venv_dir, lock_src=str(plan.lock_file), lock_sha256=plan.lock_sha256,
-        index_url=pip.index_url, ca_bundle=pip.ca_bundle,
+        app=plan.paths.app, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
         modules={WORKER_MODULE: str(WORKER_SOURCE)},
     )

@@ -19,6 +19,9 @@ APP = "asgi-web1/hello"
 SERVICE = "hello.service"
 WORKERS = f"cat /proc/$(systemctl show -p MainPID --value {SERVICE})/task/*/children"
 VENV = "/srv/hello/current/.venv"
+SITE = f"$(echo {VENV}/lib/python3*/site-packages)"
+UP = (f"for i in $(seq 120); do [ $({WORKERS} | wc -w) = 2 ] && curl -sf 127.0.0.1:8000/healthz"
+      " >/dev/null && break; sleep 0.5; done")
 
 
 def check(name: str) -> str:
@@ -69,6 +72,33 @@ BREAKS = {
         {"workers_run_the_release_current_points_to"},
         "but current points to /srv/hello/releases/other; `current` was switched without a reload",
         "deploy; rm -rf /srv/hello/releases/other",
+    ),
+    # Drift that a plain redeploy repairs although nothing was staged anew:
+    "secrets-readable": (
+        "chmod 644 /etc/hello/secrets", "true",
+        {"code_config_and_secrets_are_root_owned_and_not_writable_by_the_app"},
+        "/etc/hello/secrets is root hello 644, want root hello 640",
+        "deploy",
+    ),
+    "workers-without-uvloop": (  # restarted while uvloop was missing, then put back
+        f"mv {SITE}/uvloop /root/uvloop-away && systemctl restart {SERVICE} && {UP}"
+        f" && mv /root/uvloop-away {SITE}/uvloop",
+        f"[ -d {SITE}/uvloop ]",
+        {"workers_run_uvloop_and_httptools"},
+        "uvicorn silently fell back to asyncio/h11",
+        "deploy",
+    ),
+    "release-file-loose": (
+        "chmod g+w,o+r $(readlink -f /srv/hello/current)/app.py", "true",
+        {"no_file_under_the_code_virtualenv_or_config_is_the_apps_to_change"},
+        "app.py (under /srv/hello/releases/",
+        "deploy",
+    ),
+    "venv-file-writable-by-the-app": (
+        f"chgrp hello {SITE}/uvicorn/main.py && chmod g+w {SITE}/uvicorn/main.py", "true",
+        {"no_file_under_the_code_virtualenv_or_config_is_the_apps_to_change"},
+        "uvicorn/main.py (under /srv/hello/venvs/",
+        "deploy",
     ),
     "stop-timeout-below-graceful": (
         "mkdir -p /etc/systemd/system/hello.service.d && printf '[Service]\\nTimeoutStopSec=10\\n'"

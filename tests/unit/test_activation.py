@@ -26,6 +26,8 @@ def master(venv=VENV, workers=(RELEASE, RELEASE)):
     (master(), {"service_unit", "config"}, RESTART),
     (master(), {"socket_unit"}, REBIND),
     (None, {"socket_unit"}, START),  # START restarts the socket too
+    # workers that fell back to asyncio/h11: new workers load the fast stack again
+    (RunningMaster(10, VENV, (RELEASE, RELEASE), slow_workers=(11,)), set(), RELOAD),
 ])
 def test_activation_kind(running, changed, expected):
     assert activation_kind(running, venv=VENV, release_dir=RELEASE, workers=2, changed=changed) == expected
@@ -33,8 +35,8 @@ def test_activation_kind(running, changed, expected):
 
 def test_parse_running_master():
     out = ("pid 42\nsite /srv/shop/venvs/aaa/lib/python3.11/site-packages/\n"
-           "worker 43 /srv/shop/releases/r2\nworker 44 /srv/shop/releases/r2\n")
-    assert parse_running_master(out) == RunningMaster(42, VENV, (RELEASE, RELEASE))
+           "worker 43 /srv/shop/releases/r2\nworker 44 /srv/shop/releases/r2\nslow 44\n")
+    assert parse_running_master(out) == RunningMaster(42, VENV, (RELEASE, RELEASE), (44,))
 
 
 def test_parse_no_master():

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from asgi_fleet import commands
+
 from asgi_fleet.verify import (
     JOURNAL_ALARMS, AppProbe, fast_stack, journal_alarms, recognised_worker, worker_in_stack,
 )
@@ -167,6 +169,21 @@ def test_code_config_and_secrets_are_root_owned_and_not_writable_by_the_app(prob
             "something changed it after the deploy: redeploy")
         writable = probe.host.run(f"runuser -u {app} -- test -w {path}").rc == 0
         assert not writable, f"{probe.label}: the app user {app} can write {path}; redeploy"
+
+
+def test_no_file_under_the_code_virtualenv_or_config_is_the_apps_to_change(probe: AppProbe):
+    """Deep, not only the top of each tree: a file the app's user could
+    change is code the next worker imports. One `find` per tree."""
+    app, paths = probe.paths.app, probe.paths
+    release = probe.current_release
+    venv = probe.run(f"readlink -f {release}/.venv").strip()
+    loose = {tree: probe.run(commands.writable_by_app(tree, app)).strip()
+             for tree in (release, venv, paths.etc)}
+    loose[release] = loose[release] or probe.run(commands.loose_files(release, app)).strip()
+    found = {tree: path for tree, path in loose.items() if path}
+    assert not found, (f"{probe.label}: " + "; ".join(
+        f"{path} (under {tree}) is {probe.run(f'stat -c %U:%G:%A {path}').strip()}, want root-owned, "
+        "writable by root only (and in the release, group APP, nothing for others)" for tree, path in found.items()) + ": redeploy")
 
 
 def test_sockets_are_reachable_only_by_root_the_app_and_its_group(probe: AppProbe):
