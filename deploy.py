@@ -38,7 +38,7 @@ if host.data.get("rollback"):
     plans = [plan.rolled_back(host.get_fact(Releases, paths=plan.paths), f"{host.name}/{plan.paths.app}")
              for plan in plans]
 run = record_run(state, host, fleet)
-take_deploy_lock(run)
+take_deploy_lock(run, host.data.get("deploy_lock_max_age"), host.data.get("break_lock"))
 
 # Stage: every host at once; nothing that serves traffic changes.
 venvs = []

@@ -78,6 +78,10 @@ class AppPaths:
         return f"{self.app}.socket"
 
     @property
+    def activation_unit(self) -> str:  # the transient unit an activation runs in
+        return f"asgi-fleet-activate-{self.app}.service"
+
+    @property
     def previous_files(self) -> str:  # the live files an activation replaced, for its rollback
         return f"{self.etc}/previous"
 
@@ -370,7 +374,7 @@ rm -rf {q(paths.previous_files)} && mkdir -p {q(paths.previous_files)} || exit 1
 {switch_release(paths, release_id) if previous != release_id else "true"} || exit 1
 {daemon_reload}
 systemctl enable --quiet {q(paths.socket)} {q(paths.service)} && systemctl start {q(paths.socket)} || exit 1
-if {command} && ( {gate} ); then exit 0; fi
+if {command} && ( {gate} ); then echo "activated: {paths.app} runs releases/{release_id} and answers 200"; exit 0; fi
 echo "rolling back {paths.app} to {went_back}" >&2
 {chr(10).join(restore)}
 {switch_back}
@@ -456,16 +460,48 @@ def foreign_names(paths: AppPaths) -> str:
     ])
 
 
-def acquire_lock(owner: str) -> str:
-    """Create the host's deploy lock, or print who holds it (noclobber: atomic)."""
-    return (f"mkdir -p /run/lock && ( set -C; echo {q(owner)} > {DEPLOY_LOCK} ) 2>/dev/null"
-            f" && echo acquired || echo \"held $(cat {DEPLOY_LOCK})\"")
+ACTIVATION_LOGS = "/run/asgi-fleet"  # each app's last activation: what it said, root only
+LOCK_MUTEX = "/run/lock/asgi-fleet.deploy.mutex"
+
+
+def acquire_lock(owner: str, stale: str | None = None) -> str:
+    """Create the host's deploy lock (noclobber: atomic), or print who holds
+    it, which activation units still run, and the last words of each app's
+    last activation. `stale`: a holder found gone, whose lock is replaced
+    only if it is still exactly that one (under a mutex, so two runs that
+    found it stale cannot both take it)."""
+    lock = DEPLOY_LOCK
+    replace = (f"[ \"$(cat {lock} 2>/dev/null)\" = {q(stale)} ] && rm -f {lock}; " if stale else "")
+    return (
+        f"mkdir -p /run/lock && exec 9>{LOCK_MUTEX} && flock -w 10 9 && {{ {replace}"
+        f"( set -C; echo {q(owner)} > {lock} ) 2>/dev/null && echo acquired || {{ "
+        f"echo \"held $(cat {lock})\"; "
+        "systemctl list-units --no-legend --plain --state=activating,active "
+        "'asgi-fleet-activate-*' 2>/dev/null | while read -r unit rest; do echo \"activating $unit\"; done; "
+        f"for log in {ACTIVATION_LOGS}/*.log; do [ -s \"$log\" ] && "
+        "echo \"last $(basename \"$log\" .log): $(tail -n1 \"$log\")\"; done; }; }; true"
+    )
 
 
 def release_lock(run_id: str) -> str:
     """Remove the deploy lock if this run holds it."""
     return (f"[ \"$(cut -d' ' -f1 {DEPLOY_LOCK} 2>/dev/null)\" = {q(run_id)} ]"
             f" && rm -f {DEPLOY_LOCK}; true")
+
+
+def detached(paths: AppPaths, script: str) -> str:
+    """Run an activation script as a transient systemd unit and wait for it.
+
+    The unit belongs to systemd, not to the SSH or docker-exec session: a
+    controller that dies mid-activation leaves a host that finishes, or rolls
+    itself back, on its own. What it says goes to a log that outlives it
+    (the next run's lock check reports its last line), then to stderr here.
+    """
+    unit, log = paths.activation_unit, f"{ACTIVATION_LOGS}/{paths.app}.log"
+    return (f"mkdir -p -m 700 {ACTIVATION_LOGS} && systemctl reset-failed {unit} 2>/dev/null; "
+            f"systemd-run --quiet --wait --collect --unit={unit} -p StandardOutput=truncate:{log} "
+            f"-p StandardError=file:{log} /bin/sh -c {q(script)}; "
+            f"rc=$?; cat {log} >&2; exit $rc")
 
 
 def file_state(path: str) -> str:

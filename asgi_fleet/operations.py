@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import socket
 import time
 import uuid
 from typing import Callable
@@ -16,7 +18,7 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, operation
 from pyinfra.facts.files import Directory
 
-from asgi_fleet import commands, secrets
+from asgi_fleet import commands, lock, secrets
 from asgi_fleet.activation import (
     ACTIVATION_COMMANDS, NEEDS_UNIT_RELOAD, NONE, UNDO_COMMANDS, activation_kind,
 )
@@ -109,17 +111,23 @@ def prune_releases(paths: commands.AppPaths, keep: int):
 
 
 @operation()
-def deploy_lock(owner: str, run_id: str, acquire: bool):
+def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
+                break_lock: str | None = None, record: dict | None = None):
     """
     Take (or give back) the host's deploy lock, so two deploys never interleave.
 
     The lock is coordination, not configuration: taking and giving it back
-    leaves the host as it was, so neither counts as a change. A held lock
-    fails this host at once, before anything else runs.
+    leaves the host as it was, so neither counts as a change. A lock held by
+    a live run fails this host at once, before anything else runs. A lock
+    whose run is gone (asgi_fleet.lock.stale_reason) is reported and taken
+    over, once no activation of that run still runs on the host.
 
     + owner: "RUN_ID CONTROLLER PID EPOCH", written into the lock
     + run_id: this run's id
     + acquire: True to take the lock, False to give it back
+    + max_age: seconds after which a lock from another controller counts as gone
+    + break_lock: the run id of a lock to take over now (the operator knows it is gone)
+    + record: this host's entry in the run's record, told about a takeover
     """
     if not host.state.is_executing:
         return
@@ -129,16 +137,44 @@ def deploy_lock(owner: str, run_id: str, acquire: bool):
         host.noop("deploy lock given back")
         return
     _, output = host.run_shell_command(commands.acquire_lock(owner), **sudo)
-    answer = " ".join(output.stdout_lines).strip()
-    if answer == "acquired":
+    answer = lock.parse_lock_answer(output.stdout_lines)
+    if answer.acquired:
         host.noop("deploy lock taken")
         return
-    holder = answer.removeprefix("held ").split()
-    when = holder[3] if len(holder) > 3 else "?"
-    message = (f"another deploy is running on this host (run {holder[0] if holder else '?'} from "
-               f"{holder[1] if len(holder) > 1 else '?'}, since epoch {when}); nothing was changed. "
-               f"Wait for it, or if it died, remove {commands.DEPLOY_LOCK} on the host.")
+    now = time.time()
+    holder = answer.holder
+    why = holder and lock.stale_reason(
+        holder, now=now, controller=socket.gethostname(), pid_alive=_pid_alive, max_age=max_age,
+        break_lock=break_lock, activating=answer.activating)
+    if why:
+        _, output = host.run_shell_command(commands.acquire_lock(owner, stale=holder.text), **sudo)
+        if lock.parse_lock_answer(output.stdout_lines).acquired:
+            report = (f"took over the deploy lock of {holder.describe(now)}: {why}"
+                      + "".join(f"; its last activation of {words}" for words in answer.last_words))
+            logger.warning(f"{host.name}: {report}")
+            if record is not None:
+                record["lock"] = report
+            host.noop("deploy lock taken over")
+            return
+    held = holder.describe(now) if holder else repr(answer.holder_text)
+    still = f"; still activating: {', '.join(answer.activating)}" if answer.activating else ""
+    message = (f"another deploy holds this host's lock ({commands.DEPLOY_LOCK}): {held}{still}. "
+               "Nothing was changed. " + (
+                   "Wait until its activation ends, then deploy again." if answer.activating else
+                   f"If that run is gone, deploy again with --data break_lock={holder.run_id}, or "
+                   f"wait until the lock is older than deploy_lock_max_age ({max_age} s)." if holder else
+                   f"Remove {commands.DEPLOY_LOCK} on the host if no deploy runs."))
     yield f"echo {commands.q(message)} >&2; exit 1"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def planned_activation(plan, venv_changed: bool) -> tuple[str, str | None, set[str]]:
@@ -237,7 +273,7 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
             gate=_gate(plan, plan.release_dir, plan.workers.count), back_gate=_gate(plan),
         )
     left = max(1, int(time_limit - (time.monotonic() - started)))
-    yield FunctionCommand(_run_bounded, (script, record, left), {})
+    yield FunctionCommand(_run_bounded, (commands.detached(paths, script), record, left), {})
 
 
 def _fail(state, host) -> bool:

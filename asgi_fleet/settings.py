@@ -38,6 +38,7 @@ HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", re.ASCII)
 INDEX_URL_RE = re.compile(r"https?://([A-Za-z0-9._~%+-]+(:[A-Za-z0-9._~%+-]*)?@)?[A-Za-z0-9.-]+"
                           r"(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+-]*)?", re.ASCII)
+RUN_ID_RE = re.compile(r"[0-9a-f]{12}", re.ASCII)  # a run's id, as its record and lock name it
 PORT_RE = re.compile(r"[1-9][0-9]{0,4}", re.ASCII)
 # Names asgi-fleet derives from an app's name, besides the name itself (user,
 # group, APP.service, APP.socket, /srv/APP, /etc/APP): an app may not be
@@ -306,6 +307,8 @@ RULES: dict[str, Rule] = {
     "rollback": Rule(one_of(False, True), per_app=False),
 
     "rollout_batch": Rule(count_or_percent(1, 10000), per_app=False),
+    "deploy_lock_max_age": Rule(integer(60, 7 * 86400), per_app=False),
+    "break_lock": Rule(matches(RUN_ID_RE, "3f2a9c0d1e4b", optional=True), per_app=False),
     "rollout_max_failures": Rule(count_or_percent(0, 10000), per_app=False),
     "lb_address": Rule(lb_address, per_app=False),
     # host packages and the package index

@@ -73,6 +73,12 @@ rollback = False  # --data rollback=1: go back to each app's previous release (s
 # back to the release it ran before.
 rollout_batch = 1  # hosts activated at a time: a count, or a share of the app hosts like "25%"
 rollout_max_failures = 0  # failed hosts tolerated before the rollout stops: a count or "10%"
+# A run that died (Ctrl-C, a CI timeout) leaves its lock on each host. The
+# next run takes it over when its pyinfra process on this controller is gone,
+# or when it is older than this (a lock from another controller); never while
+# an activation of that run still runs on the host.
+deploy_lock_max_age = 7200
+break_lock = None  # --data break_lock=RUN_ID: take over that run's lock now (the error names it)
 
 # --- Load balancer (hosts in the inventory group `lb`) ------------------------------
 # nginx from Debian, listening on each app's port, with every app host that runs

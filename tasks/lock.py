@@ -7,9 +7,11 @@ from asgi_fleet import operations
 
 
 @deploy("Deploy lock")
-def take_deploy_lock(run):
+def take_deploy_lock(run, max_age: int, break_lock: str | None):
+    """A lock left by a run that is gone is taken over (and reported); see
+    asgi_fleet/lock.py."""
     operations.deploy_lock(name="Take the deploy lock", owner=run.lock_owner, run_id=run.run_id,
-                           acquire=True)
+                           acquire=True, max_age=max_age, break_lock=break_lock, record=run.entry)
 
 
 @deploy("Deploy lock")

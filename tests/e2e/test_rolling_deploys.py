@@ -8,7 +8,9 @@ balancer while the whole fleet is deployed, one host per batch.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from asgi_fleet.settings import PROJECT_ROOT
-from e2e_helpers import app_variants, fleet_hosts, infra_of, load_balancers, run_deploy, wait_until
+from e2e_helpers import (
+    INVENTORY, PYINFRA, app_variants, fleet_hosts, infra_of, load_balancers, run_deploy, wait_until,
+)
 
 LB = "asgi-lb"
 APP_HOSTS = ["@docker/asgi-web1", "@docker/asgi-web2", "asgi-web3", "@docker/asgi-web4"]
@@ -306,6 +310,46 @@ def test_a_host_that_stops_answering_mid_rollout_stops_it_within_the_time_limit(
     hosts["asgi-web3"].run("rm -f /run/lock/asgi-fleet.deploy")
     again = deploy(tmp_path, f"app_source={variants['code-a']}", SIX_LOCK)
     assert again.returncode == 0, again.output[-5000:]
+
+
+def test_a_controller_killed_mid_activation_leaves_a_host_that_finishes_and_a_run_that_converges(
+        hosts, lb_address, variants, tmp_path):
+    """SIGKILL to pyinfra (and its children) while batch 2 (asgi-web2) activates
+    a code change, under load through the load balancer."""
+    web2 = "@docker/asgi-web2"
+    base = deploy(tmp_path, f"app_source={variants['code-a']}")
+    assert base.returncode == 0, base.output[-5000:]
+    record = tmp_path / "killed-run.json"
+    activating = "systemctl is-active -q asgi-fleet-activate-hello.service"
+    with LoadThroughLb(lb_address, tmp_path) as load:
+        controller = subprocess.Popen(
+            [PYINFRA, "-y", INVENTORY, "deploy.py", "--data", f"app_source={variants['code-b']}"],
+            cwd=PROJECT_ROOT, env=os.environ | {"ASGI_FLEET_RECORD": str(record)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_until(hosts[web2], activating, timeout=300)
+        finally:
+            os.killpg(controller.pid, signal.SIGKILL)
+            controller.wait(timeout=30)
+        new = json.loads(record.read_text())["hosts"][web2]["apps"]["hello"]["release"]
+        # the host finishes by itself; the dead run's lock and drain are left behind
+        wait_until(hosts[web2], f"! {activating}", timeout=120)
+        assert served_release(hosts[web2]) == new
+        assert hosts[web2].file("/run/lock/asgi-fleet.deploy").exists
+        assert "hello.drain-batch-2" in hosts[f"@docker/{LB}"].check_output("ls -A /run/asgi-fleet-lb")
+
+        again = deploy(tmp_path, f"app_source={variants['code-b']}")
+    assert again.returncode == 0, again.output[-5000:]
+    assert_no_failed_request(load.result)
+    found = again.host(web2)["lock"]
+    assert found.startswith("took over the deploy lock of run ") and "pid" in found and "is gone" in found
+    assert f"its last activation of hello: activated: hello runs releases/{new} and answers 200" in found
+    assert again.host(web2)["apps"]["hello"]["activation"] == "none"  # it had finished by itself
+    for name in APP_HOSTS:
+        assert again.host(name)["apps"]["hello"]["health"] == "healthy"
+        assert served_release(hosts[name]) == new
+    assert hosts[f"@docker/{LB}"].check_output("ls -A /run/asgi-fleet-lb") == ""
+    assert not hosts[web2].file("/run/lock/asgi-fleet.deploy").exists  # given back at the end
 
 
 def test_eight_hosts_in_batches_of_two_activate_in_inventory_order(deployed, variants, tmp_path):
