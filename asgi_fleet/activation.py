@@ -70,13 +70,35 @@ def activation_kind(master: RunningMaster | None, *, venv: str, release_dir: str
         return START
     if changed & NEEDS_REBIND:
         return REBIND
-    if master.venv != venv or changed & NEEDS_RESTART:
+    # By id (the last part of the path), not by path: the kernel resolves a
+    # worker's cwd and the master's maps, and srv_root may be a symlink.
+    if _id(master.venv) != _id(venv) or changed & NEEDS_RESTART:
         return RESTART
-    stale_code = any(cwd != release_dir for cwd in master.worker_releases)
+    stale_code = any(_id(cwd) != _id(release_dir) for cwd in master.worker_releases)
     if (stale_code or len(master.worker_releases) != workers or master.slow_workers
             or changed & NEEDS_RELOAD):
         return RELOAD
     return NONE
+
+
+def _id(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+# templates/app.service.j2 sets TimeoutStopSec to graceful_timeout + this: the
+# master's own graceful stop, then room for stragglers before SIGKILL.
+STOP_MARGIN = 15
+
+
+def stop_timeout(app: dict) -> int:
+    """The unit's TimeoutStopSec: how long stopping the old master may take."""
+    return app["graceful_timeout"] + STOP_MARGIN
+
+
+def activation_time_limit(app: dict) -> int:
+    """How long one host's activation may take before the controller gives up
+    on it: a stop and a gate, twice (the rollback), with room to spare."""
+    return 2 * (stop_timeout(app) + app["health_deadline"]) + 30
 
 
 ACTIVATION_COMMANDS = {

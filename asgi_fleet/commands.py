@@ -169,8 +169,9 @@ def wait_healthy(bind: str, path: str, deadline: int, service: str, journal_line
     return f"""
 workers_on_release() {{
     pid=$(systemctl show -p MainPID --value {q(service)}); seen=0
+    want=$(readlink -f {q(release_dir or "")})  # cwd is resolved by the kernel: srv_root may be a symlink
     for child in $(cat /proc/$pid/task/*/children 2>/dev/null); do
-        [ "$(readlink /proc/$child/cwd)" = {q(release_dir or "")} ] && seen=$((seen + 1))
+        [ "$(readlink /proc/$child/cwd)" = "$want" ] && seen=$((seen + 1))
     done
     [ "$seen" = {workers or 0} ] && [ "$(cat /proc/$pid/task/*/children | wc -w)" = {workers or 0} ]
 }}
@@ -289,10 +290,12 @@ def files_digest(*paths: str) -> str:
     return f"cat {' '.join(q(p) for p in paths)} 2>/dev/null | sha256sum | cut -c1-64"
 
 
-def run_as_app(paths: AppPaths, release_dir: str, env_file: str) -> str:
+def run_as_app(paths: AppPaths, release_dir: str, env_file: str, time_limit: int) -> str:
     """Run a command the way the service runs: as the app user, with its
-    environment (and, through gunicorn.conf.py, its candidate secrets)."""
+    environment (and, through gunicorn.conf.py, its candidate secrets),
+    stopped after `time_limit` seconds (an import that hangs never hangs a deploy)."""
     return (f"systemd-run --quiet --collect --wait --pipe -p User={paths.app} -p Group={paths.app}"
+            f" -p RuntimeMaxSec={int(time_limit)}"
             f" -p EnvironmentFile={q(env_file)} -p WorkingDirectory={q(release_dir)}"
             f" -E ASGI_FLEET_PREFLIGHT_RELEASE={q(release_dir)}"
             f" -E ASGI_FLEET_PREFLIGHT_SECRETS={q(paths.candidates + '/secrets')}")
@@ -313,7 +316,9 @@ def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_clas
     unit = f"{paths.app}-preflight"
     sock = f"/run/{unit}/canary.sock"
     gunicorn = q(f"{release_dir}/.venv/bin/gunicorn")
-    as_app = run_as_app(paths, release_dir, f"{paths.candidates}/env")
+    as_app = run_as_app(paths, release_dir, f"{paths.candidates}/env", deadline)
+    hung = (f"{{ rc=$?; [ $rc = 1 ] || echo \"preflight failed: the check ended with status $rc; "
+            f"one that hangs is stopped after {deadline} s (health_deadline)\" >&2; exit 1; }}")
     canary = (
         f"systemd-run --quiet --collect --unit={unit} -p User={paths.app} -p Group={paths.app}"
         f" -p EnvironmentFile={q(paths.candidates + '/env')} -p WorkingDirectory={q(release_dir)}"
@@ -326,7 +331,7 @@ def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_clas
     wait = wait_healthy(f"unix:{sock}", health_path, deadline, f"{unit}.service",
                         label="preflight: the canary's health check")
     return f"""
-{as_app} {q(release_dir + '/.venv/bin/python')} {q(script)} {q(app_module)} {q(worker_class)} {q(paths.candidates + '/gunicorn.conf.py')} || exit 1
+{as_app} {q(release_dir + '/.venv/bin/python')} {q(script)} {q(app_module)} {q(worker_class)} {q(paths.candidates + '/gunicorn.conf.py')} || {hung}
 {as_app} {gunicorn} --check-config -c {q(paths.candidates + '/gunicorn.conf.py')} --chdir {q(release_dir)} {q(app_module)} \\
     || {{ echo "preflight failed: gunicorn --check-config refused the candidate config" >&2; exit 1; }}
 systemctl stop {unit}.service 2>/dev/null; systemctl reset-failed {unit}.service 2>/dev/null
@@ -378,6 +383,7 @@ if {command} && ( {gate} ); then echo "activated: {paths.app} runs releases/{rel
 echo "rolling back {paths.app} to {went_back}" >&2
 {chr(10).join(restore)}
 {switch_back}
+echo "$(date +%s) {release_id} failed" >> {q(paths.root + '/history')}
 {daemon_reload}
 {undo}
 if [ -z {q(previous or "")} ]; then exit 1; fi

@@ -41,11 +41,12 @@ class AppPlan:
 
     def rolled_back(self, state: ReleasesState, where: str) -> AppPlan:
         """This app's plan for a rollback: the release that ran before `current`."""
-        target = previous_release(state.history, state.current)
+        target = previous_release(state.history, state.current, state.failed)
         if target is None or target not in state.releases:
             raise InvalidSettings([
                 f"{where}: rollback=True: no previous release of {self.paths.app} to go back to "
-                f"(current {state.current}, history {state.history[-5:]}, "
+                f"(current {state.current}, history {state.history[-5:]}, rolled back from "
+                f"{sorted(state.failed)}, "
                 f"releases on the host {sorted(state.releases)})"])
         venv_id = state.releases[target].rstrip("/").rsplit("/", 1)[-1]
         return replace(self, release_id=target, venv_id=venv_id, rollback=True)

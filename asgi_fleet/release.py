@@ -136,17 +136,30 @@ def lock_problems(lock_text: str, lock_name: str) -> list[str]:
 
 
 def parse_history(text: str) -> list[str]:
-    """Release ids in the order they were activated (a line "EPOCH RELEASE_ID" each)."""
-    return [line.split()[1] for line in text.splitlines() if len(line.split()) >= 2]
+    """Release ids in the order they were activated (a line "EPOCH RELEASE_ID"
+    each; a line "EPOCH RELEASE_ID failed" marks a rollback away from it)."""
+    return [line.split()[1] for line in text.splitlines() if len(line.split()) == 2]
 
 
-def previous_release(history: list[str], current: str | None) -> str | None:
-    """The release that ran before `current`: what a rollback goes back to."""
+def failed_releases(text: str) -> set[str]:
+    """Releases whose last word in the history is a rollback away from them."""
+    last = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            last[parts[1]] = parts[2:] == ["failed"]
+    return {release for release, failed in last.items() if failed}
+
+
+def previous_release(history: list[str], current: str | None,
+                     failed: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """The release that ran before `current`: what a rollback goes back to
+    (never one that failed its gate and was rolled back)."""
     seen_current = False
     for release in reversed(history):
         if release == current:
             seen_current = True
-        elif seen_current:
+        elif seen_current and release not in failed:
             return release
     return None
 
@@ -177,22 +190,25 @@ class ReleasesState:
     history: list[str]
     releases: dict[str, str]  # release id -> its venv dir
     venvs: list[str]
+    failed: frozenset[str] = frozenset()  # releases an activation rolled back from
 
 
 def parse_releases_state(output: str) -> ReleasesState:
-    current, history, releases, venvs = None, [], {}, []
+    current, history, releases, venvs, history_text = None, [], {}, [], []
     for line in output.splitlines():
         key, _, rest = line.strip().partition(" ")
         if key == "current" and rest:
             current = rest.rsplit("/", 1)[-1]
         elif key == "history":
             history += parse_history(rest)
+            history_text.append(rest)
         elif key == "release" and not rest.split(" ")[0].endswith(".tmp"):
             name, _, venv = rest.partition(" ")
             releases[name] = venv
         elif key == "venv":
             venvs.append(rest)
-    return ReleasesState(current, history, releases, venvs)
+    return ReleasesState(current, history, releases, venvs,
+                         frozenset(failed_releases("\n".join(history_text))))
 
 
 def venvs_to_prune(state: ReleasesState, kept_releases: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from asgi_fleet import operations, rollout
-from asgi_fleet.activation import NONE
+from asgi_fleet.activation import NONE, activation_time_limit
 from asgi_fleet.record import BROKEN
 from asgi_fleet.settings import InvalidSettings, app_settings, lb_address
 from tasks import changed, render_template
@@ -126,8 +126,7 @@ def activate_batch(state, fleet: Fleet, number: int, plans, venvs, run):
             operations.activate(
                 name=f"{title}: activate {plan.paths.app}", plan=plan, halted=halted,
                 venv_changed=lambda venv=venv: venv is not None and changed(venv), record=record,
-                # the gate, and a rollback's gate, with room to spare; never longer
-                time_limit=2 * plan.app["health_deadline"] + 30,
+                time_limit=activation_time_limit(plan.app),
             )
     if lb:  # first keep the broken out (nginx reloads), then lift the drain
         front_the_fleet(fleet, name=f"{title}: keep failed hosts out of rotation", kept_out=kept_out)

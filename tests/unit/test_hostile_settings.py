@@ -199,7 +199,7 @@ def test_app_env(defaults, value):
         paths = AppPaths("hello")
         lines = [l for l in render("app.env.j2", app=app, paths=paths).splitlines() if not l.startswith("#")]
         assert len(lines) == len(value)  # one line each: nothing spills into another assignment
-        assert [l.partition("=")[0] for l in lines] == sorted(value)
+        assert sorted(l.partition("=")[0] for l in lines) == sorted(value)
 
 
 @EXAMPLES

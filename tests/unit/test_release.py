@@ -72,7 +72,9 @@ def test_lock_without_hashes_is_refused():
     assert any("no --hash" in p for p in lock_problems("gunicorn==1\n", "x"))
 
 
-from asgi_fleet.release import parse_history, previous_release, releases_to_prune  # noqa: E402
+from asgi_fleet.release import (  # noqa: E402
+    failed_releases, parse_history, parse_releases_state, previous_release, releases_to_prune,
+)
 
 
 def test_history_and_previous_release():
@@ -157,3 +159,14 @@ def test_release_files_are_readable_by_owner_and_group_only(tmp_path):
     app, _ = make_app(tmp_path)
     with tarfile.open(fileobj=io.BytesIO(release_tarball(app))) as tar:
         assert {m.mode for m in tar.getmembers()} == {0o640}
+
+
+def test_a_rollback_never_goes_back_to_a_release_that_was_rolled_back_from():
+    # r2 failed its gate on the host and was rolled back (the script marks it)
+    text = "100 r1\n200 r2\n201 r1\n201 r2 failed\n"
+    assert failed_releases(text) == {"r2"}
+    assert previous_release(parse_history(text), "r1", failed_releases(text)) is None
+    state = parse_releases_state("current releases/r1\n" + "".join(f"history {l}\n" for l in text.splitlines()))
+    assert state.failed == {"r2"}
+    # deployed again later and healthy: no longer a failed release
+    assert failed_releases(text + "300 r2\n") == set()

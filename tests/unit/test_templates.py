@@ -5,6 +5,7 @@ import configparser
 import pytest
 from gunicorn.config import Config
 
+from asgi_fleet.activation import stop_timeout
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.settings import PROJECT_ROOT, app_settings
 from asgi_fleet.sizing import WorkerPlan
@@ -56,6 +57,8 @@ def test_service_unit(app):
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert service["KillMode"] == "mixed"
     assert int(service["TimeoutStopSec"]) > app["graceful_timeout"]
+    # the controller's time limit for an activation counts with the same stop
+    assert int(service["TimeoutStopSec"]) == stop_timeout(app)
     assert service["WorkingDirectory"] == "/srv/hello"
     assert service["ExecStart"].startswith("/srv/hello/current/.venv/bin/gunicorn ")
     assert service["User"] == service["Group"] == service["RuntimeDirectory"] == "hello"
