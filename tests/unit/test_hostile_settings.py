@@ -232,3 +232,19 @@ def runpy_defaults():
 
     loaded = runpy.run_path(str(PROJECT_ROOT / "group_data" / "all.py"))
     return {k: v for k, v in loaded.items() if not k.startswith("_")}
+
+
+# The settings above land as exactly what was set; every other one may not be
+# a free string at all (a number, a choice, a file on the controller...).
+COVERED = {"app_name", "app_module", "worker_class", "bind", "health_path", "srv_root",
+           "unit_read_write_paths", "unit_ip_address_allow", "forwarded_allow_ips",
+           "extra_system_packages", "pip_index_url", "lb_address", "app_env", "app_secrets"}
+
+
+@EXAMPLES
+@given(value=hostile.filter(lambda v: any(c in v for c in NASTY)))
+def test_every_other_setting_refuses_a_hostile_string(defaults, value):
+    from asgi_fleet.settings import RULES
+
+    for key in sorted(set(RULES) - COVERED):
+        assert outcome(defaults, key, value) is None, f"{key}={value!r} was accepted"

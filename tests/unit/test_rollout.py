@@ -141,3 +141,13 @@ def test_a_first_release_that_fails_is_stopped_not_rolled_back():
     assert script.count("systemctl daemon-reload") == 2  # units installed, then removed again
     assert "GATE-OLD" in script  # ...but never reached: the script exits before it
     assert script.index("if [ -z '' ]; then exit 1; fi") < script.index("GATE-OLD")
+
+
+def test_a_failed_load_balancer_halts_the_rollout():
+    from tasks.rollout import Fleet
+
+    fleet = Fleet(app_hosts=["web1", "web2"], batches=[["web1"], ["web2"]], budget=1, lb_apps=[],
+                  targeted=["web1", "web2"], load_balancers=["lb1"])
+    assert fleet.halted({"web1"}) is None  # within the failure budget
+    assert fleet.halted({"lb1"}) == "the load balancer failed (lb1)"
+    assert "2 hosts failed" in fleet.halted({"web1", "web2"})
