@@ -53,6 +53,20 @@ class InventoryHost:
         )
 
 
+class InventoryError(Exception):
+    """An inventory that names nothing to check: a typo must not pass as green."""
+
+
+def app_hosts_of(path: str) -> list[InventoryHost]:
+    """The app hosts of an inventory, or InventoryError saying why there are none."""
+    hosts = load_inventory(path)
+    if not hosts:
+        lbs = load_inventory(path, load_balancers=True)
+        raise InventoryError(f"inventory {path!r} has no app host (only {len(lbs)} in group lb): "
+                             "nothing to check")
+    return hosts
+
+
 def load_inventory(path: str, load_balancers: bool = False) -> list[InventoryHost]:
     """The app hosts of a pyinfra inventory file (or its load balancers), in
     inventory order, with their data.
@@ -61,10 +75,18 @@ def load_inventory(path: str, load_balancers: bool = False) -> list[InventoryHos
     monkey-patches the whole interpreter for gevent, which a test runner or a
     tool using threads and subprocesses must not inherit.
     """
-    output = subprocess.run(
+    # pyinfra reads a name that is not a file as a host name: "inventories/typo.py"
+    # would be one host of that name, unreachable, and every check skipped.
+    if path.endswith(".py") and not (PROJECT_ROOT / path).is_file():
+        raise InventoryError(f"inventory {path!r}: no such file")
+    loaded = subprocess.run(
         [sys.executable, "-m", "asgi_fleet.inventory", path], cwd=PROJECT_ROOT,
-        check=True, text=True, stdout=subprocess.PIPE,
-    ).stdout
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    if loaded.returncode != 0:
+        raise InventoryError(f"inventory {path!r} could not be loaded: "
+                             f"{(loaded.stderr.strip().splitlines() or ['?'])[-1]}")
+    output = loaded.stdout
     hosts = [InventoryHost(name, data, tuple(groups)) for name, data, groups in json.loads(output)]
     return [h for h in hosts if h.is_lb == load_balancers]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from asgi_fleet.inventory import load_inventory
+from asgi_fleet.inventory import InventoryError, app_hosts_of, load_inventory
 from asgi_fleet.plan import plan_host
 from asgi_fleet.verify import AppProbe, format_table
 
@@ -22,9 +22,14 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
+    try:
+        hosts = app_hosts_of(argv[0])
+    except InventoryError as error:
+        print(f"asgi-fleet status: {error}", file=sys.stderr)
+        return 2
     rows = [["host", "app", "release", "workers (expected/running)", "health", ""]]
     failed = False
-    for host in load_inventory(argv[0]):
+    for host in hosts:
         try:
             testinfra_host = host.testinfra_host()
             testinfra_host.check_output("true")

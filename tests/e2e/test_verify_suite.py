@@ -8,9 +8,13 @@ undoing an operator's override), and the suite passes again.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 
 import pytest
+
+from asgi_fleet.settings import PROJECT_ROOT
 
 from e2e_helpers import infra_of, run_deploy, run_verify, wait_until, fleet_hosts
 
@@ -155,3 +159,21 @@ def test_an_unreachable_host_is_reported_without_hiding_the_others(deployed, tmp
     assert "ghost: unreachable" in run.failures["test_host_is_reachable[ghost]"]
     assert run.passed >= 10  # every check of asgi-web2 still ran and passed
     assert "UNREACHABLE" in run.output
+
+
+@pytest.mark.parametrize("inventory, says", [
+    ("inventories/typo.py", "inventory 'inventories/typo.py': no such file"),
+    ("lb-only", "has no app host (only 1 in group lb): nothing to check"),
+])
+def test_an_inventory_with_nothing_to_check_fails_loudly(tmp_path, inventory, says):
+    """A typo in CI must not be green: neither verify nor status exits 0."""
+    if inventory == "lb-only":
+        inventory = str(tmp_path / "lb-only.py")
+        (tmp_path / "lb-only.py").write_text('lb = ["@docker/asgi-lb"]\n')
+    verify = subprocess.run([sys.executable, "-m", "pytest", "tests/verify", "--inventory", inventory,
+                             "-q", "-p", "no:cacheprovider"], cwd=PROJECT_ROOT, text=True,
+                            capture_output=True, timeout=300)
+    assert verify.returncode not in (0, 1) and says in verify.stderr + verify.stdout, verify
+    status = subprocess.run([sys.executable, "-m", "asgi_fleet.status", inventory], cwd=PROJECT_ROOT,
+                            text=True, capture_output=True, timeout=300)
+    assert status.returncode == 2 and says in status.stderr, status

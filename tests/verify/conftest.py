@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from asgi_fleet.commands import AppPaths
+from asgi_fleet.inventory import InventoryError, app_hosts_of
 from asgi_fleet.verify import AppProbe, format_table
 from verify_session import (
     _connections, _probes, connect, inventory_hosts, load_balancers, short, targets,
@@ -22,6 +23,23 @@ from verify_session import (
 def pytest_addoption(parser):
     parser.addoption("--inventory", default="inventories/docker.py",
                      help="the pyinfra inventory to verify (default: the local test fleet)")
+
+
+def pytest_configure(config):
+    """An inventory that cannot be loaded, or has no app host, is an error,
+    not a run that skips every check and exits 0."""
+    try:
+        app_hosts_of(config.getoption("inventory"))
+    except InventoryError as error:
+        raise pytest.UsageError(f"asgi-fleet verify: {error}") from None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run in which no check passed or failed checked nothing: not green."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    stats = reporter.stats if reporter else {}
+    if exitstatus == 0 and not stats.get("passed") and not stats.get("failed"):
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
 
 
 def pytest_generate_tests(metafunc):
