@@ -372,6 +372,10 @@ def activate_release(paths: AppPaths, *, release_id: str, previous: str | None, 
     switch_back = (switch_release(paths, previous) if previous and previous != release_id
                    else "true")
     went_back = f"releases/{previous}" if previous else "nothing (the first release: stopped)"
+    # rollback=1 must never pick a release a gate rolled back from (unless it
+    # is the one that ran before too: a config change on the same release)
+    mark_failed = (f"echo \"$(date +%s) {release_id} failed\" >> {q(paths.root + '/history')}"
+                   if previous != release_id else "true")
     return f"""
 set -u
 rm -rf {q(paths.previous_files)} && mkdir -p {q(paths.previous_files)} || exit 1
@@ -383,7 +387,7 @@ if {command} && ( {gate} ); then echo "activated: {paths.app} runs releases/{rel
 echo "rolling back {paths.app} to {went_back}" >&2
 {chr(10).join(restore)}
 {switch_back}
-echo "$(date +%s) {release_id} failed" >> {q(paths.root + '/history')}
+{mark_failed}
 {daemon_reload}
 {undo}
 if [ -z {q(previous or "")} ]; then exit 1; fi
