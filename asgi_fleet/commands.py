@@ -78,6 +78,10 @@ class AppPaths:
         return f"{self.app}.socket"
 
     @property
+    def preflight_unit(self) -> str:  # the transient unit preflight's canary runs in (no suffix)
+        return f"{self.app}-preflight"
+
+    @property
     def activation_unit(self) -> str:  # the transient unit an activation runs in
         return f"asgi-fleet-activate-{self.app}.service"
 
@@ -313,7 +317,7 @@ def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_clas
        and must answer the health endpoint with 200 within the deadline.
     Only then is the stamp written. Nothing here touches the running service.
     """
-    unit = f"{paths.app}-preflight"
+    unit = paths.preflight_unit
     sock = f"/run/{unit}/canary.sock"
     gunicorn = q(f"{release_dir}/.venv/bin/gunicorn")
     as_app = run_as_app(paths, release_dir, f"{paths.candidates}/env", deadline)
@@ -456,7 +460,7 @@ def foreign_names(paths: AppPaths) -> str:
     create: "ours" when it did (its marker, or a unit it wrote before markers
     existed), else a line per user, group, unit or path found."""
     app = q(paths.app)
-    units = " ".join(q(u) for u in (paths.service, paths.socket, f"{paths.app}-preflight.service"))
+    units = " ".join(q(u) for u in (paths.service, paths.socket, f"{paths.preflight_unit}.service"))
     dirs = " ".join(q(d) for d in (paths.root, paths.etc, paths.runtime_dir, paths.state_dir))
     return "; ".join([
         f"if [ -e {q(NAMES_DIR + '/' + paths.app)} ] || head -n1 {q(UNIT_DIR + '/' + paths.service)} "

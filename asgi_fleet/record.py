@@ -164,13 +164,17 @@ class HostRecord:
         self.run.steps[(step, self.host_name)] = app
         return app
 
+    def _other(self, host_name: str, app: str) -> dict[str, Any]:
+        """Another host's app entry, read only (a host outside the run has none)."""
+        return self.run.hosts.get(host_name, {}).get("apps", {}).get(app, {})
+
     def activation(self, host_name: str, app: str) -> str | None:
         """The activation another host's app was planned with (None: not known)."""
-        return self.run.hosts.get(host_name, {}).get("apps", {}).get(app, {}).get("activation")
+        return self._other(host_name, app).get("activation")
 
     def health(self, host_name: str, app: str) -> str | None:
         """How a host's app came out of this run's activation (None: not yet, or not in the run)."""
-        return self.run.hosts.get(host_name, {}).get("apps", {}).get(app, {}).get("health")
+        return self._other(host_name, app).get("health")
 
     def halted(self, reason: str | None) -> None:
         if reason and not self.run.rollout["halted"]:
