@@ -86,6 +86,10 @@ class AppPaths:
         return f"asgi-fleet-activate-{self.app}.service"
 
     @property
+    def activation_record(self) -> str:  # "START END STATUS" of the last activation (verify's window)
+        return f"{ACTIVATIONS_DIR}/{self.app}"
+
+    @property
     def previous_files(self) -> str:  # the live files an activation replaced, for its rollback
         return f"{self.etc}/previous"
 
@@ -474,6 +478,7 @@ def foreign_names(paths: AppPaths) -> str:
     ])
 
 
+ACTIVATIONS_DIR = "/var/lib/asgi-fleet/activations"  # each app's last activation: when, and its status
 ACTIVATION_LOGS = "/run/asgi-fleet"  # each app's last activation: what it said, root only
 LOCK_MUTEX = "/run/lock/asgi-fleet.deploy.mutex"
 
@@ -512,9 +517,15 @@ def detached(paths: AppPaths, script: str) -> str:
     (the next run's lock check reports its last line), then to stderr here.
     """
     unit, log = paths.activation_unit, f"{ACTIVATION_LOGS}/{paths.app}.log"
+    record = q(paths.activation_record)
+    # When it ran, kept across reboots: verify fails on journal alarms from
+    # that window (the deploy caused them) and only warns about older ones.
+    recorded = (f"started=$(date +%s)\n( {script}\n)\nrc=$?\n"
+                f"mkdir -p {ACTIVATIONS_DIR} && echo \"$started $(date +%s) $rc\" > {record}.new"
+                f" && mv -f {record}.new {record}\nexit $rc")
     return (f"mkdir -p -m 700 {ACTIVATION_LOGS} && systemctl reset-failed {unit} 2>/dev/null; "
             f"systemd-run --quiet --wait --collect --unit={unit} -p StandardOutput=truncate:{log} "
-            f"-p StandardError=file:{log} /bin/sh -c {q(script)}; "
+            f"-p StandardError=file:{log} /bin/sh -c {q(recorded)}; "
             f"rc=$?; cat {log} >&2; exit $rc")
 
 

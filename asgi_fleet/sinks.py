@@ -31,3 +31,9 @@ def env_file_value(value: str) -> str:
 
 # Passed to every template as functions: {{ py(app.app_module) }}.
 TEMPLATE_HELPERS = {"py": python, "env_value": env_file_value}
+
+
+def prometheus_label(value: str) -> str:
+    """A label value in Prometheus' text exposition format, quotes included."""
+    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -10,9 +10,11 @@ reads is in pure functions below, unit-tested on captured samples.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import shlex
+import time
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -22,14 +24,22 @@ from asgi_fleet.sizing import RESOURCES_PROBE, app_worker_plan, parse_resources
 
 PY_SPY = "/opt/asgi-fleet/verify-tools/bin/py-spy"
 
-# Lines in a unit's journal that mean the service is not healthy, and why.
+# Lines in a unit's journal that are events something went wrong, and why.
 JOURNAL_ALARMS = {
     "WORKER TIMEOUT": "a worker's event loop blocked past `timeout` and was killed",
     "Worker failed to boot": "a worker could not import the app or the worker class",
     "was never awaited": "a coroutine was called without await: a bug in the app",
     "Task was destroyed but it is pending": "a task was lost at shutdown or by a crash",
-    "Perhaps out of memory?": "a worker was killed by a signal, often the OOM killer",
+    "Perhaps out of memory?": "a worker was killed by SIGKILL, often the OOM killer",
+    "killed by the OOM killer": "the kernel's OOM killer killed a process of the unit",
 }
+
+# Events are not state: one worker killed once, and respawned by the master,
+# is a warning. An event fails verify when it happened during the host's last
+# activation (the deploy caused it), at or after --since, or while it keeps
+# happening: REPEAT_COUNT of one alarm within the last REPEAT_WINDOW seconds.
+REPEAT_COUNT = 3
+REPEAT_WINDOW = 600
 
 # Worker implementations an operator should recognise, by where their run() lives.
 KNOWN_WORKERS = {
@@ -99,14 +109,117 @@ def fast_stack(maps: str) -> dict[str, bool]:
     }
 
 
-def journal_alarms(journal: str) -> dict[str, list[str]]:
-    """{alarm: matching lines} for each alarm found in a journal excerpt."""
-    found: dict[str, list[str]] = {}
+@dataclass(frozen=True)
+class JournalEvent:
+    at: float  # seconds since the epoch, the host's clock
+    alarm: str  # a key of JOURNAL_ALARMS
+    line: str
+
+
+def journal_events(journal: str) -> list[JournalEvent]:
+    """The alarms in `journalctl -o short-unix` output ("1764626400.123456 host unit[pid]: ...")."""
+    events = []
     for line in journal.splitlines():
-        for alarm in JOURNAL_ALARMS:
-            if alarm in line:
-                found.setdefault(alarm, []).append(line.strip())
-    return found
+        stamp, _, message = line.strip().partition(" ")
+        try:
+            at = float(stamp)
+        except ValueError:
+            continue
+        alarm = next((a for a in JOURNAL_ALARMS if a in message), None)
+        if alarm:
+            events.append(JournalEvent(at, alarm, message))
+    return events
+
+
+@dataclass(frozen=True)
+class EventFinding:
+    """One alarm's events of one verdict: failing ones, or older ones (warnings)."""
+    alarm: str
+    count: int
+    first: float
+    last: float
+    failing: bool
+    why: str
+    example: str
+
+    def describe(self) -> str:
+        when = (f"at {utc(self.first)}" if self.count == 1
+                else f"{self.count} times, {utc(self.first)} to {utc(self.last)}")
+        return (f"{self.alarm!r} ({JOURNAL_ALARMS[self.alarm]}) {when}, {self.why}; "
+                f"e.g. {self.example[:160]}")
+
+
+def utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def judge_events(events: list[JournalEvent], *, now: float,
+                 activation: tuple[float, float] | None = None, since: float | None = None,
+                 master_started: float | None = None) -> list[EventFinding]:
+    """Which events fail the run and which are only reported (see REPEAT_COUNT).
+    What keeps happening is counted under the running master only: a restart
+    (or a master that dies itself, which the state checks see) starts afresh."""
+
+    def window(event: JournalEvent) -> str | None:
+        if activation and activation[0] <= event.at <= activation[1]:
+            return f"during the last activation ({utc(activation[0])} to {utc(activation[1])})"
+        if since is not None and event.at >= since:
+            return f"at or after --since ({utc(since)})"
+        return None
+
+    findings = []
+    for alarm in dict.fromkeys(e.alarm for e in events):
+        of_alarm = [e for e in events if e.alarm == alarm]
+        recent_since = max(now - REPEAT_WINDOW, master_started or 0)
+        recent = [e for e in of_alarm if e.at >= recent_since]
+        if len(recent) >= REPEAT_COUNT:
+            keeps = f"and it keeps happening ({len(recent)} in the last {REPEAT_WINDOW // 60} min)"
+            reasons = [keeps if e.at >= recent_since else None for e in of_alarm]
+        else:
+            reasons = [window(e) for e in of_alarm]
+        failing = [e for e, reason in zip(of_alarm, reasons) if reason]
+        older = [e for e, reason in zip(of_alarm, reasons) if not reason]
+        if failing:
+            findings.append(EventFinding(alarm, len(failing), failing[0].at, failing[-1].at, True,
+                                         "; ".join(dict.fromkeys(filter(None, reasons))),
+                                         failing[-1].line))
+        if older:
+            findings.append(EventFinding(
+                alarm, len(older), older[0].at, older[-1].at, False,
+                "outside the last activation and not recurring: a warning", older[-1].line))
+    return findings
+
+
+_DURATION = re.compile(r"(\d+)(s|m|h|d)")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str, now: float) -> float:
+    """--since as epoch seconds: an ISO 8601 time (UTC unless it has an
+    offset), epoch seconds, or a duration ago (90s, 30m, 2h, 1d)."""
+    text = value.strip()
+    if match := _DURATION.fullmatch(text):
+        return now - int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
+        return float(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--since {value!r}: want an ISO 8601 time (2026-12-01T21:00:00Z), epoch seconds, "
+            "or a duration ago (90s, 30m, 2h, 1d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def parse_activation(text: str) -> tuple[float, float] | None:
+    """(start, end) of an app's last activation, from its record ("START END RC")."""
+    words = text.split()
+    try:
+        return float(words[0]), float(words[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def seconds(systemd_usec: str) -> float:
@@ -217,12 +330,32 @@ class AppProbe:
         return seconds(self.unit_properties(self.paths.service, "TimeoutStopUSec")["TimeoutStopUSec"])
 
     @cached_property
-    def journal(self) -> str:
-        """The unit's journal since the current master started."""
+    def clock(self) -> tuple[float, float | None, tuple[float, float] | None]:
+        """The host's time now, when the master started, and the last activation's window."""
         service = shlex.quote(self.paths.service)
-        return self.run(
-            f"since=$(date -d \"$(systemctl show -p ExecMainStartTimestamp --value {service})\" +%s)"
-            f" && journalctl -u {service} --since @$since --no-pager -o cat")
+        now, master, activation = (self.run(
+            f"date +%s; systemctl show --timestamp=unix -p ExecMainStartTimestamp --value {service}; "
+            f"cat {shlex.quote(self.paths.activation_record)} 2>/dev/null; true").splitlines()
+            + ["", ""])[:3]
+        started = master.strip().lstrip("@")
+        return float(now), float(started) if started.isdigit() else None, parse_activation(activation)
+
+    def journal_findings(self, since: float | None = None) -> list[EventFinding]:
+        """The unit's alarms since the master started (or the last activation, or
+        `since`, whichever is earliest), judged by judge_events."""
+        now, master_started, activation = self.clock
+        starts = [t for t in (master_started, activation and activation[0], since) if t is not None]
+        start = min(starts, default=now - REPEAT_WINDOW)
+        alarms = " ".join(f"-e {shlex.quote(alarm)}" for alarm in JOURNAL_ALARMS)
+        out = self.run(f"journalctl -u {shlex.quote(self.paths.service)} --since @{int(start)} "
+                       f"--no-pager -o short-unix | grep -F {alarms}; true")
+        return judge_events(journal_events(out), now=now, activation=activation, since=since,
+                            master_started=master_started)
+
+    def refresh(self) -> None:
+        """Forget everything read, so that the next look reads the host again."""
+        for name in [n for n in vars(self) if isinstance(getattr(type(self), n, None), cached_property)]:
+            del self.__dict__[name]
 
     @cached_property
     def exposure(self) -> float | None:

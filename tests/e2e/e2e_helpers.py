@@ -101,15 +101,15 @@ class VerifyRun:
     passed: int
 
 
-def run_verify(tmp_path: Path, inventory: str = INVENTORY,
-               env: dict[str, str] | None = None) -> VerifyRun:
+def run_verify(tmp_path: Path, *args: str, inventory: str = INVENTORY,
+               env: dict[str, str] | None = None, select: str = "tests/verify") -> VerifyRun:
     """Run the verification suite as an operator would, and read its JUnit report."""
     import xml.etree.ElementTree as ET
 
     report = tmp_path / f"verify-{len(list(tmp_path.glob('verify-*')))}.xml"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/verify", "--inventory", inventory, "-q",
-         "-p", "no:cacheprovider", f"--junitxml={report}"],
+        [sys.executable, "-m", "pytest", select, "--inventory", inventory, "-q",
+         "-p", "no:cacheprovider", f"--junitxml={report}", *args],
         cwd=PROJECT_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
         env=os.environ | (env or {}),
     )

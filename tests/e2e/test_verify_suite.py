@@ -8,6 +8,8 @@ undoing an operator's override), and the suite passes again.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,7 +18,7 @@ import pytest
 
 from asgi_fleet.settings import PROJECT_ROOT
 
-from e2e_helpers import infra_of, run_deploy, run_verify, wait_until, fleet_hosts
+from e2e_helpers import fleet_hosts, fleet_targets, infra_of, run_deploy, run_verify, wait_until
 
 WEB1 = "@docker/asgi-web1"
 APP = "asgi-web1/hello"
@@ -115,11 +117,116 @@ BREAKS = {
 }
 
 
-def test_the_suite_passes_on_a_freshly_deployed_fleet(deployed, tmp_path):
-    run = run_verify(tmp_path)
-    assert run.returncode == 0 and not run.failures, run.output[-4000:]
-    assert run.passed >= 10 * len(fleet_hosts())
-    assert "asgi-fleet: inventories/docker.py" in run.output  # the summary table
+def promise_names(path) -> set[str]:
+    """The promises the suite makes per app (the tests that take a probe)."""
+    import ast
+    tree = ast.parse(path.read_text())
+    return {node.name.removeprefix("test_") for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+            and "probe" in [a.arg for a in node.args.args]}
+
+
+def verdicts(report: dict) -> list[tuple]:
+    return sorted((p["host"], p["app"] or "", p["promise"], p["outcome"])
+                  for p in report["promises"])
+
+
+def test_the_suite_passes_on_a_freshly_deployed_fleet_serially_and_in_parallel(deployed, tmp_path):
+    serial = run_verify(tmp_path, "--report-json", str(tmp_path / "serial.json"),
+                        "--prometheus-textfile", str(tmp_path / "verify.prom"))
+    assert serial.returncode == 0 and not serial.failures, serial.output[-4000:]
+    assert serial.passed >= 10 * len(fleet_hosts())
+    assert "asgi-fleet: inventories/docker.py" in serial.output  # the summary table
+    assert "ASGI-FLEET OK - 0 of" in serial.output  # the one-line summary for monitoring
+    report = json.loads((tmp_path / "serial.json").read_text())
+    assert (report["verdict"], report["exit_code"]) == ("ok", 0)
+    # every promise, for every host and app of the inventory
+    apps = {(t.host.name.removeprefix("@docker/"), t.plan.paths.app) for t in fleet_targets()}
+    promises = promise_names(PROJECT_ROOT / "tests/verify/test_promises.py")
+    listed = {(p["host"], p["app"], p["promise"]) for p in report["promises"] if p["app"]}
+    assert listed == {(h, a, p) for h, a in apps for p in promises}
+    assert {(row["host"], row["app"]) for row in report["table"]} == apps
+    assert len(report["promises"]) == serial.passed  # the junit and the JSON agree
+    prom = (tmp_path / "verify.prom").read_text()
+    assert prom.count("asgi_fleet_promise_ok{") == serial.passed and "asgi_fleet_verify_exit_code 0" in prom
+    # pytest-xdist, one worker per host: the same verdicts
+    parallel = run_verify(tmp_path, "-n", "2", "--report-json", str(tmp_path / "parallel.json"))
+    assert parallel.returncode == 0, parallel.output[-4000:]
+    assert verdicts(json.loads((tmp_path / "parallel.json").read_text())) == verdicts(report)
+    assert "asgi-fleet: inventories/docker.py" in parallel.output
+
+
+KILL_A_WORKER = (f"kill -9 $({WORKERS} | cut -d' ' -f1)"
+                 f" && for i in $(seq 60); do [ $({WORKERS} | wc -w) = 2 ] && break; sleep 0.5; done")
+JOURNAL_TEST = f"test_journal_has_no_alarm_from_the_last_activation_or_that_keeps_happening[{APP}]"
+JOURNAL_CHECK = f"tests/verify/test_promises.py::{JOURNAL_TEST}"
+
+
+def test_a_worker_killed_once_is_a_warning_and_one_killed_again_and_again_fails(deployed, tmp_path):
+    """Events are not state: the master respawns a killed worker, and the
+    service is healthy; only a worker that keeps dying is a failure."""
+    [web1] = [h for h in fleet_hosts() if h.name == WEB1]
+    host = infra_of(web1)
+    host.check_output(f"systemctl restart {SERVICE} && {UP}")  # a master with a clean journal
+    try:
+        host.check_output(KILL_A_WORKER)
+        once = run_verify(tmp_path, "--report-json", str(tmp_path / "once.json"), select=JOURNAL_CHECK)
+        assert once.returncode == 0 and once.passed == 1, once.output[-3000:]
+        [promise] = json.loads((tmp_path / "once.json").read_text())["promises"]
+        assert promise["outcome"] == "warn"
+        assert "Perhaps out of memory?" in promise["warnings"][0] and "a warning" in promise["warnings"][0]
+        assert "ASGI-FLEET WARNING" in once.output
+        # --since before the kill makes the same event a failure
+        since = run_verify(tmp_path, "--since", "10m", select=JOURNAL_CHECK)
+        assert since.returncode == 1 and "at or after --since" in since.failures[JOURNAL_TEST]
+        for _ in range(2):
+            host.check_output(KILL_A_WORKER)
+        looping = run_verify(tmp_path, select=JOURNAL_CHECK)
+        assert looping.returncode == 1, looping.output[-3000:]
+        message = looping.failures[JOURNAL_TEST]
+        assert re.search(r"Perhaps out of memory\?.* [3-9] times, .*and it keeps happening", message), message
+    finally:
+        host.check_output(f"systemctl restart {SERVICE} && {UP}")
+
+
+# A POST whose body never completes: the worker that took it drains for up to
+# graceful_timeout - 1 s after a reload, so the host runs one worker too many.
+SLOW_POST = ("setsid -f python3 -c \"import socket, time; s = socket.create_connection(('127.0.0.1', 8000));"
+             " s.sendall(b'POST /items HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\n"
+             "Content-Length: 64\\r\\n\\r\\n{'); time.sleep(30)\" </dev/null >/dev/null 2>&1")
+WORKER_COUNT_TEST = f"test_worker_count_matches_the_hosts_sizing[{APP}]"
+WORKER_COUNT = f"tests/verify/test_promises.py::{WORKER_COUNT_TEST}"
+
+
+def test_retry_timeout_turns_a_run_started_during_a_reload_from_fail_into_pass(deployed, tmp_path):
+    [web1] = [h for h in fleet_hosts() if h.name == WEB1]
+    host = infra_of(web1)
+    host.check_output(f"{SLOW_POST} && sleep 0.5 && systemctl reload {SERVICE}")
+    wait_until(host, f"[ $({WORKERS} | wc -w) = 3 ]")  # two new workers, one old draining
+    during = run_verify(tmp_path, select=WORKER_COUNT)
+    assert during.returncode == 1, during.output[-3000:]
+    assert "3 workers run but this host should run 2" in during.failures[WORKER_COUNT_TEST]
+    retried = run_verify(tmp_path, "--retry-timeout", "60", "--report-json", str(tmp_path / "r.json"),
+                         select=WORKER_COUNT)
+    assert retried.returncode == 0, retried.output[-3000:]
+    [promise] = json.loads((tmp_path / "r.json").read_text())["promises"]
+    assert promise["outcome"] == "pass" and promise["converged_after"] > 0, promise
+    assert "converged within --retry-timeout" in retried.output
+    assert f"{APP} worker_count_matches_the_hosts_sizing: passed after" in retried.output
+
+
+def test_a_selection_that_checks_nothing_fails(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "pytest", "tests/verify", "-q", "-p", "no:cacheprovider",
+                          "-k", "no_such_promise"], cwd=PROJECT_ROOT, text=True, capture_output=True,
+                         timeout=300)
+    assert run.returncode == 5, run  # pytest's "nothing collected": not green
+
+
+def test_bad_verify_options_are_refused_naming_the_value(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "pytest", "tests/verify", "-q", "-p", "no:cacheprovider",
+                          "--since", "last tuesday"], cwd=PROJECT_ROOT, text=True, capture_output=True,
+                         timeout=300)
+    assert run.returncode == 4 and "--since 'last tuesday': want an ISO 8601 time" in run.stderr, run
 
 
 @pytest.mark.parametrize("name", list(BREAKS))

@@ -3,7 +3,8 @@
 import pytest
 
 from asgi_fleet.verify import (
-    fast_stack, journal_alarms, module_file_patterns, recognised_worker, seconds, worker_in_stack,
+    REPEAT_COUNT, REPEAT_WINDOW, fast_stack, journal_events, judge_events,
+    module_file_patterns, parse_activation, parse_since, recognised_worker, seconds, worker_in_stack,
 )
 
 SITE = "/srv/hello/venvs/39443187d4c5/lib/python3.11/site-packages"
@@ -76,12 +77,76 @@ def test_fast_stack_reads_the_extensions_in_memory_maps():
     assert fast_stack("") == {"uvloop": False, "httptools": False}
 
 
-def test_journal_alarms():
-    journal = ("[2026-11-26 15:00:00 +0000] [12] [CRITICAL] WORKER TIMEOUT (pid:13)\n"
-               "[INFO] Booting worker with pid: 14\n"
-               "RuntimeWarning: coroutine 'handler' was never awaited\n")
-    assert set(journal_alarms(journal)) == {"WORKER TIMEOUT", "was never awaited"}
-    assert journal_alarms("[INFO] Listening at: unix:/run/x (12)\n") == {}
+NOW = 1_764_626_400.0  # 2025-12-01 22:00:00 UTC
+
+
+def journal(*lines: tuple[float, str]) -> str:
+    return "".join(f"{at:.6f} web1 gunicorn[12]: {text}\n" for at, text in lines)
+
+
+def test_journal_events_are_the_alarm_lines_with_their_time():
+    events = journal_events(
+        journal((NOW - 5, "[12] [CRITICAL] WORKER TIMEOUT (pid:13)"),
+                (NOW - 4, "[INFO] Booting worker with pid: 14"),
+                (NOW - 3, "RuntimeWarning: coroutine 'handler' was never awaited"))
+        + "-- Boot 1f2e --\n")
+    assert [(e.at, e.alarm) for e in events] == [(NOW - 5, "WORKER TIMEOUT"),
+                                                  (NOW - 3, "was never awaited")]
+    assert journal_events(journal((NOW, "[INFO] Listening at: unix:/run/x (12)"))) == []
+
+
+KILLED = "[ERROR] Worker (pid:40) was sent SIGKILL! Perhaps out of memory?"
+
+
+def test_a_worker_killed_once_after_the_activation_is_only_a_warning():
+    events = journal_events(journal((NOW - 60, KILLED)))
+    [finding] = judge_events(events, now=NOW, activation=(NOW - 300, NOW - 280))
+    assert not finding.failing and finding.count == 1
+    assert "a warning" in finding.describe() and "2025-12-01 21:59:00 UTC" in finding.describe()
+
+
+def test_alarms_during_the_last_activation_or_after_since_fail():
+    events = journal_events(journal((NOW - 3000, KILLED), (NOW - 290, KILLED), (NOW - 100, KILLED)))
+    during, older = judge_events(events, now=NOW, activation=(NOW - 300, NOW - 280))
+    assert (during.failing, during.count, during.first) == (True, 1, NOW - 290)
+    assert "during the last activation" in during.why
+    assert (older.failing, older.count) == (False, 2)
+    [since, before] = judge_events(events, now=NOW, since=NOW - 200)
+    assert (since.failing, since.count, before.count) == (True, 1, 2)
+    assert "--since" in since.why
+
+
+def test_an_alarm_that_keeps_happening_fails_whatever_the_window():
+    events = journal_events(journal(*[(NOW - 500 + 100 * i, KILLED) for i in range(REPEAT_COUNT)]))
+    [finding] = judge_events(events, now=NOW, activation=(NOW - 9000, NOW - 8990))
+    assert finding.failing and finding.count == REPEAT_COUNT and "keeps happening" in finding.why
+    # the same kills spread out over more than the window are warnings
+    spread = journal_events(journal(*[(NOW - REPEAT_WINDOW * (i + 1), KILLED)
+                                      for i in range(REPEAT_COUNT)]))
+    assert [f.failing for f in judge_events(spread, now=NOW)] == [False]
+    # a restarted master starts afresh: the kills before it are history
+    assert [f.failing for f in judge_events(events, now=NOW, master_started=NOW - 350)] == [False]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("30m", NOW - 1800), ("90s", NOW - 90), ("2h", NOW - 7200), ("1d", NOW - 86400),
+    ("1764626400", NOW), ("2025-12-01T22:00:00Z", NOW), ("2025-12-01T22:00:00", NOW),
+    ("2025-12-01T23:00:00+01:00", NOW),
+])
+def test_since_takes_a_time_or_a_duration_ago(text, expected):
+    assert parse_since(text, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "30 m", "-5m", "", "1;rm -rf /"])
+def test_since_refuses_anything_else_naming_the_option_and_what_is_allowed(text):
+    with pytest.raises(ValueError, match=r"--since .*ISO 8601.*epoch seconds.*duration ago"):
+        parse_since(text, NOW)
+
+
+def test_the_last_activation_record():
+    assert parse_activation("1764626000 1764626012 0\n") == (1764626000.0, 1764626012.0)
+    assert parse_activation("") is None
+    assert parse_activation("garbage") is None
 
 
 @pytest.mark.parametrize("text, value", [("40s", 40), ("1min 30s", 90), ("500ms", 0.5), ("infinity", float("inf"))])
