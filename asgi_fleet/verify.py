@@ -20,6 +20,7 @@ from functools import cached_property
 
 from asgi_fleet import commands
 from asgi_fleet.activation import parse_running_master
+from asgi_fleet.doctor import SAMPLE_RATE, LoopReport, analyse
 from asgi_fleet.sizing import RESOURCES_PROBE, app_worker_plan, parse_resources
 
 PY_SPY = "/opt/asgi-fleet/verify-tools/bin/py-spy"
@@ -29,10 +30,16 @@ JOURNAL_ALARMS = {
     "WORKER TIMEOUT": "a worker's event loop blocked past `timeout` and was killed",
     "Worker failed to boot": "a worker could not import the app or the worker class",
     "was never awaited": "a coroutine was called without await: a bug in the app",
-    "Task was destroyed but it is pending": "a task was lost at shutdown or by a crash",
+    "Task was destroyed but it is pending": ("a task was garbage-collected while pending: nothing "
+                                             "kept a reference to it (keep one, or use a TaskGroup)"),
     "Perhaps out of memory?": "a worker was killed by SIGKILL, often the OOM killer",
     "killed by the OOM killer": "the kernel's OOM killer killed a process of the unit",
+    "Event loop is closed": "code used the event loop after it was closed (often at shutdown)",
+    "Executing <": "asyncio debug: a callback held the event loop past slow_callback_duration",
 }
+# The alarms that are signs of async misuse (the doctor lists them)
+ASYNC_ALARMS = ("was never awaited", "Task was destroyed but it is pending",
+                "Event loop is closed", "Executing <")
 
 # Events are not state: one worker killed once, and respawned by the master,
 # is a warning. An event fails verify when it happened during the host's last
@@ -351,6 +358,38 @@ class AppProbe:
                        f"--no-pager -o short-unix | grep -F {alarms}; true")
         return judge_events(journal_events(out), now=now, activation=activation, since=since,
                             master_started=master_started)
+
+    def loop_reports(self, seconds: int) -> list[LoopReport]:
+        """Each worker's event-loop thread, sampled side by side for `seconds`
+        with py-spy (--nonblocking: the workers are not paused), and judged
+        by asgi_fleet.doctor."""
+        if not self.workers:
+            return []
+        record = (f"timeout {int(seconds) + 30} {PY_SPY} record --pid $pid --duration {int(seconds)}"
+                  f" --rate {SAMPLE_RATE} --idle --nonblocking --format speedscope -o $dir/$pid.json")
+        out = self.run(
+            f"dir=$(mktemp -d) && for pid in {' '.join(str(w.pid) for w in self.workers)}; do "
+            f"{record} >/dev/null 2>&1 & done; wait; "
+            "for f in $dir/*.json; do [ -s \"$f\" ] && printf '\\n==sample %s\\n' \"$(basename $f .json)\" "
+            "&& cat \"$f\"; done; rm -rf \"$dir\"")
+        profiles = {}
+        for part in out.split("\n==sample ")[1:]:
+            pid, _, text = part.partition("\n")
+            try:
+                profiles[int(pid)] = json.loads(text)
+            except ValueError:
+                continue
+        dirs = (self.paths.releases + "/", self.paths.current + "/")
+        reports = [analyse(pid, doc, dirs) for pid, doc in profiles.items()]
+        # name the C function an app line calls (time.sleep, a C driver) from its source
+        leaves = sorted({s.frame.site for r in reports for s in r.sites if s.callee == "a C function"})
+        if not leaves:
+            return reports
+        lines = self.run("; ".join(
+            f"printf '%s\\t' {shlex.quote(site)}; sed -n {int(site.rsplit(':', 1)[1])}p "
+            f"{shlex.quote(site.rsplit(':', 1)[0])} | head -c 300; echo" for site in leaves))
+        source = dict(line.split("\t", 1) for line in lines.splitlines() if "\t" in line)
+        return [analyse(pid, doc, dirs, source) for pid, doc in profiles.items()]
 
     def refresh(self) -> None:
         """Forget everything read, so that the next look reads the host again."""

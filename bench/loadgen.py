@@ -8,6 +8,7 @@ appears or after --max-seconds, whichever comes first, and prints JSON:
     {"requests": N, "failed": F, "errors": {"kind": count}, "releases": {...},
      "by_mode": {"keepalive": {...}, "close": {...}}, "seconds": S}
 
+--get PATH sends only GET PATH (the async doctor's tests load one endpoint).
 Options for latency work (all off by default, so the output above is unchanged):
 --rate R paces every client to R requests per second (an open schedule: a
 client that falls behind sends at once, it never bursts to catch up);
@@ -35,8 +36,9 @@ POST_BODY = json.dumps({"name": "widget", "quantity": 2}).encode()
 
 class Client(threading.Thread):
     def __init__(self, host: str, port: int, keepalive: bool, until: float, stop_file: str,
-                 timeout: float, rate: float = 0.0, record: bool = False):
+                 timeout: float, rate: float = 0.0, record: bool = False, get: str | None = None):
         super().__init__(daemon=True)
+        self.get = get  # only GET this path, instead of alternating GET / and POST /items
         self.host, self.port, self.keepalive = host, port, keepalive
         self.until, self.stop_file, self.timeout = until, stop_file, timeout
         self.interval = 1.0 / rate if rate > 0 else 0.0
@@ -64,7 +66,7 @@ class Client(threading.Thread):
             ok = 0
             if connection is None:
                 connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            post = self.requests % 2 == 1
+            post = self.get is None and self.requests % 2 == 1
             headers = {} if self.keepalive else {"Connection": "close"}
             self.requests += 1
             try:
@@ -72,7 +74,7 @@ class Client(threading.Thread):
                     headers["Content-Type"] = "application/json"
                     connection.request("POST", "/items", body=POST_BODY, headers=headers)
                 else:
-                    connection.request("GET", "/", headers=headers)
+                    connection.request("GET", self.get or "/", headers=headers)
                 response = connection.getresponse()
                 body = response.read()
                 if not 200 <= response.status < 300:
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", help="write the JSON here as well as to stdout")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="requests per second per client (0: as fast as possible)")
+    parser.add_argument("--get", metavar="PATH", help="only GET PATH (default: GET / and POST /items)")
     parser.add_argument("--records", help="write one CSV line per request here")
     parser.add_argument("--buckets", action="store_true", help="add per-second buckets")
     args = parser.parse_args(argv)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.monotonic()
     until = start + args.max_seconds
     clients = [Client(args.host, args.port, keepalive, until, args.stop_file, args.timeout,
-                      args.rate, record)
+                      args.rate, record, args.get)
                for keepalive in (True, False) for _ in range(args.clients)]
     for client in clients:
         client.start()

@@ -38,6 +38,8 @@ BENCHMARKS = [
     ("activation_latency", "Activation under load: the stock recipe against asgi-fleet", []),
     ("rolling_deploy", "One rolling deploy through the load balancer", []),
     ("throughput", "Served throughput on one host", ["--rounds", "2"]),
+    ("verify_scale", "Verify at fleet scale: serial against pytest-xdist", []),
+    ("doctor_cost", "What the async doctor's sampling costs in throughput", []),
 ]
 
 

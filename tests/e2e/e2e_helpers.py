@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,14 +104,17 @@ class VerifyRun:
 
 
 def run_verify(tmp_path: Path, *args: str, inventory: str = INVENTORY,
-               env: dict[str, str] | None = None, select: str = "tests/verify") -> VerifyRun:
-    """Run the verification suite as an operator would, and read its JUnit report."""
+               env: dict[str, str] | None = None, select: str = "tests/verify",
+               loop_seconds: int = 0) -> VerifyRun:
+    """Run the verification suite as an operator would, and read its JUnit report.
+    The event-loop sampling (1 s per app) is off unless a test asks for it."""
     import xml.etree.ElementTree as ET
 
     report = tmp_path / f"verify-{len(list(tmp_path.glob('verify-*')))}.xml"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", select, "--inventory", inventory, "-q",
-         "-p", "no:cacheprovider", f"--junitxml={report}", *args],
+         "-p", "no:cacheprovider", f"--junitxml={report}", "--loop-seconds", str(loop_seconds),
+         *args],
         cwd=PROJECT_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
         env=os.environ | (env or {}),
     )
@@ -136,3 +141,29 @@ def wait_until(host, condition: str, timeout: float = 60) -> None:
 def probe_of(target: Target):
     """The verification suite's probe of one app, for reading its live state."""
     return AppProbe(target.id, infra_of(target.host), target.plan.app, target.plan.paths)
+
+
+class HostLoad:
+    """bench/loadgen.py on a test host, as a transient unit: it stops when the
+    block ends, or after `max_seconds` by itself. `result` is its JSON."""
+
+    def __init__(self, host, container: str, *args: str, max_seconds: int = 600):
+        self.host, self.container, self.args, self.max_seconds = host, container, args, max_seconds
+
+    def __enter__(self):
+        subprocess.run(["docker", "cp", str(PROJECT_ROOT / "bench" / "loadgen.py"),
+                        f"{self.container}:/tmp/loadgen.py"], check=True)
+        self.host.run("systemctl stop asgi-fleet-loadgen 2>/dev/null; rm -f /tmp/loadgen.stop /tmp/loadgen.json")
+        self.host.check_output(
+            "systemd-run --quiet --collect --unit=asgi-fleet-loadgen python3 /tmp/loadgen.py "
+            f"--max-seconds {int(self.max_seconds)} --stop-file /tmp/loadgen.stop "
+            f"--output /tmp/loadgen.json " + " ".join(shlex.quote(a) for a in self.args))
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        self.host.run("touch /tmp/loadgen.stop")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.host.run("test -e /tmp/loadgen.json").rc:
+            time.sleep(0.5)
+        self.result = json.loads(self.host.check_output("cat /tmp/loadgen.json"))

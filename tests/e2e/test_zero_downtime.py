@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from asgi_fleet.settings import PROJECT_ROOT
-from e2e_helpers import app_variants, fleet_hosts, infra_of, run_deploy
+from e2e_helpers import HostLoad, app_variants, fleet_hosts, infra_of, run_deploy
 
 HOST = "@docker/asgi-web1"
 CONTAINER = "asgi-web1"
@@ -60,28 +60,8 @@ def alternative_lock() -> Path:
     return PROJECT_ROOT / "tests" / "e2e" / "data" / "requirements-with-six.lock"
 
 
-class Load:
-    """bench/loadgen.py running on the host as a transient unit, bounded in time."""
-
-    def __init__(self, host):
-        self.host = host
-
-    def __enter__(self):
-        subprocess.run(["docker", "cp", str(PROJECT_ROOT / "bench" / "loadgen.py"),
-                        f"{CONTAINER}:/tmp/loadgen.py"], check=True)
-        self.host.run("systemctl stop asgi-fleet-loadgen 2>/dev/null; rm -f /tmp/loadgen.stop /tmp/loadgen.json")
-        self.host.check_output(
-            "systemd-run --quiet --collect --unit=asgi-fleet-loadgen python3 /tmp/loadgen.py "
-            "--clients 6 --max-seconds 600 --stop-file /tmp/loadgen.stop --output /tmp/loadgen.json")
-        time.sleep(1)
-        return self
-
-    def __exit__(self, *exc):
-        self.host.run("touch /tmp/loadgen.stop")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and self.host.run("test -e /tmp/loadgen.json").rc:
-            time.sleep(0.5)
-        self.result = json.loads(self.host.check_output("cat /tmp/loadgen.json"))
+def Load(host) -> HostLoad:  # six clients per mode, on the host under test
+    return HostLoad(host, CONTAINER, "--clients", "6")
 
 
 def master_pid(host) -> str:

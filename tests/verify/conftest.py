@@ -29,9 +29,6 @@ from verify_session import (
 
 RETRY_INTERVAL = 1.0  # seconds between two tries of a failing check (--retry-timeout)
 SINCE = pytest.StashKey[float | None]()
-RESULTS = pytest.StashKey[dict[str, results_report.PromiseResult]]()
-TABLE = pytest.StashKey[dict[tuple[str, str], dict]]()
-EXIT = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser):
@@ -45,6 +42,9 @@ def pytest_addoption(parser):
     group.addoption("--retry-timeout", type=float, default=0, metavar="SECONDS",
                     help="retry failing state checks until they pass or SECONDS are up "
                          "(right after a deploy, old workers may still be draining)")
+    group.addoption("--loop-seconds", type=int, default=1, metavar="SECONDS",
+                    help="sample each worker's event loop this long for synchronous calls "
+                         "that block it (the async doctor's check; 0: skip it)")
     group.addoption("--report-json", default=None, metavar="FILE",
                     help="write every promise per host and app, with its outcome, as JSON")
     group.addoption("--prometheus-textfile", default=None, metavar="FILE",
@@ -55,6 +55,7 @@ def pytest_configure(config):
     """An inventory that cannot be loaded, or has no app host, is an error,
     not a run that skips every check and exits 0."""
     config.addinivalue_line("markers", "events: reports events, not state (never retried)")
+    config.addinivalue_line("markers", "sampled: measures live traffic over time (never retried)")
     try:
         app_hosts_of(config.getoption("inventory"))
     except InventoryError as error:
@@ -64,16 +65,13 @@ def pytest_configure(config):
         config.stash[SINCE] = parse_since(since, time.time()) if since else None
     except ValueError as error:
         raise pytest.UsageError(f"asgi-fleet verify: {error}") from None
+    if config.getoption("loop_seconds") < 0:
+        raise pytest.UsageError("asgi-fleet verify: --loop-seconds must be 0 or more seconds")
     if config.getoption("retry_timeout") < 0:
         raise pytest.UsageError("asgi-fleet verify: --retry-timeout must be 0 or more seconds")
     if getattr(config.option, "dist", "no") == "load":  # -n: keep each host in one worker
         config.option.dist = "loadgroup"
-    config.stash[RESULTS], config.stash[TABLE] = {}, {}
-    global _config
-    _config = config  # pytest_runtest_logreport is given no config
-
-
-_config: pytest.Config | None = None
+    config.pluginmanager.register(VerifyResults(config), "asgi-fleet-verify-results")
 
 
 def pytest_generate_tests(metafunc):
@@ -102,7 +100,7 @@ def pytest_collection_modifyitems(items):
             host, app = short((params.get("inventory_host") or params["lb_host"]).name), None
         else:
             continue
-        item.user_properties += [("host", host), ("app", app),
+        item.user_properties += [("host", host), *([("app", app)] if app else []),
                                  ("promise", item.originalname.removeprefix("test_"))]
         item.add_marker(pytest.mark.xdist_group(host))
 
@@ -133,7 +131,7 @@ def pytest_pyfunc_call(pyfuncitem):
     """--retry-timeout: run a failing state check again, on a fresh read of
     the host, until it passes or the time is up."""
     budget = pyfuncitem.config.getoption("retry_timeout")
-    if not budget or pyfuncitem.get_closest_marker("events"):
+    if not budget or pyfuncitem.get_closest_marker("events") or pyfuncitem.get_closest_marker("sampled"):
         return None
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     started, attempts = time.monotonic(), 0
@@ -160,98 +158,96 @@ def pytest_pyfunc_call(pyfuncitem):
 
 
 def _crash_message(test_report) -> str:
-    crash = getattr(test_report.longrepr, "reprcrash", None)
-    text = crash.message if crash else str(test_report.longrepr)
     if isinstance(test_report.longrepr, tuple):  # a skip: (file, line, reason)
         text = test_report.longrepr[2]
+    else:
+        crash = getattr(test_report.longrepr, "reprcrash", None)
+        text = crash.message if crash else str(test_report.longrepr)
     text = text.removeprefix("AssertionError: ").removeprefix("Failed: ").removeprefix("Skipped: ")
     return text.split("\nassert ", 1)[0].strip()
-
-
-def pytest_runtest_logreport(report):
-    """Fold each phase's report into its promise's result (on the xdist controller too)."""
-    config = _config
-    properties = report.user_properties
-    named = dict(p for p in properties if p[0] in ("host", "app", "promise"))
-    if "promise" not in named or config is None:
-        return
-    results = config.stash[RESULTS]
-    result = results.setdefault(report.nodeid, results_report.PromiseResult(
-        named["host"], named["app"], named["promise"]))
-    if report.failed and result.outcome != "fail":
-        result.outcome, result.message = "fail", _crash_message(report)
-    elif report.skipped and result.outcome == "pass":
-        result.outcome, result.message = "skip", _crash_message(report)
-    result.warnings = [value for key, value in properties if key == "warning"]
-    if result.warnings and result.outcome == "pass":
-        result.outcome = "warn"
-    for key, value in properties:
-        if key == "converged_after":
-            result.converged_after = value
-        elif key == "retried" and report.failed:
-            result.message += f" ({value})"
-        elif key == "summary" and named["app"]:
-            config.stash[TABLE][(named["host"], named["app"])] = value
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """A run in which no check passed or failed checked nothing: not green.
-    Then the machine-readable results (on the xdist controller only)."""
-    config = session.config
-    if hasattr(config, "workerinput"):
-        return
-    results = list(config.stash[RESULTS].values())
-    if exitstatus == 0 and not any(r.outcome in ("pass", "warn", "fail") for r in results):
-        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
-    code = int(session.exitstatus)
-    config.stash[EXIT] = code
-    finished = time.time()
-    if path := config.getoption("report_json"):
-        doc = results_report.document(config.getoption("inventory"), results, _table_rows(config), code,
-                              finished)
-        results_report.write_atomically(path, results_report.json_text(doc))
-    if path := config.getoption("prometheus_textfile"):
-        results_report.write_atomically(path, results_report.prometheus_text(results, code, finished))
 
 
 TABLE_COLUMNS = ["host", "app", "release", "workers", "worker class", "loop", "http parser",
                  "health", "exposure"]
 
 
-def _table_rows(config) -> list[dict]:
-    """The summary table, one row per checked app (UNREACHABLE for a host that was not)."""
-    unreachable = {r.host for r in config.stash[RESULTS].values()
-                   if r.promise == "host_is_reachable" and r.outcome == "fail"}
-    rows = []
-    for host, app in targets(config.getoption("inventory")):
-        name, app_name = short(host.name), app["app_name"]
-        if (name, app_name) in config.stash[TABLE]:
-            rows.append({"host": name, "app": app_name, **config.stash[TABLE][(name, app_name)]})
-        elif name in unreachable:
-            rows.append({"host": name, "app": app_name, "release": "UNREACHABLE"})
-    return rows
+class VerifyResults:
+    """Each promise's result, folded from the test reports (which the xdist
+    controller receives from its workers too), and what is made of them: the
+    exit code, the JSON report, the Prometheus textfile, the table."""
 
+    def __init__(self, config):
+        self.config = config
+        self.results: dict[str, results_report.PromiseResult] = {}  # by test node id
+        self.table: dict[tuple[str, str], dict] = {}  # (host, app): the summary row
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if hasattr(config, "workerinput"):
-        return
-    results = list(config.stash[RESULTS].values())
-    rows = _table_rows(config)
-    if rows:
-        terminalreporter.section(f"asgi-fleet: {config.getoption('inventory')}")
-        for line in format_table([TABLE_COLUMNS] + [[row.get(c, "-") for c in TABLE_COLUMNS]
-                                                    for row in rows]):
-            terminalreporter.write_line(line)
-    warnings = [w for r in results for w in r.warnings]
-    if warnings:
-        terminalreporter.section("asgi-fleet: warnings (older journal events)")
-        for warning in warnings:
-            terminalreporter.write_line(warning)
-    converged = [r for r in results if r.converged_after is not None]
-    if converged:
-        terminalreporter.section("asgi-fleet: converged within --retry-timeout")
-        for r in converged:
-            terminalreporter.write_line(f"{r.label} {r.promise}: passed after {r.converged_after} s")
-    if results:
-        terminalreporter.write_line(results_report.nagios_line(results))
+    def pytest_runtest_logreport(self, report):
+        properties = report.user_properties
+        named = dict(p for p in properties if p[0] in ("host", "app", "promise"))
+        if "promise" not in named:
+            return
+        result = self.results.setdefault(report.nodeid, results_report.PromiseResult(
+            named["host"], named.get("app"), named["promise"]))
+        if report.failed and result.outcome != "fail":
+            result.outcome, result.message = "fail", _crash_message(report)
+        elif report.skipped and result.outcome == "pass":
+            result.outcome, result.message = "skip", _crash_message(report)
+        result.warnings = [value for key, value in properties if key == "warning"]
+        if result.warnings and result.outcome == "pass":
+            result.outcome = "warn"
+        for key, value in properties:
+            if key == "converged_after":
+                result.converged_after = value
+            elif key == "retried" and report.failed and value not in result.message:
+                result.message += f" ({value})"
+            elif key == "summary" and "app" in named:
+                self.table[(named["host"], named["app"])] = value
 
+    def pytest_sessionfinish(self, session, exitstatus):
+        """A run in which no check passed or failed checked nothing: not green.
+        Then the machine-readable results (on the xdist controller only)."""
+        if hasattr(self.config, "workerinput"):
+            return
+        results = list(self.results.values())
+        if exitstatus == 0 and not any(r.outcome in ("pass", "warn", "fail") for r in results):
+            session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+        code, finished = int(session.exitstatus), time.time()
+        if path := self.config.getoption("report_json"):
+            doc = results_report.document(self.config.getoption("inventory"), results,
+                                          self.rows(), code, finished)
+            results_report.write_atomically(path, results_report.json_text(doc))
+        if path := self.config.getoption("prometheus_textfile"):
+            results_report.write_atomically(path, results_report.prometheus_text(results, code, finished))
+
+    def rows(self) -> list[dict]:
+        """The summary table, one row per checked app (UNREACHABLE for a host that was not)."""
+        unreachable = {r.host for r in self.results.values()
+                       if r.promise == "host_is_reachable" and r.outcome == "fail"}
+        rows = []
+        for host, app in targets(self.config.getoption("inventory")):
+            name, app_name = short(host.name), app["app_name"]
+            if (name, app_name) in self.table:
+                rows.append({"host": name, "app": app_name, **self.table[(name, app_name)]})
+            elif name in unreachable:
+                rows.append({"host": name, "app": app_name, "release": "UNREACHABLE"})
+        return rows
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if hasattr(self.config, "workerinput"):
+            return
+        results = list(self.results.values())
+        if rows := self.rows():
+            terminalreporter.section(f"asgi-fleet: {self.config.getoption('inventory')}")
+            for line in format_table([TABLE_COLUMNS] + [[row.get(c, "-") for c in TABLE_COLUMNS]
+                                                        for row in rows]):
+                terminalreporter.write_line(line)
+        if warnings := [w for r in results for w in r.warnings]:
+            terminalreporter.section("asgi-fleet: warnings (older journal events)")
+            for warning in warnings:
+                terminalreporter.write_line(warning)
+        if converged := [r for r in results if r.converged_after is not None]:
+            terminalreporter.section("asgi-fleet: converged within --retry-timeout")
+            for r in converged:
+                terminalreporter.write_line(f"{r.label} {r.promise}: passed after {r.converged_after} s")
+        if results:
+            terminalreporter.write_line(results_report.nagios_line(results))

@@ -9,6 +9,7 @@ import pytest
 
 from asgi_fleet import commands
 
+from asgi_fleet.doctor import FIX, describe_site
 from asgi_fleet.verify import AppProbe, fast_stack, recognised_worker, worker_in_stack
 from verify_session import connect, short
 
@@ -142,6 +143,25 @@ def test_journal_has_no_alarm_from_the_last_activation_or_that_keeps_happening(
     failing = [f for f in findings if f.failing]
     assert not failing, f"{probe.label}: the journal of {probe.paths.service} says:\n" + "\n".join(
         f"  {finding.describe()}" for finding in failing)
+
+
+@pytest.mark.sampled
+def test_event_loop_is_not_blocked_by_a_synchronous_call(probe: AppProbe, request):
+    """The async doctor's check: sampled while traffic flows, no worker's
+    event loop may spend BLOCKED_SHARE of its time in one synchronous call."""
+    seconds = request.config.getoption("loop_seconds")
+    if not seconds:
+        pytest.skip(f"{probe.label}: --loop-seconds 0: the event loop was not sampled")
+    reports = probe.loop_reports(seconds)
+    judged = [r for r in reports if r.judged]
+    if not judged:
+        busiest = max((r.busy_share for r in reports), default=0)
+        pytest.skip(f"{probe.label}: no traffic to judge: {len(reports)} workers sampled for "
+                    f"{seconds} s spent at most {busiest:.0%} outside the loop's poll")
+    blocked = [(r, site) for r in judged for site in r.blocked]
+    assert not blocked, f"{probe.label}: the event loop is blocked by synchronous calls:\n" + "\n".join(
+        f"  worker {r.pid}: {describe_site(site)} (longest stall {r.longest_stall:.2f} s)"
+        for r, site in blocked) + f"\n  fix: {FIX}"
 
 
 EXPOSURE_THRESHOLD = 1.5  # systemd-analyze security: 0 is locked down, 10 is exposed
