@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 BLOCKED_SHARE = 0.2  # of a worker's loop-thread samples, in one call site
 TRAFFIC_SHARE = 0.02  # of the samples outside the poll: less is an idle worker
-SAMPLE_RATE = 100  # py-spy samples per second
+SAMPLE_RATE = 20  # py-spy samples per second: 2% of a saturated worker's throughput (bench/doctor_cost.py)
 
 FIX = ("await an async client instead, or move the call off the loop: "
        "`await asyncio.to_thread(f, ...)`, `await anyio.to_thread.run_sync(f, ...)` or "

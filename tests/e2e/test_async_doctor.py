@@ -53,7 +53,7 @@ def doctor(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 def test_a_sync_call_in_async_def_under_load_fails_naming_file_line_and_call(demo, tmp_path):
     with loaded(demo, "--get", "/blocking") as load:
-        run = run_verify(tmp_path, select=LOOP_CHECK, loop_seconds=2)
+        run = run_verify(tmp_path, select=LOOP_CHECK, loop_seconds=3)
         found = doctor(tmp_path, "--seconds", "2")
     assert load.result["requests"] > 0
     assert run.returncode == 1, run.output[-3000:]
@@ -76,7 +76,7 @@ def test_a_sync_call_in_async_def_under_load_fails_naming_file_line_and_call(dem
 def test_well_behaved_async_load_passes(demo, tmp_path, shape):
     with loaded(demo, *shape):
         run = run_verify(tmp_path, "--report-json", str(tmp_path / "r.json"), select=LOOP_CHECK,
-                         loop_seconds=2)
+                         loop_seconds=3)
     assert run.returncode == 0 and not run.failures, run.output[-3000:]
     [promise] = json.loads((tmp_path / "r.json").read_text())["promises"]
     assert promise["outcome"] == "pass", promise  # judged (not skipped for want of traffic)

@@ -42,7 +42,7 @@ def pytest_addoption(parser):
     group.addoption("--retry-timeout", type=float, default=0, metavar="SECONDS",
                     help="retry failing state checks until they pass or SECONDS are up "
                          "(right after a deploy, old workers may still be draining)")
-    group.addoption("--loop-seconds", type=int, default=1, metavar="SECONDS",
+    group.addoption("--loop-seconds", type=int, default=3, metavar="SECONDS",
                     help="sample each worker's event loop this long for synchronous calls "
                          "that block it (the async doctor's check; 0: skip it)")
     group.addoption("--report-json", default=None, metavar="FILE",
