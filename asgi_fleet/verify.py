@@ -179,11 +179,9 @@ def judge_events(events: list[JournalEvent], *, now: float,
         of_alarm = [e for e in events if e.alarm == alarm]
         recent_since = max(now - REPEAT_WINDOW, master_started or 0)
         recent = [e for e in of_alarm if e.at >= recent_since]
-        if len(recent) >= REPEAT_COUNT:
-            keeps = f"and it keeps happening ({len(recent)} in the last {REPEAT_WINDOW // 60} min)"
-            reasons = [keeps if e.at >= recent_since else None for e in of_alarm]
-        else:
-            reasons = [window(e) for e in of_alarm]
+        keeps = (f"and it keeps happening ({len(recent)} in the last {REPEAT_WINDOW // 60} min)"
+                 if len(recent) >= REPEAT_COUNT else None)
+        reasons = [keeps if keeps and e.at >= recent_since else window(e) for e in of_alarm]
         failing = [e for e, reason in zip(of_alarm, reasons) if reason]
         older = [e for e, reason in zip(of_alarm, reasons) if not reason]
         if failing:

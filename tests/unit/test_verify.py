@@ -124,6 +124,11 @@ def test_an_alarm_that_keeps_happening_fails_whatever_the_window():
     spread = journal_events(journal(*[(NOW - REPEAT_WINDOW * (i + 1), KILLED)
                                       for i in range(REPEAT_COUNT)]))
     assert [f.failing for f in judge_events(spread, now=NOW)] == [False]
+    # what keeps happening now, and what happened during the activation, both fail
+    during = journal_events(journal((NOW - 9000, KILLED))) + events
+    [finding] = judge_events(during, now=NOW, activation=(NOW - 9001, NOW - 8990))
+    assert finding.failing and finding.count == REPEAT_COUNT + 1
+    assert "keeps happening" in finding.why and "during the last activation" in finding.why
     # a restarted master starts afresh: the kills before it are history
     assert [f.failing for f in judge_events(events, now=NOW, master_started=NOW - 350)] == [False]
 
