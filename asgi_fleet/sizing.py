@@ -114,6 +114,18 @@ def parse_resources(output: str) -> HostResources:
     )
 
 
+def resources_from_agent(found: dict) -> HostResources:
+    """HostResources from the agent's `state` document (its "resources")."""
+    if found.get("mem_total_kb") is None:
+        raise ValueError(f"incomplete resources from the agent: {found!r}")
+    return HostResources(
+        online_cpus=found["online_cpus"],
+        affinity_cpus=found["affinity_cpus"],
+        quota_cpus=min(found["cpu_quotas"]) if found["cpu_quotas"] else None,
+        memory_mb=min([found["mem_total_kb"] // 1024, *found["memory_limits_mb"]]),
+    )
+
+
 @dataclass(frozen=True)
 class WorkerPlan:
     count: int
