@@ -1,6 +1,6 @@
 """asgi-fleet's program on each host: JSON in, JSON out. Standard library only.
 
-    python3 /opt/asgi-fleet/agent.py state REQUEST_JSON
+    python3 /opt/asgi-fleet/agent.py state|lock|prune REQUEST_JSON
 
 `state` reads, in one round trip, everything the controller needs to decide
 what a host needs, for every app the request names:
@@ -15,6 +15,9 @@ what a host needs, for every app the request names:
 - each unit's load, active and enabled states;
 - the last activation's record, the deploy lock's holder, and the files of
   a flag directory (a load balancer's drain flags).
+
+`lock` takes, gives back or reports the host's deploy lock; `prune` deletes
+releases and virtualenvs the controller chose. Each prints one JSON object.
 
 The request says where things are (the controller's AppPaths): this program
 knows no layout of its own. What it cannot read is reported as null, never
@@ -209,7 +212,83 @@ def state(request: dict) -> dict:
     }
 
 
-COMMANDS = {"state": state}
+def _holder_report(request: dict, systemctl: str) -> dict:
+    """Who holds the lock, which activations still run, and each app's last words."""
+    try:
+        out = subprocess.run([systemctl, "list-units", "--no-legend", "--plain",
+                              "--state=activating,active", request.get("activation_units", "asgi-fleet-activate-*")],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    last_words = {}
+    logs = request.get("logs_dir")
+    for name in sorted(os.listdir(logs)) if logs and os.path.isdir(logs) else []:
+        lines = (read_text(os.path.join(logs, name)) or "").splitlines()
+        if name.endswith(".log") and lines:
+            last_words[name[:-4]] = lines[-1]
+    return {"holder": (read_text(request["lock"]) or "").strip() or None,
+            "activating": [line.split()[0] for line in out.splitlines() if line.split()],
+            "last_words": last_words}
+
+
+def lock(request: dict) -> dict:
+    """take: create the lock (atomically, O_EXCL) with `owner`, replacing it
+    only if it is exactly `stale` (a holder the controller found gone; under
+    a mutex, so two runs that found it stale cannot both take it); give:
+    remove it if `run_id` holds it; status: who holds it."""
+    import fcntl
+
+    path, action = request["lock"], request["action"]
+    systemctl = request.get("systemctl", "systemctl")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if action == "status":
+        return {"outcome": "held" if read_text(path) else "free", **_holder_report(request, systemctl)}
+    with open(request.get("mutex", path + ".mutex"), "w") as mutex:
+        deadline = time.monotonic() + float(request.get("mutex_wait", 10))
+        while True:
+            try:
+                fcntl.flock(mutex, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return {"outcome": "busy", "error": f"{mutex.name} stayed locked"}
+                time.sleep(0.1)
+        held = (read_text(path) or "").strip()
+        if action == "give":
+            if held.split(" ", 1)[0] == request["run_id"]:
+                os.unlink(path)
+                return {"outcome": "given"}
+            return {"outcome": "not ours", "holder": held or None}
+        if held and request.get("stale") and held == request["stale"].strip():
+            os.unlink(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return {"outcome": "held", **_holder_report(request, systemctl)}
+        with os.fdopen(fd, "w") as f:
+            f.write(request["owner"].strip() + "\n")
+        return {"outcome": "acquired"}
+
+
+def prune(request: dict) -> dict:
+    """Delete the named releases and virtualenvs of one app (the controller
+    decides which: asgi_fleet.release.releases_to_prune); names only, never paths."""
+    import shutil
+
+    removed, refused = [], []
+    for kind in ("releases", "venvs"):
+        for name in request.get(kind, []):
+            if not name or "/" in name or name in (".", ".."):
+                refused.append(f"{kind}/{name}")
+                continue
+            target = os.path.join(request["root"], kind, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+                removed.append(f"{kind}/{name}")
+    return {"outcome": "refused" if refused else "pruned", "removed": removed, "refused": refused}
+
+
+COMMANDS = {"state": state, "lock": lock, "prune": prune}
 
 
 def main(argv: list[str]) -> int:

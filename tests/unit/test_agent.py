@@ -136,8 +136,53 @@ def test_resources_agree_with_the_shell_probe_on_this_machine():
     assert resources_from_agent(state({})["resources"]) == parse_resources(probe.stdout)
 
 
+def lock(tmp_path, **request) -> dict:
+    run = agent("lock", json.dumps({"lock": str(tmp_path / "lock" / "deploy"),
+                                    "systemctl": str(tmp_path / "absent"),
+                                    "logs_dir": str(tmp_path / "logs"), **request}))
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_the_lock_is_taken_once_given_back_by_its_holder_and_replaced_only_when_stale(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "hello.log").write_text("activating\nrolled back: hello runs releases/r1 again\n")
+    assert lock(tmp_path, action="take", owner="run-1 ops@laptop 100") == {"outcome": "acquired"}
+    held = lock(tmp_path, action="take", owner="run-2 ci@runner 200")
+    assert held["outcome"] == "held" and held["holder"] == "run-1 ops@laptop 100"
+    assert held["last_words"] == {"hello": "rolled back: hello runs releases/r1 again"}
+    # a stale holder is replaced only if it is still exactly the one found gone
+    assert lock(tmp_path, action="take", owner="run-3 x 300", stale="run-0 gone 1")["outcome"] == "held"
+    assert lock(tmp_path, action="take", owner="run-3 x 300",
+                stale="run-1 ops@laptop 100") == {"outcome": "acquired"}
+    assert lock(tmp_path, action="give", run_id="run-1")["outcome"] == "not ours"
+    assert lock(tmp_path, action="status")["holder"] == "run-3 x 300"
+    assert lock(tmp_path, action="give", run_id="run-3") == {"outcome": "given"}
+    assert lock(tmp_path, action="status")["outcome"] == "free"
+
+
+def test_two_runs_racing_for_the_lock_one_wins(tmp_path):
+    request = json.dumps({"lock": str(tmp_path / "deploy"), "action": "take",
+                          "systemctl": str(tmp_path / "absent")})
+    racers = [subprocess.Popen([sys.executable, str(AGENT), "lock",
+                                request.replace('"take"', f'"take", "owner": "run-{i} r {i}"')],
+                               stdout=subprocess.PIPE, text=True) for i in range(6)]
+    outcomes = [json.loads(p.communicate(timeout=60)[0])["outcome"] for p in racers]
+    assert sorted(outcomes) == ["acquired"] + ["held"] * 5
+
+
+def test_prune_deletes_only_the_named_releases_and_venvs_by_name(tree):
+    _, root, _ = tree
+    run = agent("prune", json.dumps({"root": str(root), "releases": ["r1", "../../etc", ""],
+                                     "venvs": ["v9"]}))
+    result = json.loads(run.stdout)
+    assert result == {"outcome": "refused", "removed": ["releases/r1"],
+                      "refused": ["releases/../../etc", "releases/"]}
+    assert not (root / "releases" / "r1").exists() and (root / "releases" / "r2").is_dir()
+
+
 @pytest.mark.parametrize("args, says", [
-    ((), "usage: agent.py {state} REQUEST_JSON"),
+    ((), "usage: agent.py {state|lock|prune} REQUEST_JSON"),
     (("launch", "{}"), "usage"),
     (("state", "{not json"), "the request is not JSON"),
 ])
