@@ -8,13 +8,28 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from asgi_fleet.activation import RunningMaster
 from asgi_fleet.commands import AppPaths, DEPLOY_LOCK
 from asgi_fleet.release import ReleasesState, failed_releases, parse_history
+from asgi_fleet.sinks import shell
 from asgi_fleet.sizing import HostResources, resources_from_agent
 
-AGENT = "/opt/asgi-fleet/agent.py"
+AGENT_SOURCE = Path(__file__).with_name("onhost") / "agent.py"
+_END = "ASGI_FLEET_AGENT_END"
+
+
+def agent_command(subcommand: str, request: dict) -> str:
+    """Run the agent on a host, its source sent on stdin: nothing to ship
+    first, and a host always runs the agent of the controller that asks.
+    A host without python3 yet (a bare server before its first deploy)
+    answers `null`."""
+    source = AGENT_SOURCE.read_text()
+    assert _END not in source
+    return (f"command -v python3 >/dev/null 2>&1 || {{ echo null; exit 0; }}\n"
+            f"python3 - {subcommand} {shell(json.dumps(request, sort_keys=True))} <<'{_END}'\n"
+            f"{source}{_END}\n")
 
 
 def state_request(paths: list[AppPaths], flag_dir: str | None = None) -> dict:
@@ -66,9 +81,10 @@ class AppState:
 
     @property
     def staged_changes(self) -> set[str]:
-        """The staged files that differ from the live ones in content, owner or mode."""
+        """The staged files that differ from the live ones in content, owner or
+        mode (a missing one on either side counts as a change)."""
         return {name for name, (staged, live) in self.paths.staged.items()
-                if self.file(staged) != self.file(live)}
+                if self.file(staged) is None or self.file(staged) != self.file(live)}
 
     @property
     def units_not_enabled(self) -> set[str]:
@@ -81,8 +97,11 @@ class HostState:
     doc: dict
 
     @classmethod
-    def parse(cls, text: str) -> HostState:
+    def parse(cls, text: str) -> HostState | None:
+        """The document, or None from a host without python3 (nothing deployed yet)."""
         doc = json.loads(text)
+        if doc is None:
+            return None
         if "error" in doc:
             raise ValueError(f"the agent refused the request: {doc['error']}")
         return cls(doc)

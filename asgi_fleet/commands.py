@@ -351,14 +351,6 @@ echo {q(digest)} > {q(stamp)} && chown root:{q(paths.app)} {q(stamp)} && chmod 6
 """.strip()
 
 
-def staged_changes(paths: AppPaths) -> str:
-    """Print the name of each staged file that differs from the live one, in
-    content, owner or mode (a secrets file chmod'ed 0644 by hand is a change)."""
-    return "; ".join(f"{{ cmp -s {q(staged)} {q(live)} && [ \"$(stat -c '%U %G %a' {q(staged)})\" = "
-                     f"\"$(stat -c '%U %G %a' {q(live)})\" ]; }} || echo {name}"
-                     for name, (staged, live) in paths.staged.items()) + "; true"
-
-
 def activate_release(paths: AppPaths, *, release_id: str, previous: str | None, command: str,
                      undo: str, reload_units: bool, gate: str, back_gate: str) -> str:
     """Install the staged files, point `current` at the release, activate, gate;

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyinfra.api import FactBase
 
 from asgi_fleet import commands
-from asgi_fleet.activation import parse_running_master
+from asgi_fleet.agent_state import HostState, agent_command, state_request
 from asgi_fleet.release import parse_releases_state
 from asgi_fleet.sizing import RESOURCES_PROBE, HostResources, parse_resources
 
@@ -40,16 +40,6 @@ class HealthStatus(FactBase):
 
     def process(self, output):
         return output[0].strip() if output else "000"
-
-
-class RunningMasterFact(FactBase):
-    """The unit's gunicorn master: PID, virtualenv, workers' releases (None: not running)."""
-
-    def command(self, service):
-        return commands.running_master(service)
-
-    def process(self, output):
-        return parse_running_master("\n".join(output))
 
 
 class FileContent(FactBase):
@@ -115,18 +105,6 @@ class FileState(FactBase):
         return output[0].strip() if output else ""
 
 
-class StagedChanges(FactBase):
-    """The names of an app's staged files that differ from the live ones."""
-
-    default = set
-
-    def command(self, paths):
-        return commands.staged_changes(paths)
-
-    def process(self, output) -> set[str]:
-        return {line.strip() for line in output if line.strip()}
-
-
 class FlagFiles(FactBase):
     """The names of the files in a directory (none when it does not exist)."""
 
@@ -139,14 +117,12 @@ class FlagFiles(FactBase):
         return {line.strip() for line in output if line.strip()}
 
 
-class UnitsNotEnabled(FactBase):
-    """Which of some systemd units are not enabled (start at boot)."""
+class AgentState(FactBase):
+    """Everything the activation decides on, for some apps, in one round trip:
+    the agent's `state` (asgi_fleet/onhost/agent.py; None before python3 is there)."""
 
-    default = set
+    def command(self, paths):
+        return agent_command("state", state_request(list(paths)))
 
-    def command(self, units):
-        return ("for unit in " + " ".join(commands.q(u) for u in units) +
-                "; do systemctl is-enabled --quiet \"$unit\" || echo \"$unit\"; done; true")
-
-    def process(self, output) -> set[str]:
-        return {line.strip() for line in output if line.strip()}
+    def process(self, output) -> HostState | None:
+        return HostState.parse("\n".join(output))

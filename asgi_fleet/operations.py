@@ -22,9 +22,10 @@ from asgi_fleet import commands, lock, secrets
 from asgi_fleet.activation import (
     ACTIVATION_COMMANDS, NEEDS_UNIT_RELOAD, NONE, UNDO_COMMANDS, activation_kind,
 )
+from asgi_fleet.agent_state import AppState
 from asgi_fleet.facts import (
-    FileContent, FilesDigest, FileState, LooseFiles, FlagFiles, HealthStatus, Releases, RunningMasterFact,
-    StagedChanges, UnitsNotEnabled, VenvState,
+    AgentState, FileContent, FilesDigest, FileState, LooseFiles, FlagFiles, HealthStatus, Releases,
+    VenvState,
 )
 from asgi_fleet.release import releases_to_prune, venvs_to_prune
 
@@ -177,15 +178,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def planned_activation(plan, venv_changed: bool) -> tuple[str, str | None, set[str]]:
+def planned_activation(plan, venv_changed: bool) -> tuple[str, str | None, set[str], AppState]:
     """(the activation this host needs for `plan`, the release `current` points at
-    now, what changed: staged files that differ from the live ones, and "venv")."""
-    paths = plan.paths
-    master = host.get_fact(RunningMasterFact, service=paths.service)
-    changed = host.get_fact(StagedChanges, paths=paths) | ({"venv"} if venv_changed else set())
-    kind = activation_kind(master, venv=plan.venv_dir, release_dir=plan.release_dir,
+    now, what changed: staged files that differ from the live ones, and "venv";
+    the app's state it was decided on)."""
+    state = app_state(plan.paths)
+    changed = state.staged_changes | ({"venv"} if venv_changed else set())
+    kind = activation_kind(state.master, venv=plan.venv_dir, release_dir=plan.release_dir,
                            workers=plan.workers.count, changed=changed)
-    return kind, host.get_fact(Releases, paths=paths).current, changed
+    return kind, state.releases.current, changed, state
+
+
+def app_state(paths: commands.AppPaths) -> AppState:
+    """The app's state on this host, read by the agent in one round trip
+    (python3 is there: the system packages step comes first)."""
+    found = host.get_fact(AgentState, paths=(paths,))
+    if found is None:
+        raise RuntimeError(f"{host.name}: python3 is missing, so the agent cannot run; "
+                           "the system packages step installs it before any activation")
+    return found.app(paths)
 
 
 @operation()
@@ -199,7 +210,7 @@ def plan_activation(plan, venv_changed: Callable[[], bool], record: dict):
     + record: receives the activation kind and the release running now
     """
     if host.state.is_executing:
-        kind, current, _ = planned_activation(plan, venv_changed())
+        kind, current, _, _ = planned_activation(plan, venv_changed())
         record.update(activation=kind, old_release=current)
         host.noop(f"{plan.paths.app}: {kind} (now on {current})")
     else:
@@ -250,11 +261,11 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         record.update(health="unreachable", cause=[f"no answer from the host within {time_limit} s"])
         yield FunctionCommand(_fail, (), {})
         return
-    kind, current, changed = planned_activation(plan, venv_changed())
+    kind, current, changed, state = planned_activation(plan, venv_changed())
     record.update(activation=kind, old_release=current)
     if kind == NONE:
         healthy = host.get_fact(HealthStatus, bind=app["bind"], path=app["health_path"])
-        disabled = host.get_fact(UnitsNotEnabled, units=(paths.socket, paths.service))
+        disabled = state.units_not_enabled
     switched = current != plan.release_id  # by hand: the workers still run the release
     if kind == NONE and healthy == "200" and not disabled and not switched:
         record["health"] = "healthy"
