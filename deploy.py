@@ -12,7 +12,8 @@ batch by batch in inventory order, each drained at the load balancer (group
 
 from pyinfra import host, state
 
-from asgi_fleet.facts import HostResourcesFact, Releases
+from asgi_fleet.facts import HostResourcesFact
+from asgi_fleet.operations import app_releases
 from asgi_fleet.plan import plan_host
 from asgi_fleet.record import record_run
 from tasks.config import stage_files
@@ -35,7 +36,7 @@ if not is_lb(host):
     plans = [plan.sized(resources) for plan in plan_host(host.data.dict(), where=host.name)]
     refuse_foreign_names(host, plans)  # never take over a user, unit or path we did not create
 if host.data.get("rollback"):
-    plans = [plan.rolled_back(host.get_fact(Releases, paths=plan.paths), f"{host.name}/{plan.paths.app}")
+    plans = [plan.rolled_back(app_releases(plan.paths), f"{host.name}/{plan.paths.app}")
              for plan in plans]
 run = record_run(state, host, fleet)
 take_deploy_lock(run, host.data.get("deploy_lock_max_age"), host.data.get("break_lock"))

@@ -100,20 +100,3 @@ def activation_time_limit(app: dict) -> int:
     on it: a stop and a gate, twice (the rollback), with room to spare."""
     return 2 * (stop_timeout(app) + app["health_deadline"]) + 30
 
-
-ACTIVATION_COMMANDS = {
-    START: "systemctl restart {socket} && systemctl start {service}",
-    RELOAD: "systemctl reload {service}",
-    RESTART: "systemctl restart {service}",
-    REBIND: "systemctl stop {service} && systemctl restart {socket} && systemctl start {service}",
-}
-
-# How a failed activation is undone once the previous files and release are
-# back. A reload's new workers may have taken the master down with them
-# ("worker failed to boot"), so its undo also starts a master that is gone.
-UNDO_COMMANDS = {
-    START: "systemctl stop {service}",
-    RELOAD: "systemctl reload-or-restart {service}",
-    RESTART: "systemctl restart {service}",
-    REBIND: ACTIVATION_COMMANDS[REBIND],
-}

@@ -6,30 +6,51 @@ that runs `agent.py state` once can stand in for the per-question facts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from asgi_fleet.activation import RunningMaster
-from asgi_fleet.commands import AppPaths, DEPLOY_LOCK
+from asgi_fleet.commands import ACTIVATION_LOGS, DEPLOY_LOCK, LOCK_MUTEX, AppPaths
 from asgi_fleet.release import ReleasesState, failed_releases, parse_history
 from asgi_fleet.sinks import shell
 from asgi_fleet.sizing import HostResources, resources_from_agent
 
 AGENT_SOURCE = Path(__file__).with_name("onhost") / "agent.py"
+AGENT_DIR = "/opt/asgi-fleet"  # one file per agent version: agent-DIGEST.py
 _END = "ASGI_FLEET_AGENT_END"
 
 
+def agent_path(source: str) -> str:
+    return f"{AGENT_DIR}/agent-{hashlib.sha256(source.encode()).hexdigest()[:16]}.py"
+
+
 def agent_command(subcommand: str, request: dict) -> str:
-    """Run the agent on a host, its source sent on stdin: nothing to ship
-    first, and a host always runs the agent of the controller that asks.
-    A host without python3 yet (a bare server before its first deploy)
-    answers `null`."""
+    """Run the agent on a host: the controller's own version, installed on
+    first use (its source travels with the command, so there is nothing to
+    ship first and no round trip to check), older versions removed. A host
+    without python3 yet (a bare server before its first deploy) answers `null`.
+    The only value in this text is the request, quoted for the shell here."""
     source = AGENT_SOURCE.read_text()
     assert _END not in source
+    path = agent_path(source)
     return (f"command -v python3 >/dev/null 2>&1 || {{ echo null; exit 0; }}\n"
-            f"python3 - {subcommand} {shell(json.dumps(request, sort_keys=True))} <<'{_END}'\n"
-            f"{source}{_END}\n")
+            f"if [ ! -f {path} ]; then\n"
+            f"mkdir -p -m 755 {AGENT_DIR} && cat > {path}.$$ <<'{_END}'\n{source}{_END}\n"
+            f"chmod 755 {path}.$$ && mv -f {path}.$$ {path} || exit 1\n"
+            f"find {AGENT_DIR} -maxdepth 1 -name 'agent-*.py' ! -name {path.rsplit('/', 1)[1]} -delete\n"
+            f"fi\n"
+            f"exec python3 {path} {subcommand} {shell(json.dumps(request, sort_keys=True))}\n")
+
+
+def parse_answer(text: str) -> dict | None:
+    """An agent's answer (None from a host without python3); a refused
+    request raises, with the agent's words."""
+    doc = json.loads(text)
+    if isinstance(doc, dict) and "error" in doc:
+        raise ValueError(f"the agent refused the request: {doc['error']}")
+    return doc
 
 
 def state_request(paths: list[AppPaths], flag_dir: str | None = None) -> dict:
@@ -99,12 +120,8 @@ class HostState:
     @classmethod
     def parse(cls, text: str) -> HostState | None:
         """The document, or None from a host without python3 (nothing deployed yet)."""
-        doc = json.loads(text)
-        if doc is None:
-            return None
-        if "error" in doc:
-            raise ValueError(f"the agent refused the request: {doc['error']}")
-        return cls(doc)
+        doc = parse_answer(text)
+        return None if doc is None else cls(doc)
 
     @property
     def resources(self) -> HostResources:
@@ -116,3 +133,71 @@ class HostState:
 
     def app(self, paths: AppPaths) -> AppState:
         return AppState(paths, self.doc["apps"][paths.app])
+
+
+def activation_request(paths: AppPaths, *, release_id: str, previous: str | None, kind: str,
+                       reload_units: bool, bind: str, health_path: str, deadline: int,
+                       consecutive: int, workers: int, release_dir: str,
+                       enable: tuple[str, ...] = (), check_health: bool = True) -> dict:
+    """What `agent.py activate` is asked to do for one app. With kind "none"
+    it only repairs: enables the units in `enable`, points `current` back at
+    the release if it was switched by hand, and gates an unhealthy service."""
+    health = {"bind": bind, "path": health_path, "deadline": deadline, "consecutive": consecutive}
+    return {
+        "app": paths.app, "root": paths.root, "service": paths.service, "socket": paths.socket,
+        "release_id": release_id, "previous": previous, "kind": kind, "reload_units": reload_units,
+        "staged": {name: list(pair) for name, pair in paths.staged.items()},
+        "previous_files": paths.previous_files,
+        "secrets": [paths.secrets_file, paths.staged["secrets"][0]],
+        "gate": {**health, "release_dir": release_dir, "workers": workers},
+        "back_gate": health,
+        "enable": sorted(enable), "switch": previous != release_id, "check_health": check_health,
+        "unit": paths.activation_unit, "log": f"{ACTIVATION_LOGS}/{paths.app}.log",
+        "result": paths.activation_result, "record": paths.activation_record,
+    }
+
+
+@dataclass(frozen=True)
+class ActivationResult:
+    """What `agent.py activate` answered: its outcome, its steps, and why it failed."""
+
+    outcome: str  # activated, rolled back, rollback failed, failed
+    steps: tuple[dict, ...]
+    said: tuple[str, ...]  # what it reported as it went: each failure, the rollback's outcome
+    journal: tuple[str, ...]  # the service's journal tail once something failed (secrets redacted)
+
+    @classmethod
+    def parse(cls, text: str) -> ActivationResult:
+        doc = parse_answer(text)
+        if not isinstance(doc, dict) or "outcome" not in doc:
+            raise ValueError(f"the agent's activation answered {text[-200:]!r}")
+        return cls(doc["outcome"], tuple(doc.get("steps", ())), tuple(doc.get("said", ())),
+                   tuple(doc.get("journal", ())))
+
+    @property
+    def health(self) -> str:
+        """The record's word for it."""
+        return "healthy" if self.outcome == "activated" else self.outcome
+
+    @property
+    def cause(self) -> list[str]:
+        """For the run's record: the verdicts, then the journal's last words."""
+        if self.outcome == "activated":
+            return []
+        return [*self.said, *self.journal[:1], *self.journal[1:][-8:]]
+
+
+def lock_request(action: str, **fields) -> dict:
+    """What `agent.py lock` is asked: take (owner, stale), give (run_id) or status."""
+    return {"lock": DEPLOY_LOCK, "mutex": LOCK_MUTEX, "logs_dir": ACTIVATION_LOGS,
+            "activation_units": "asgi-fleet-activate-*", "action": action, **fields}
+
+
+def preflight_request(paths: AppPaths, release_dir: str, *, app_module: str, worker_class: str,
+                      health_path: str, deadline: int, script: str, stamp: str, digest: str) -> dict:
+    """What `agent.py preflight` is asked to check: a release with the candidate config."""
+    return {"app": paths.app, "release_dir": release_dir, "app_module": app_module,
+            "worker_class": worker_class, "health_path": health_path, "deadline": deadline,
+            "script": script, "stamp": stamp, "digest": digest, "unit": paths.preflight_unit,
+            "config": paths.staged["config"][0], "env_file": paths.staged["env"][0],
+            "secrets_file": paths.staged["secrets"][0]}

@@ -90,6 +90,10 @@ class AppPaths:
         return f"{ACTIVATIONS_DIR}/{self.app}"
 
     @property
+    def activation_result(self) -> str:  # the last activation's steps and outcome (agent.py's JSON)
+        return f"{ACTIVATIONS_DIR}/{self.app}.json"
+
+    @property
     def previous_files(self) -> str:  # the live files an activation replaced, for its rollback
         return f"{self.etc}/previous"
 
@@ -153,59 +157,6 @@ def health_probe(bind: str, path: str) -> str:
     """Print the HTTP status of one GET (000 when nothing answers)."""
     args = " ".join(q(a) for a in curl_args(bind, path))
     return f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {args} || true"
-
-
-def wait_healthy(bind: str, path: str, deadline: int, service: str, journal_lines: int = 30,
-                 label: str = "health gate", release_dir: str | None = None,
-                 workers: int | None = None, consecutive: int = 1) -> str:
-    """Poll until GET answers 200 `consecutive` times in a row (0.5 s apart);
-    past the deadline fail with the unit's journal.
-
-    With release_dir and workers, also wait until the unit's master has
-    exactly that many workers, all running from release_dir: after a HUP the
-    old workers keep answering 200 for a while, and a gate that stops at the
-    first 200 would pass on the old code.
-    """
-    args = " ".join(q(a) for a in curl_args(bind, path))
-    url = q(curl_args(bind, path)[-1])
-    on_release = "true"
-    why = ""
-    if release_dir is not None and workers is not None:
-        on_release = "workers_on_release"
-        why = f" and {workers} workers on {release_dir} (seen: $seen)"
-    in_a_row = f" {consecutive} times in a row" if consecutive > 1 else ""
-    return f"""
-workers_on_release() {{
-    pid=$(systemctl show -p MainPID --value {q(service)}); seen=0
-    want=$(readlink -f {q(release_dir or "")})  # cwd is resolved by the kernel: srv_root may be a symlink
-    for child in $(cat /proc/$pid/task/*/children 2>/dev/null); do
-        [ "$(readlink /proc/$child/cwd)" = "$want" ] && seen=$((seen + 1))
-    done
-    [ "$seen" = {workers or 0} ] && [ "$(cat /proc/$pid/task/*/children | wc -w)" = {workers or 0} ]
-}}
-end=$(( $(date +%s) + {deadline} )); code=000; seen=0; healthy=0
-while :; do
-    code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {args}) || true
-    if [ "$code" = 200 ] && {on_release}; then healthy=$((healthy + 1)); else healthy=0; fi
-    [ "$healthy" -ge {consecutive} ] && exit 0
-    [ "$(date +%s)" -ge "$end" ] && break
-    sleep 0.5
-done
-echo "{label} failed: want GET {url} to answer 200{in_a_row}{why} within {deadline}s; it answered $code." >&2
-echo "$(systemctl is-active {q(service)}) {q(service)}; last journal lines:" >&2
-journalctl -u {q(service)} -n {journal_lines} --no-pager -o cat >&2
-exit 1
-""".strip()
-
-
-def atomic_symlink(link: str, target: str) -> str:
-    """Point `link` at `target` with a rename over the old link (never rm then ln).
-
-    rename(2) replaces the link in one step: a reader sees the old target or
-    the new one, never a missing `current`.
-    """
-    tmp = f"{link}.tmp-$$"
-    return f"ln -sfn {q(target)} {tmp} && mv -T {tmp} {q(link)}"
 
 
 def build_virtualenv(
@@ -298,108 +249,6 @@ def files_digest(*paths: str) -> str:
     return f"cat {' '.join(q(p) for p in paths)} 2>/dev/null | sha256sum | cut -c1-64"
 
 
-def run_as_app(paths: AppPaths, release_dir: str, env_file: str, time_limit: int) -> str:
-    """Run a command the way the service runs: as the app user, with its
-    environment (and, through gunicorn.conf.py, its candidate secrets),
-    stopped after `time_limit` seconds (an import that hangs never hangs a deploy)."""
-    return (f"systemd-run --quiet --collect --wait --pipe -p User={paths.app} -p Group={paths.app}"
-            f" -p RuntimeMaxSec={int(time_limit)}"
-            f" -p EnvironmentFile={q(env_file)} -p WorkingDirectory={q(release_dir)}"
-            f" -E ASGI_FLEET_PREFLIGHT_RELEASE={q(release_dir)}"
-            f" -E ASGI_FLEET_PREFLIGHT_SECRETS={q(paths.candidates + '/secrets')}")
-
-
-def preflight(paths: AppPaths, release_dir: str, *, app_module: str, worker_class: str,
-              health_path: str, deadline: int, script: str, stamp: str, digest: str) -> str:
-    """Check a release with its virtualenv and the candidate config, before any switch.
-
-    1. the preflight script imports the app (an ASGI callable, or a factory
-       called as such) and the worker class;
-    2. `gunicorn --check-config` loads the candidate gunicorn.conf.py;
-    3. a one-worker canary boots from the release on a private unix socket
-       (a transient unit, as the app user, with the candidate environment)
-       and must answer the health endpoint with 200 within the deadline.
-    Only then is the stamp written. Nothing here touches the running service.
-    """
-    unit = paths.preflight_unit
-    sock = f"/run/{unit}/canary.sock"
-    gunicorn = q(f"{release_dir}/.venv/bin/gunicorn")
-    as_app = run_as_app(paths, release_dir, f"{paths.candidates}/env", deadline)
-    hung = (f"{{ rc=$?; [ $rc = 1 ] || echo \"preflight failed: the check ended with status $rc; "
-            f"one that hangs is stopped after {deadline} s (health_deadline)\" >&2; exit 1; }}")
-    canary = (
-        f"systemd-run --quiet --collect --unit={unit} -p User={paths.app} -p Group={paths.app}"
-        f" -p EnvironmentFile={q(paths.candidates + '/env')} -p WorkingDirectory={q(release_dir)}"
-        f" -E ASGI_FLEET_PREFLIGHT_RELEASE={q(release_dir)}"
-        f" -E ASGI_FLEET_PREFLIGHT_SECRETS={q(paths.candidates + '/secrets')}"
-        f" -p RuntimeDirectory={unit} {gunicorn} -c {q(paths.candidates + '/gunicorn.conf.py')}"
-        f" --chdir {q(release_dir)} --workers 1 --bind unix:{sock} --control-socket /run/{unit}/ctl"
-        f" --worker-tmp-dir /run/{unit} {q(app_module)}"
-    )
-    wait = wait_healthy(f"unix:{sock}", health_path, deadline, f"{unit}.service",
-                        label="preflight: the canary's health check")
-    return f"""
-{as_app} {q(release_dir + '/.venv/bin/python')} {q(script)} {q(app_module)} {q(worker_class)} {q(paths.candidates + '/gunicorn.conf.py')} || {hung}
-{as_app} {gunicorn} --check-config -c {q(paths.candidates + '/gunicorn.conf.py')} --chdir {q(release_dir)} {q(app_module)} \\
-    || {{ echo "preflight failed: gunicorn --check-config refused the candidate config" >&2; exit 1; }}
-systemctl stop {unit}.service 2>/dev/null; systemctl reset-failed {unit}.service 2>/dev/null
-{canary} || exit 1
-if ( {wait} ); then healthy=yes; else healthy=no; fi
-systemctl stop {unit}.service 2>/dev/null
-[ "$healthy" = yes ] || exit 1
-echo {q(digest)} > {q(stamp)} && chown root:{q(paths.app)} {q(stamp)} && chmod 640 {q(stamp)}
-""".strip()
-
-
-def activate_release(paths: AppPaths, *, release_id: str, previous: str | None, command: str,
-                     undo: str, reload_units: bool, gate: str, back_gate: str) -> str:
-    """Install the staged files, point `current` at the release, activate, gate;
-    on a failed gate put everything back as it was and exit 1.
-
-    One script on the host, so a host never stays half-activated because the
-    controller moved on: the live files it replaces are kept in
-    /etc/APP/previous, and a failed gate restores them, points `current` back
-    at `previous`, applies that with `undo` and reports whether the old
-    release is healthy again.
-    """
-    install, restore = [], []
-    for name, (staged, live) in paths.staged.items():
-        backup = q(f"{paths.previous_files}/{name}")
-        install.append(f"if [ -e {q(live)} ]; then cp -p {q(live)} {backup}; fi")
-        install.append(f"cp -p {q(staged)} {q(live + '.new')} && mv -f {q(live + '.new')} {q(live)}")
-        restore.append(f"if [ -e {backup} ]; then cp -p {backup} {q(live)}; else rm -f {q(live)}; fi")
-    daemon_reload = "systemctl daemon-reload" if reload_units else "true"
-    switch_back = (switch_release(paths, previous) if previous and previous != release_id
-                   else "true")
-    went_back = f"releases/{previous}" if previous else "nothing (the first release: stopped)"
-    # rollback=1 must never pick a release a gate rolled back from (unless it
-    # is the one that ran before too: a config change on the same release)
-    mark_failed = (f"echo \"$(date +%s) {release_id} failed\" >> {q(paths.root + '/history')}"
-                   if previous != release_id else "true")
-    return f"""
-set -u
-rm -rf {q(paths.previous_files)} && mkdir -p {q(paths.previous_files)} || exit 1
-{chr(10).join(install)}
-{switch_release(paths, release_id) if previous != release_id else "true"} || exit 1
-{daemon_reload}
-systemctl enable --quiet {q(paths.socket)} {q(paths.service)} && systemctl start {q(paths.socket)} || exit 1
-if {command} && ( {gate} ); then echo "activated: {paths.app} runs releases/{release_id} and answers 200"; exit 0; fi
-echo "rolling back {paths.app} to {went_back}" >&2
-{chr(10).join(restore)}
-{switch_back}
-{mark_failed}
-{daemon_reload}
-{undo}
-if [ -z {q(previous or "")} ]; then exit 1; fi
-if ( {back_gate} ) 2>/dev/null; then
-    echo "rolled back: {paths.app} runs releases/{previous} again and answers 200" >&2
-else
-    echo "rollback FAILED: {paths.app} on releases/{previous} does not answer 200 either" >&2
-fi
-exit 1
-""".strip()
-
-
 def set_flags(flag_dir: str, present: list[str], absent: list[str]) -> str:
     """Make the flag files `present` exist and `absent` not, in flag_dir."""
     parts = [f"mkdir -p {q(flag_dir)}"]
@@ -423,26 +272,6 @@ def install_nginx_config(config: str, kept_out: str) -> str:
         f"rm -f {prev}",
         "systemctl reload-or-restart nginx",
     ])
-
-
-def releases_state(paths: AppPaths) -> str:
-    """Report `current`, the activation history, each release's venv, and the venvs."""
-    root = q(paths.root)
-    return f"""
-echo "current $(readlink {root}/current)"
-sed 's/^/history /' {root}/history 2>/dev/null
-for dir in {root}/releases/*/; do
-    [ -d "$dir" ] && echo "release $(basename "$dir") $(readlink "$dir.venv")"
-done
-for dir in {root}/venvs/*/; do [ -d "$dir" ] && echo "venv $(basename "$dir")"; done
-true
-""".strip()
-
-
-def switch_release(paths: AppPaths, release_id: str) -> str:
-    """Point `current` at a release (atomically) and append it to the history."""
-    return (f"{atomic_symlink(paths.current, f'releases/{release_id}')}"
-            f" && echo \"$(date +%s) {release_id}\" >> {q(paths.root + '/history')}")
 
 
 DEPLOY_LOCK = "/run/lock/asgi-fleet.deploy"
@@ -473,52 +302,6 @@ def foreign_names(paths: AppPaths) -> str:
 ACTIVATIONS_DIR = "/var/lib/asgi-fleet/activations"  # each app's last activation: when, and its status
 ACTIVATION_LOGS = "/run/asgi-fleet"  # each app's last activation: what it said, root only
 LOCK_MUTEX = "/run/lock/asgi-fleet.deploy.mutex"
-
-
-def acquire_lock(owner: str, stale: str | None = None) -> str:
-    """Create the host's deploy lock (noclobber: atomic), or print who holds
-    it, which activation units still run, and the last words of each app's
-    last activation. `stale`: a holder found gone, whose lock is replaced
-    only if it is still exactly that one (under a mutex, so two runs that
-    found it stale cannot both take it)."""
-    lock = DEPLOY_LOCK
-    replace = (f"[ \"$(cat {lock} 2>/dev/null)\" = {q(stale)} ] && rm -f {lock}; " if stale else "")
-    return (
-        f"mkdir -p /run/lock && exec 9>{LOCK_MUTEX} && flock -w 10 9 && {{ {replace}"
-        f"( set -C; echo {q(owner)} > {lock} ) 2>/dev/null && echo acquired || {{ "
-        f"echo \"held $(cat {lock})\"; "
-        "systemctl list-units --no-legend --plain --state=activating,active "
-        "'asgi-fleet-activate-*' 2>/dev/null | while read -r unit rest; do echo \"activating $unit\"; done; "
-        f"for log in {ACTIVATION_LOGS}/*.log; do [ -s \"$log\" ] && "
-        "echo \"last $(basename \"$log\" .log): $(tail -n1 \"$log\")\"; done; }; }; true"
-    )
-
-
-def release_lock(run_id: str) -> str:
-    """Remove the deploy lock if this run holds it."""
-    return (f"[ \"$(cut -d' ' -f1 {DEPLOY_LOCK} 2>/dev/null)\" = {q(run_id)} ]"
-            f" && rm -f {DEPLOY_LOCK}; true")
-
-
-def detached(paths: AppPaths, script: str) -> str:
-    """Run an activation script as a transient systemd unit and wait for it.
-
-    The unit belongs to systemd, not to the SSH or docker-exec session: a
-    controller that dies mid-activation leaves a host that finishes, or rolls
-    itself back, on its own. What it says goes to a log that outlives it
-    (the next run's lock check reports its last line), then to stderr here.
-    """
-    unit, log = paths.activation_unit, f"{ACTIVATION_LOGS}/{paths.app}.log"
-    record = q(paths.activation_record)
-    # When it ran, kept across reboots: verify fails on journal alarms from
-    # that window (the deploy caused them) and only warns about older ones.
-    recorded = (f"started=$(date +%s)\n( {script}\n)\nrc=$?\n"
-                f"mkdir -p {ACTIVATIONS_DIR} && echo \"$started $(date +%s) $rc\" > {record}.new"
-                f" && mv -f {record}.new {record}\nexit $rc")
-    return (f"mkdir -p -m 700 {ACTIVATION_LOGS} && systemctl reset-failed {unit} 2>/dev/null; "
-            f"systemd-run --quiet --wait --collect --unit={unit} -p StandardOutput=truncate:{log} "
-            f"-p StandardError=file:{log} /bin/sh -c {q(recorded)}; "
-            f"rc=$?; cat {log} >&2; exit $rc")
 
 
 def file_state(path: str) -> str:

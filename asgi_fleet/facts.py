@@ -6,7 +6,6 @@ from pyinfra.api import FactBase
 
 from asgi_fleet import commands
 from asgi_fleet.agent_state import HostState, agent_command, state_request
-from asgi_fleet.release import parse_releases_state
 from asgi_fleet.sizing import RESOURCES_PROBE, HostResources, parse_resources
 
 
@@ -60,16 +59,6 @@ class FilesDigest(FactBase):
 
     def process(self, output):
         return output[0].strip()
-
-
-class Releases(FactBase):
-    """An app's releases, history, virtualenvs and `current` (release.ReleasesState)."""
-
-    def command(self, paths):
-        return commands.releases_state(paths)
-
-    def process(self, output):
-        return parse_releases_state("\n".join(output))
 
 
 class ForeignNames(FactBase):

@@ -48,20 +48,12 @@ class LockAnswer:
     last_words: tuple[str, ...] = ()  # the last line each app's last activation logged
 
 
-def parse_lock_answer(lines: list[str]) -> LockAnswer:
-    """Parse commands.acquire_lock's output."""
-    acquired, held, activating, last = False, "", [], []
-    for line in (line.strip() for line in lines):
-        key, _, rest = line.partition(" ")
-        if key == "acquired":
-            acquired = True
-        elif key == "held":
-            held = rest
-        elif key == "activating":
-            activating.append(rest)
-        elif key == "last":
-            last.append(rest)
-    return LockAnswer(acquired, parse_holder(held), held, tuple(activating), tuple(last))
+def parse_lock_answer(doc: dict) -> LockAnswer:
+    """Read the agent's answer to `lock take` (asgi_fleet/onhost/agent.py)."""
+    held = doc.get("holder") or ""
+    return LockAnswer(doc.get("outcome") == "acquired", parse_holder(held), held,
+                      tuple(doc.get("activating", ())),
+                      tuple(f"{app}: {line}" for app, line in sorted(doc.get("last_words", {}).items())))
 
 
 def stale_reason(holder: Holder, *, now: float, controller: str, pid_alive: Callable[[int], bool],

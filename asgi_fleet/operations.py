@@ -19,15 +19,16 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, operation
 from pyinfra.facts.files import Directory
 
 from asgi_fleet import commands, lock, secrets
-from asgi_fleet.activation import (
-    ACTIVATION_COMMANDS, NEEDS_UNIT_RELOAD, NONE, UNDO_COMMANDS, activation_kind,
+from asgi_fleet.activation import NEEDS_UNIT_RELOAD, NONE, activation_kind
+from asgi_fleet.agent_state import (
+    ActivationResult, AppState, activation_request, agent_command, lock_request, parse_answer,
+    preflight_request,
 )
-from asgi_fleet.agent_state import AppState
 from asgi_fleet.facts import (
-    AgentState, FileContent, FilesDigest, FileState, LooseFiles, FlagFiles, HealthStatus, Releases,
+    AgentState, FileContent, FilesDigest, FileState, LooseFiles, FlagFiles, HealthStatus,
     VenvState,
 )
-from asgi_fleet.release import releases_to_prune, venvs_to_prune
+from asgi_fleet.release import ReleasesState, releases_to_prune, venvs_to_prune
 
 
 @operation()
@@ -100,15 +101,17 @@ def prune_releases(paths: commands.AppPaths, keep: int):
     + paths: the app's paths
     + keep: how many releases to keep
     """
-    state = host.get_fact(Releases, paths=paths)
+    if not host.state.is_executing:
+        host.noop("decided once the release is activated")
+        return
+    state = app_state(paths).releases
     doomed = releases_to_prune(state.history, list(state.releases), state.current, keep)
     kept = [r for r in state.releases if r not in doomed]
     doomed_venvs = venvs_to_prune(state, kept)
     if not doomed and not doomed_venvs:
         host.noop(f"{len(state.releases)} releases, {len(state.venvs)} virtualenvs: nothing to prune")
         return
-    targets = [paths.release(r) for r in doomed] + [paths.venv(v) for v in doomed_venvs]
-    yield "rm -rf " + " ".join(commands.q(t) for t in targets)
+    yield agent_command("prune", {"root": paths.root, "releases": doomed, "venvs": doomed_venvs})
 
 
 @operation()
@@ -132,13 +135,11 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
     """
     if not host.state.is_executing:
         return
-    sudo = {"_sudo": bool(host.data.get("_sudo"))}
     if not acquire:
-        host.run_shell_command(commands.release_lock(run_id), **sudo)
+        _agent(host, "lock", lock_request("give", run_id=run_id))
         host.noop("deploy lock given back")
         return
-    _, output = host.run_shell_command(commands.acquire_lock(owner), **sudo)
-    answer = lock.parse_lock_answer(output.stdout_lines)
+    answer = lock.parse_lock_answer(_agent(host, "lock", lock_request("take", owner=owner)))
     if answer.acquired:
         host.noop("deploy lock taken")
         return
@@ -148,8 +149,8 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
         holder, now=now, controller=socket.gethostname(), pid_alive=_pid_alive, max_age=max_age,
         break_lock=break_lock, activating=answer.activating)
     if why:
-        _, output = host.run_shell_command(commands.acquire_lock(owner, stale=holder.text), **sudo)
-        if lock.parse_lock_answer(output.stdout_lines).acquired:
+        took = _agent(host, "lock", lock_request("take", owner=owner, stale=holder.text))
+        if lock.parse_lock_answer(took).acquired:
             report = (f"took over the deploy lock of {holder.describe(now)}: {why}"
                       + "".join(f"; its last activation of {words}" for words in answer.last_words))
             logger.warning(f"{host.name}: {report}")
@@ -166,6 +167,27 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
                    f"wait until the lock is older than deploy_lock_max_age ({max_age} s)." if holder else
                    f"Remove {commands.DEPLOY_LOCK} on the host if no deploy runs."))
     yield f"echo {commands.q(message)} >&2; exit 1"
+
+
+# The agent runs on the host's python3: a bare host (the test fleet's images
+# included) gets it before the agent's first call, the deploy lock.
+PYTHON_FOR_THE_AGENT = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null 2>&1"
+                        " || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive"
+                        " apt-get install -y -qq python3 >/dev/null; }")
+
+
+def _agent(host, subcommand: str, request: dict) -> dict:
+    """Ask the host's agent, at execution time, for its answer."""
+    sudo = bool(host.data.get("_sudo"))
+    for attempt in (1, 2):
+        _, output = host.run_shell_command(agent_command(subcommand, request), _sudo=sudo)
+        answer = parse_answer("\n".join(output.stdout_lines) or "null")
+        if answer is not None:
+            return answer
+        if attempt == 1 and not host.run_shell_command(PYTHON_FOR_THE_AGENT, _sudo=sudo)[0]:
+            break
+    raise RuntimeError(f"{host.name}: python3 is missing and could not be installed "
+                       "(apt-get install python3), so asgi-fleet's agent cannot run")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -187,6 +209,12 @@ def planned_activation(plan, venv_changed: bool) -> tuple[str, str | None, set[s
     kind = activation_kind(state.master, venv=plan.venv_dir, release_dir=plan.release_dir,
                            workers=plan.workers.count, changed=changed)
     return kind, state.releases.current, changed, state
+
+
+def app_releases(paths: commands.AppPaths) -> ReleasesState:
+    """The app's releases on this host (none on a host asgi-fleet never reached)."""
+    found = host.get_fact(AgentState, paths=(paths,))
+    return found.app(paths).releases if found else ReleasesState(None, [], {}, [])
 
 
 def app_state(paths: commands.AppPaths) -> AppState:
@@ -216,13 +244,6 @@ def plan_activation(plan, venv_changed: Callable[[], bool], record: dict):
     else:
         host.noop(f"{plan.paths.app}: decided once the release is staged")
     yield from ()  # an operation is a generator, even one that only reads
-
-
-def _gate(plan, release_dir: str | None = None, workers: int | None = None) -> str:
-    app = plan.app
-    return commands.wait_healthy(app["bind"], app["health_path"], app["health_deadline"],
-                                 plan.paths.service, release_dir=release_dir, workers=workers,
-                                 consecutive=app["health_consecutive"])
 
 
 @operation()
@@ -271,20 +292,17 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         record["health"] = "healthy"
         host.noop(f"{paths.service} already runs release {plan.release_id}, healthy")
         return
-    if kind == NONE:  # nothing to activate: put back what was undone by hand, or fail
-        script = "\n".join([*(f"systemctl enable --quiet {unit}" for unit in sorted(disabled)),
-                             *([commands.switch_release(paths, plan.release_id)] if switched else []),
-                             *([_gate(plan)] if healthy != "200" else [])])
-    else:
-        units = {"service": paths.service, "socket": paths.socket}
-        script = commands.activate_release(
-            paths, release_id=plan.release_id, previous=current,
-            command=ACTIVATION_COMMANDS[kind].format(**units),
-            undo=UNDO_COMMANDS[kind].format(**units), reload_units=bool(changed & NEEDS_UNIT_RELOAD),
-            gate=_gate(plan, plan.release_dir, plan.workers.count), back_gate=_gate(plan),
-        )
+    request = activation_request(
+        paths, release_id=plan.release_id, previous=current, kind=kind,
+        reload_units=bool(changed & NEEDS_UNIT_RELOAD), bind=app["bind"],
+        health_path=app["health_path"], deadline=app["health_deadline"],
+        consecutive=app["health_consecutive"], workers=plan.workers.count,
+        release_dir=plan.release_dir,
+        # nothing to activate: put back what was undone by hand, or fail
+        enable=tuple(disabled) if kind == NONE else (),
+        check_health=kind != NONE or healthy != "200")
     left = max(1, int(time_limit - (time.monotonic() - started)))
-    yield FunctionCommand(_run_bounded, (commands.detached(paths, script), record, left), {})
+    yield FunctionCommand(_run_bounded, (agent_command("activate", request), record, left), {})
 
 
 def _fail(state, host) -> bool:
@@ -303,27 +321,26 @@ def _answers(host, time_limit: int) -> bool:
     return answered
 
 
-def _run_bounded(state, host, script: str, record: dict, time_limit: int) -> bool:
-    """Run an activation script within `time_limit`; record how it ended and why."""
+def _run_bounded(state, host, command: str, record: dict, time_limit: int) -> bool:
+    """Run the agent's activation within `time_limit`; record how it ended and why."""
     try:
         with gevent.Timeout(time_limit, TimeoutError):
-            ok, output = host.run_shell_command(script, _sudo=bool(host.data.get("_sudo")),
-                                                _timeout=time_limit)
+            _, output = host.run_shell_command(command, _sudo=bool(host.data.get("_sudo")),
+                                               _timeout=time_limit)
     except TimeoutError:
         record.update(health="unreachable",
                       cause=[f"no answer from the host within {time_limit} s"])
         return False
-    if ok:
-        record["health"] = "healthy"
+    try:
+        result = ActivationResult.parse("\n".join(output.stdout_lines))
+    except ValueError as error:
+        record.update(health="failed", cause=[str(error), *output.stderr_lines[-8:]])
+        return False
+    record["health"] = result.health
+    if result.outcome == "activated":
         return True
-    lines = [line for line in output.stderr_lines if line.strip()]
-    text = "\n".join(lines)
-    record["health"] = ("rolled back" if "rolled back:" in text else
-                        "rollback failed" if "rollback FAILED" in text else "failed")
-    # the gate's verdict and the rollback's outcome first, then the journal's last words
-    verdict = [line for line in lines if "failed" in line or "roll" in line]
-    record["cause"] = verdict + [line for line in lines if line not in verdict][-8:]
-    for line in lines:
+    record["cause"] = result.cause
+    for line in result.cause:
         host.log_styled(line, fg="red", log_func=logger.error)
     return False
 
@@ -431,7 +448,7 @@ def _private_dir(state, host, path: str) -> bool:
 def preflight(paths: commands.AppPaths, release_dir: str, app_module: str, worker_class: str,
               health_path: str, deadline: int, script: str, candidates: tuple[str, ...]):
     """
-    Check a release before any switch (see commands.preflight); once per
+    Check a release before any switch (the agent's `preflight`); once per
     release and candidate config: a stamp in the release records the pass.
 
     + paths: the app's paths
@@ -446,7 +463,6 @@ def preflight(paths: commands.AppPaths, release_dir: str, app_module: str, worke
     if host.get_fact(FileContent, path=stamp) == digest:
         host.noop(f"release {release_dir} passed preflight with this config")
         return
-    yield commands.preflight(
+    yield agent_command("preflight", preflight_request(
         paths, release_dir, app_module=app_module, worker_class=worker_class,
-        health_path=health_path, deadline=deadline, script=script, stamp=stamp, digest=digest,
-    )
+        health_path=health_path, deadline=deadline, script=script, stamp=stamp, digest=digest))

@@ -23,7 +23,7 @@ import gevent
 from pyinfra import logger
 from pyinfra.api.state import BaseStateCallback
 
-from asgi_fleet import commands
+from asgi_fleet.agent_state import agent_command, lock_request
 from asgi_fleet.rollout import SUMMARY_COLUMNS, summary_rows
 from asgi_fleet.settings import PROJECT_ROOT
 
@@ -125,7 +125,7 @@ class RunRecord(BaseStateCallback):
         # (bounded: the host may be the one that stopped answering).
         try:
             with gevent.Timeout(15, TimeoutError):
-                host.run_shell_command(commands.release_lock(self.run_id),
+                host.run_shell_command(agent_command("lock", lock_request("give", run_id=self.run_id)),
                                        _sudo=bool(host.data.get("_sudo")), _timeout=15)
         except Exception as error:  # noqa: BLE001 - the run goes on; the lock message names the path
             logger.warning(f"{host.name}: could not give the deploy lock back: {error}")

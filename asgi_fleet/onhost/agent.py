@@ -1,6 +1,6 @@
 """asgi-fleet's program on each host: JSON in, JSON out. Standard library only.
 
-    python3 /opt/asgi-fleet/agent.py state|lock|prune REQUEST_JSON
+    python3 /opt/asgi-fleet/agent-VERSION.py state|preflight|activate|lock|prune REQUEST_JSON
 
 `state` reads, in one round trip, everything the controller needs to decide
 what a host needs, for every app the request names:
@@ -16,6 +16,16 @@ what a host needs, for every app the request names:
 - the last activation's record, the deploy lock's holder, and the files of
   a flag directory (a load balancer's drain flags).
 
+`activate` makes an app run a staged release: it installs the staged
+files, points `current` at the release, starts, reloads, restarts or rebinds
+the service, holds it to the health gate, and on a failed gate puts
+everything back. It runs as a transient systemd unit (`run-activation`
+inside it), not in the connection: a controller that dies mid-activation
+leaves a host that finishes, or rolls itself back, on its own. Its result
+(outcome, each step with its start and end, the cause of a failure with the
+journal tail, secrets redacted) is kept in a file beside the activation
+record, and printed.
+
 `lock` takes, gives back or reports the host's deploy lock; `prune` deletes
 releases and virtualenvs the controller chose. Each prints one JSON object.
 
@@ -28,9 +38,12 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import http.client
 import json
 import os
 import pwd
+import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -288,7 +301,409 @@ def prune(request: dict) -> dict:
     return {"outcome": "refused" if refused else "pruned", "removed": removed, "refused": refused}
 
 
-COMMANDS = {"state": state, "lock": lock, "prune": prune}
+# --- activation ------------------------------------------------------------
+
+# How each kind of activation is carried out, and how a failed one is undone
+# once the previous files and release are back (asgi_fleet/activation.py
+# decides the kind). A reload's new workers may have taken the master down
+# with them ("worker failed to boot"), so its undo also starts a master
+# that is gone.
+ACTIVATE = {
+    "start": [["restart", "{socket}"], ["start", "{service}"]],
+    "reload": [["reload", "{service}"]],
+    "restart": [["restart", "{service}"]],
+    "rebind": [["stop", "{service}"], ["restart", "{socket}"], ["start", "{service}"]],
+}
+UNDO = {
+    "start": [["stop", "{service}"]],
+    "reload": [["reload-or-restart", "{service}"]],
+    "restart": [["restart", "{service}"]],
+    "rebind": ACTIVATE["rebind"],
+}
+REDACT_MIN = 4  # secret values shorter than this are not hunted down in the journal
+
+
+def http_status(bind: str, path: str, timeout: float = 5) -> int:
+    """The status of one GET through the app's own socket (0: no answer)."""
+    if bind.startswith("unix:"):
+        connection = http.client.HTTPConnection("localhost", timeout=timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(bind[5:])
+        except OSError:
+            sock.close()
+            return 0
+        connection.sock = sock
+    else:
+        address, _, port = bind.rpartition(":")
+        address = {"0.0.0.0": "127.0.0.1", "[::]": "::1"}.get(address, address).strip("[]")
+        connection = http.client.HTTPConnection(address, int(port), timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return 0
+    finally:
+        connection.close()
+
+
+def url(bind: str, path: str) -> str:
+    if bind.startswith("unix:"):
+        return f"http://localhost{path} (through {bind[5:]})"
+    address, _, port = bind.rpartition(":")
+    return f"http://{ {'0.0.0.0': '127.0.0.1', '[::]': '[::1]'}.get(address, address)}:{port}{path}"
+
+
+def workers_on(systemctl: str, service: str, release_dir: str) -> tuple[int, int]:
+    """(workers of the unit's master running from release_dir, all its workers)."""
+    found = master(systemctl, service)
+    if not found:
+        return 0, 0
+    want = os.path.realpath(release_dir)  # the kernel resolves cwd: srv_root may be a symlink
+    return sum(w["cwd"] == want for w in found["workers"]), len(found["workers"])
+
+
+def gate(request: dict, gate: dict) -> tuple[bool, str]:
+    """Poll until GET answers 200 `consecutive` times in a row (0.5 s apart),
+    and, with `release_dir` and `workers`, until exactly that many workers run,
+    all from release_dir: after a HUP the old workers keep answering 200 for
+    a while, and a gate that stops at the first 200 would pass on the old code."""
+    systemctl = request.get("systemctl", "systemctl")
+    end = time.monotonic() + gate["deadline"]
+    consecutive, release_dir, workers = gate.get("consecutive", 1), gate.get("release_dir"), gate.get("workers")
+    healthy, status, seen = 0, 0, (0, 0)
+    while True:
+        status = http_status(gate["bind"], gate["path"])
+        on_release = True
+        if release_dir is not None and workers is not None:
+            seen = workers_on(systemctl, request["service"], release_dir)
+            on_release = seen == (workers, workers)
+        healthy = healthy + 1 if status == 200 and on_release else 0
+        if healthy >= consecutive:
+            return True, ""
+        if time.monotonic() >= end:
+            break
+        time.sleep(0.5)
+    in_a_row = f" {consecutive} times in a row" if consecutive > 1 else ""
+    why = (f" and {workers} workers on {release_dir} (seen: {seen[0]} of {seen[1]})"
+           if release_dir is not None and workers is not None else "")
+    return False, (f"{gate.get('label', 'health gate')} failed: want GET {url(gate['bind'], gate['path'])} "
+                   f"to answer 200{in_a_row}{why} within {gate['deadline']}s; it answered {status or '000'}.")
+
+
+def secret_values(paths: list[str]) -> list[str]:
+    values = []
+    for path in paths:
+        for line in (read_text(path) or "").splitlines():
+            value = line.partition("=")[2]
+            if len(value) >= REDACT_MIN:
+                values.append(value)
+    return sorted(set(values), key=len, reverse=True)
+
+
+def journal_tail(request: dict, lines: int = 30) -> list[str]:
+    """The service's last journal lines, with every secret value replaced."""
+    try:
+        out = subprocess.run([request.get("journalctl", "journalctl"), "-u", request["service"],
+                              "-n", str(lines), "--no-pager", "-o", "cat"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    secrets = secret_values(request.get("secrets", []))
+    tail = []
+    for line in out.splitlines():
+        for value in secrets:
+            line = line.replace(value, "<redacted>")
+        tail.append(line)
+    return tail
+
+
+class Activation:
+    """One activation's steps, each with its start, end and outcome; what it
+    says goes to stderr (the unit's log) as it goes."""
+
+    def __init__(self, request: dict):
+        self.request = request
+        self.systemctl = request.get("systemctl", "systemctl")
+        self.steps: list[dict] = []
+        self.said: list[str] = []  # what it reported as it went, failures included
+        self.journal: list[str] = []  # the service's journal tail, once something failed
+
+    def say(self, line: str) -> None:
+        self.said.append(line)
+        print(line, file=sys.stderr, flush=True)
+
+    def step(self, name: str, action) -> bool:
+        started = time.time()
+        try:
+            problem = action()
+        except (OSError, subprocess.SubprocessError, ValueError) as error:
+            problem = f"{type(error).__name__}: {error}"
+        entry = {"step": name, "started": started, "ended": time.time(), "ok": not problem}
+        if problem:
+            entry["error"] = problem
+            self.say(problem)
+        self.steps.append(entry)
+        return not problem
+
+    def systemctl_run(self, commands: list[list[str]]) -> str | None:
+        units = {"service": self.request["service"], "socket": self.request["socket"]}
+        for command in commands:
+            argv = [self.systemctl, *(word.format(**units) for word in command)]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                return (f"{' '.join(argv[1:])} failed with status {done.returncode}: "
+                        + (done.stderr.strip().splitlines() or [""])[-1])
+        return None
+
+    # the steps
+    def back_up_and_install(self) -> str | None:
+        backup = self.request["previous_files"]
+        shutil.rmtree(backup, ignore_errors=True)
+        os.makedirs(backup)
+        for name, (staged, live) in sorted(self.request["staged"].items()):
+            if os.path.exists(live):
+                copy_file(live, os.path.join(backup, name))
+            copy_file(staged, live)
+        return None
+
+    def restore(self) -> str | None:
+        backup = self.request["previous_files"]
+        for name, (_, live) in sorted(self.request["staged"].items()):
+            kept = os.path.join(backup, name)
+            if os.path.exists(kept):
+                copy_file(kept, live)
+            elif os.path.lexists(live):
+                os.unlink(live)
+        return None
+
+    def switch(self, release_id: str, note: str = "") -> str | None:
+        root = self.request["root"]
+        tmp = f"{root}/current.tmp-{os.getpid()}"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(f"releases/{release_id}", tmp)
+        os.replace(tmp, f"{root}/current")  # rename(2): never a moment without `current`
+        return append_history(root, release_id, note)
+
+    def daemon_reload(self) -> str | None:
+        return self.systemctl_run([["daemon-reload"]]) if self.request.get("reload_units") else None
+
+    def enable_and_listen(self) -> str | None:
+        return self.systemctl_run([["enable", "--quiet", "{socket}", "{service}"], ["start", "{socket}"]])
+
+    def run(self) -> dict:
+        request, app = self.request, self.request["app"]
+        release_id, previous, kind = request["release_id"], request.get("previous"), request["kind"]
+        if kind == "none":
+            return self.repair()
+        ok = (self.step("install the staged files", self.back_up_and_install)
+              and (previous == release_id or self.step(f"point current at releases/{release_id}",
+                                                       lambda: self.switch(release_id)))
+              and self.step("daemon-reload", self.daemon_reload)
+              and self.step("enable the units and start the socket", self.enable_and_listen)
+              and self.step(kind, lambda: self.systemctl_run(ACTIVATE[kind]))
+              and self.step("health gate", lambda: gate_problem(request, request["gate"])))
+        if ok:
+            self.say(f"activated: {app} runs releases/{release_id} and answers 200")
+            return self.result("activated")
+        went_back = f"releases/{previous}" if previous else "nothing (the first release: stopped)"
+        self.journal = journal_lines(request)
+        self.say(f"rolling back {app} to {went_back}")
+        self.step("put the previous files back", self.restore)
+        if previous and previous != release_id:
+            self.step(f"point current back at releases/{previous}", lambda: self.switch(previous))
+            # rollback=1 must never pick a release a gate rolled back from
+            append_history(request["root"], release_id, "failed")
+        self.step("daemon-reload", self.daemon_reload)
+        self.step(f"undo the {kind}", lambda: self.systemctl_run(UNDO[kind]))
+        if not previous:
+            return self.result("failed")
+        if self.step("health gate, on the previous release", lambda: gate_problem(request, request["back_gate"])):
+            self.say(f"rolled back: {app} runs releases/{previous} again and answers 200")
+            return self.result("rolled back")
+        self.say(f"rollback FAILED: {app} on releases/{previous} does not answer 200 either")
+        return self.result("rollback failed")
+
+    def repair(self) -> dict:
+        """Nothing to activate: put back what was undone by hand (a disabled
+        unit, `current` switched), and hold an unhealthy service to the gate."""
+        request = self.request
+        ok = (self.step("enable the units", lambda: self.systemctl_run(
+                  [["enable", "--quiet", unit] for unit in request.get("enable", [])]))
+              and (not request.get("switch") or self.step(
+                  f"point current at releases/{request['release_id']}", lambda: self.switch(request["release_id"])))
+              and (not request.get("check_health") or self.step(
+                  "health gate", lambda: gate_problem(request, request["back_gate"]))))
+        if not ok:
+            self.journal = journal_lines(request)
+            return self.result("failed")
+        self.say(f"activated: {request['app']} runs releases/{request['release_id']} and answers 200")
+        return self.result("activated")
+
+    def result(self, outcome: str) -> dict:
+        return {"outcome": outcome, "app": self.request["app"], "kind": self.request["kind"],
+                "release": self.request["release_id"], "previous": self.request.get("previous"),
+                "steps": self.steps, "said": self.said, "journal": self.journal}
+
+
+def gate_problem(request: dict, spec: dict) -> str | None:
+    ok, problem = gate(request, spec)
+    return None if ok else problem
+
+
+def journal_lines(request: dict) -> list[str]:
+    state = systemctl_show(request.get("systemctl", "systemctl"), request["service"], "ActiveState")
+    return [f"{state.get('ActiveState', 'unknown')} {request['service']}; last journal lines:",
+            *journal_tail(request)]
+
+
+def copy_file(source: str, target: str) -> None:
+    """Copy with mode and owner, into place by a rename: a reader sees the old
+    file or the new one, never half of one."""
+    info = os.stat(source)
+    tmp = f"{target}.new"
+    shutil.copyfile(source, tmp)
+    os.chown(tmp, info.st_uid, info.st_gid)
+    os.chmod(tmp, stat.S_IMODE(info.st_mode))
+    os.replace(tmp, target)
+
+
+def append_history(root: str, release_id: str, note: str = "") -> None:
+    with open(f"{root}/history", "a") as f:
+        f.write(f"{int(time.time())} {release_id}{' ' + note if note else ''}\n")
+
+
+def write_atomically(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.new", "w") as f:
+        f.write(text)
+    os.replace(f"{path}.new", path)
+
+
+def run_activation(request: dict) -> dict:
+    """The activation itself, inside its transient unit. When it ran is kept
+    across reboots ("START END STATUS"): verify fails on journal alarms from
+    that window (the deploy caused them) and only warns about older ones."""
+    started = time.time()
+    result = Activation(request).run()
+    status = 0 if result["outcome"] == "activated" else 1
+    write_atomically(request["result"], json.dumps(result, sort_keys=True))
+    write_atomically(request["record"], f"{int(started)} {int(time.time())} {status}\n")
+    return result
+
+
+def activate(request: dict) -> dict:
+    """Run the activation as a transient systemd unit and wait for it. The
+    unit belongs to systemd, not to this connection; what it says goes to a
+    log that outlives it (the next run's lock check reports its last line)."""
+    unit, log, result_file = request["unit"], request["log"], request["result"]
+    systemctl = request.get("systemctl", "systemctl")
+    os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
+    if os.path.exists(result_file):
+        os.unlink(result_file)
+    subprocess.run([systemctl, "reset-failed", unit], capture_output=True, timeout=20)
+    argv = [request.get("systemd_run", "systemd-run"), "--quiet", "--wait", "--collect", f"--unit={unit}",
+            "-p", f"StandardOutput=truncate:{log}", "-p", f"StandardError=file:{log}",
+            sys.executable, os.path.abspath(__file__), "run-activation", json.dumps(request)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    try:
+        with open(result_file) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        result = {"outcome": "failed", "app": request["app"], "steps": [], "journal": [], "said": [
+            f"the activation unit {unit} ended with status {done.returncode} and left no result",
+            *(done.stderr.strip().splitlines()[-5:]), *(read_text(log) or "").splitlines()[-5:]]}
+    return result
+
+
+# --- preflight ---------------------------------------------------------------
+
+
+def preflight(request: dict) -> dict:
+    """Check a release with its virtualenv and the candidate config, before
+    any switch; nothing here touches the running service.
+
+    1. the preflight script imports the app (an ASGI callable, or a factory
+       called as such) and the worker class;
+    2. `gunicorn --check-config` loads the candidate gunicorn.conf.py;
+    3. a one-worker canary boots from the release on a private unix socket
+       (a transient unit, as the app user, with the candidate environment)
+       and must answer the health endpoint with 200 within the deadline.
+    Only then is the stamp written (root:APP 0640), with the digest of what
+    was checked.
+    """
+    app, release, deadline = request["app"], request["release_dir"], int(request["deadline"])
+    systemctl = request.get("systemctl", "systemctl")
+    systemd_run = request.get("systemd_run", "systemd-run")
+    conf, unit = request["config"], request["unit"]
+    said: list[str] = []
+    as_app = ["-p", f"User={app}", "-p", f"Group={app}", "-p", f"EnvironmentFile={request['env_file']}",
+              "-p", f"WorkingDirectory={release}", "-E", f"ASGI_FLEET_PREFLIGHT_RELEASE={release}",
+              "-E", f"ASGI_FLEET_PREFLIGHT_SECRETS={request['secrets_file']}"]
+    gunicorn = f"{release}/.venv/bin/gunicorn"
+
+    def as_the_app(*argv: str) -> tuple[int, str]:
+        """Run the way the service runs, stopped after the deadline (an
+        import that hangs never hangs a deploy)."""
+        done = subprocess.run([systemd_run, "--quiet", "--collect", "--wait", "--pipe", *as_app,
+                               "-p", f"RuntimeMaxSec={deadline}", *argv],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        return done.returncode, (done.stdout + done.stderr).strip()
+
+    def failed(line: str) -> dict:
+        said.append(line)
+        return {"outcome": "failed", "said": said}
+
+    status, out = as_the_app(f"{release}/.venv/bin/python", request["script"], request["app_module"],
+                             request["worker_class"], conf)
+    if status != 0:
+        words = [line for line in out.splitlines() if line.strip()]
+        if status != 1 or not words:
+            words.append(f"preflight failed: the check ended with status {status}; one that hangs "
+                         f"is stopped after {deadline} s (health_deadline)")
+        said.extend(words[:-1])
+        return failed(words[-1])
+    said.append(out)
+    status, out = as_the_app(gunicorn, "--check-config", "-c", conf, "--chdir", release, request["app_module"])
+    if status != 0:
+        said.extend(out.splitlines()[-5:])
+        return failed("preflight failed: gunicorn --check-config refused the candidate config")
+    run_dir = f"/run/{unit}"
+    sock = f"{run_dir}/canary.sock"
+    for verb in ("stop", "reset-failed"):
+        subprocess.run([systemctl, verb, f"{unit}.service"], capture_output=True, timeout=60)
+    started = subprocess.run([systemd_run, "--quiet", "--collect", f"--unit={unit}", *as_app,
+                              "-p", f"RuntimeDirectory={unit}", gunicorn, "-c", conf, "--chdir", release,
+                              "--workers", "1", "--bind", f"unix:{sock}", "--control-socket",
+                              f"{run_dir}/ctl", "--worker-tmp-dir", run_dir, request["app_module"]],
+                             capture_output=True, text=True)
+    if started.returncode != 0:
+        return failed(f"preflight failed: the canary did not start: {started.stderr.strip()}")
+    try:
+        healthy, problem = gate({"service": f"{unit}.service", "systemctl": systemctl},
+                                {"bind": f"unix:{sock}", "path": request["health_path"], "deadline": deadline,
+                                 "label": "preflight: the canary's health check"})
+        if not healthy:
+            said.append(problem)
+            said.extend(journal_lines({"service": f"{unit}.service", "systemctl": systemctl,
+                                       "journalctl": request.get("journalctl", "journalctl"),
+                                       "secrets": [request["secrets_file"]]}))
+    finally:
+        subprocess.run([systemctl, "stop", f"{unit}.service"], capture_output=True, timeout=120)
+    if not healthy:
+        return {"outcome": "failed", "said": said}
+    write_atomically(request["stamp"], request["digest"] + "\n")
+    os.chown(request["stamp"], 0, grp.getgrnam(request.get("group", app)).gr_gid)
+    os.chmod(request["stamp"], 0o640)
+    return {"outcome": "passed", "said": said}
+
+
+COMMANDS = {"state": state, "preflight": preflight, "activate": activate,
+            "run-activation": run_activation, "lock": lock, "prune": prune}
 
 
 def main(argv: list[str]) -> int:
@@ -300,7 +715,13 @@ def main(argv: list[str]) -> int:
     except ValueError as error:
         print(json.dumps({"error": f"the request is not JSON: {error}"}))
         return 2
-    print(json.dumps(COMMANDS[argv[1]](request), sort_keys=True))
+    if argv[1] == "run-activation":  # inside its unit: the result goes to its file, the words to the log
+        return 0 if run_activation(request)["outcome"] == "activated" else 1
+    result = COMMANDS[argv[1]](request)
+    print(json.dumps(result, sort_keys=True))
+    if result.get("outcome") == "failed":  # a command run for its effect fails, with its words
+        print("\n".join(result.get("said", [])), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from asgi_fleet.lock import parse_lock_answer
 from asgi_fleet.sizing import RESOURCES_PROBE, parse_resources, resources_from_agent
 
 AGENT = Path(__file__).resolve().parents[2] / "asgi_fleet" / "onhost" / "agent.py"
@@ -151,6 +152,8 @@ def test_the_lock_is_taken_once_given_back_by_its_holder_and_replaced_only_when_
     held = lock(tmp_path, action="take", owner="run-2 ci@runner 200")
     assert held["outcome"] == "held" and held["holder"] == "run-1 ops@laptop 100"
     assert held["last_words"] == {"hello": "rolled back: hello runs releases/r1 again"}
+    read = parse_lock_answer(held)  # as the deploy reads it
+    assert not read.acquired and read.holder is None and read.holder_text == "run-1 ops@laptop 100"
     # a stale holder is replaced only if it is still exactly the one found gone
     assert lock(tmp_path, action="take", owner="run-3 x 300", stale="run-0 gone 1")["outcome"] == "held"
     assert lock(tmp_path, action="take", owner="run-3 x 300",
@@ -182,7 +185,7 @@ def test_prune_deletes_only_the_named_releases_and_venvs_by_name(tree):
 
 
 @pytest.mark.parametrize("args, says", [
-    ((), "usage: agent.py {state|lock|prune} REQUEST_JSON"),
+    ((), "usage: agent.py {state|preflight|activate|run-activation|lock|prune} REQUEST_JSON"),
     (("launch", "{}"), "usage"),
     (("state", "{not json"), "the request is not JSON"),
 ])

@@ -1,7 +1,4 @@
-import os
-import subprocess
-
-from asgi_fleet.commands import atomic_symlink, curl_args
+from asgi_fleet.commands import curl_args
 
 
 def test_curl_reaches_a_wildcard_bind_on_loopback():
@@ -13,13 +10,3 @@ def test_curl_reaches_a_wildcard_bind_on_loopback():
 def test_curl_reaches_a_unix_socket():
     assert curl_args("unix:/run/shop.sock", "/h") == [
         "--unix-socket", "/run/shop.sock", "http://localhost/h"]
-
-
-def test_atomic_symlink_replaces_the_link_by_rename(tmp_path):
-    for name in ("r1", "r2"):
-        (tmp_path / name).mkdir()
-    link = tmp_path / "current"
-    for target in ("r1", "r2"):
-        subprocess.run(["sh", "-c", atomic_symlink(str(link), target)], check=True, cwd=tmp_path)
-        assert os.readlink(link) == target
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "r1", "r2"]  # no leftovers

@@ -6,6 +6,7 @@ fleet (tests/e2e/test_hardening.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_fleet import commands, rollout, secrets
+from asgi_fleet.agent_state import agent_command, preflight_request
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.settings import InvalidSettings, app_settings
 from asgi_fleet.sizing import WorkerPlan
@@ -95,9 +97,12 @@ def test_app_module(defaults, value):
     app = outcome(defaults, "app_module", value)
     if app:
         assert gunicorn_conf(app)["wsgi_app"] == value
-        assert value in shlex.split(commands.preflight(
+        command = agent_command("preflight", preflight_request(
             AppPaths("hello"), "/srv/hello/releases/x", app_module=value, worker_class="a.B",
             health_path="/", deadline=5, script="/s.py", stamp="/x", digest="d"))
+        # the agent is exec'd with the request as one argument, whatever it holds
+        words = shlex.split(command.rstrip("\n").rsplit("\n", 1)[1])
+        assert words[:1] == ["exec"] and json.loads(words[-1])["app_module"] == value
 
 
 @EXAMPLES

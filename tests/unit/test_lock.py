@@ -37,11 +37,12 @@ def test_never_while_an_activation_of_the_old_run_still_runs():
     assert reason(break_lock="3f2a9c0d1e4b", activating=units) is None
 
 
-def test_the_hosts_answer_is_parsed():
-    answer = parse_lock_answer(["held 3f2a9c0d1e4b ci-runner-7 4242 1000",
-                                "activating asgi-fleet-activate-hello.service",
-                                "last hello: rolled back: hello runs releases/a again and answers 200"])
+def test_the_agents_answer_is_read():
+    answer = parse_lock_answer({
+        "outcome": "held", "holder": "3f2a9c0d1e4b ci-runner-7 4242 1000",
+        "activating": ["asgi-fleet-activate-hello.service"],
+        "last_words": {"hello": "rolled back: hello runs releases/a again and answers 200"}})
     assert not answer.acquired and answer.holder == HOLDER
     assert answer.activating == ("asgi-fleet-activate-hello.service",)
     assert answer.last_words == ("hello: rolled back: hello runs releases/a again and answers 200",)
-    assert parse_lock_answer(["acquired"]).acquired
+    assert parse_lock_answer({"outcome": "acquired"}).acquired

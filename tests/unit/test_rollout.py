@@ -3,7 +3,7 @@
 import pytest
 
 from asgi_fleet import rollout
-from asgi_fleet.commands import AppPaths, activate_release
+
 from asgi_fleet.rollout import LbApp
 from test_templates import render
 
@@ -115,32 +115,6 @@ def test_the_summary_has_a_row_per_host_and_app():
     })
     assert rows == [("web1", "hello", "1", "aaa", "bbb", "reload", "rolled back", "12.3"),
                     ("web9", "-", "-", "-", "-", "-", "unreachable", "-")]
-
-
-def test_an_activation_backs_up_installs_and_knows_its_way_back():
-    script = activate_release(AppPaths("hello"), release_id="new", previous="old",
-                              command="systemctl reload hello.service",
-                              undo="systemctl reload-or-restart hello.service", reload_units=False,
-                              gate="GATE-NEW", back_gate="GATE-OLD")
-    # a first deploy has nothing to keep, hence the test
-    assert ("if [ -e /etc/hello/gunicorn.conf.py ]; then cp -p /etc/hello/gunicorn.conf.py "
-            "/etc/hello/previous/config; fi") in script.splitlines()
-    order = [script.index(marker) for marker in (
-        "/etc/hello/previous/config", "releases/new", "systemctl reload hello.service && ( GATE-NEW )",
-        "rolling back hello to releases/old", "releases/old", "systemctl reload-or-restart", "GATE-OLD")]
-    assert order == sorted(order)
-    assert "systemctl daemon-reload" not in script
-
-
-def test_a_first_release_that_fails_is_stopped_not_rolled_back():
-    script = activate_release(AppPaths("hello"), release_id="new", previous=None,
-                              command="systemctl restart hello.socket && systemctl start hello.service",
-                              undo="systemctl stop hello.service", reload_units=True,
-                              gate="GATE-NEW", back_gate="GATE-OLD")
-    assert "rolling back hello to nothing (the first release: stopped)" in script
-    assert script.count("systemctl daemon-reload") == 2  # units installed, then removed again
-    assert "GATE-OLD" in script  # ...but never reached: the script exits before it
-    assert script.index("if [ -z '' ]; then exit 1; fi") < script.index("GATE-OLD")
 
 
 def test_a_failed_load_balancer_halts_the_rollout():

@@ -1,0 +1,281 @@
+"""The agent's activation, run for real on a temporary tree: a fake systemctl
+that starts a fake master (two worker processes in the release `current`
+points at), a real HTTP health endpoint on loopback whose answer each
+release decides, and a fake journalctl that leaks a secret."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from asgi_fleet.agent_state import ActivationResult, activation_request
+from asgi_fleet.commands import AppPaths
+
+AGENT = Path(__file__).resolve().parents[2] / "asgi_fleet" / "onhost" / "agent.py"
+SECRET = "s3cret-value-42"
+
+FAKE_SYSTEMCTL = r'''
+import json, os, signal, subprocess, sys, time
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "calls"), "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\n")
+pidfile, root = os.path.join(here, "mainpid"), os.environ.get("FAKE_ROOT") or open(os.path.join(here, "root")).read()
+def running():
+    try:
+        pid = int(open(pidfile).read())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return 0
+def stop():
+    pid = running()
+    if pid:
+        os.killpg(pid, signal.SIGKILL)
+    if os.path.exists(pidfile):
+        os.unlink(pidfile)
+def start():
+    code = ("import os, subprocess, time; "
+            "cwd = os.path.realpath(os.path.join(%r, 'current')); "
+            "kids = [subprocess.Popen(['sleep', '120'], cwd=cwd) for _ in range(2)]; time.sleep(120)" % root)
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            kids = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+        except OSError:
+            kids = []
+        if len(kids) == 2:
+            break
+        time.sleep(0.02)
+    open(pidfile, "w").write(str(proc.pid))
+verb, args = sys.argv[1], sys.argv[2:]
+if verb == "show":
+    props = [a.split("=", 1)[1] for a in args if a.startswith("--property=")]
+    values = {"MainPID": str(running()), "ActiveState": "active" if running() else "inactive"}
+    for p in props:
+        print(f"{p}={values.get(p, '')}")
+elif verb in ("start", "restart", "reload", "reload-or-restart") and args[-1].endswith(".service"):
+    if verb == "start" and running():
+        sys.exit(0)
+    stop()
+    start()
+elif verb == "stop" and args[-1].endswith(".service"):
+    stop()
+'''
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    """Answers with the status written in the release `current` points at."""
+
+    root: Path
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        release = Path(os.path.realpath(self.root / "current"))
+        status = int((release / "HEALTH").read_text()) if (release / "HEALTH").exists() else 503
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A tree with releases r1 (healthy, live) and r2, r3; staged files; the fakes."""
+    paths = AppPaths("hello", str(tmp_path / "srv"))
+    root = Path(paths.root)
+    (root / "venvs" / "v1").mkdir(parents=True)
+    for release, health in (("r1", 200), ("r2", 200), ("r3", 500)):
+        (root / "releases" / release).mkdir(parents=True)
+        (root / "releases" / release / "HEALTH").write_text(str(health))
+    (root / "current").symlink_to("releases/r1")
+    (root / "history").write_text("1000 r1\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    systemctl = bin_dir / "systemctl"
+    systemctl.write_text(f"#!{sys.executable}\n{FAKE_SYSTEMCTL}")
+    journalctl = bin_dir / "journalctl"
+    journalctl.write_text(f"#!/bin/sh\necho 'worker booting'\necho 'connecting with password={SECRET}'\n")
+    for tool in (systemctl, journalctl):
+        tool.chmod(0o755)
+    (bin_dir / "root").write_text(str(root))
+    Health.root = root
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    subprocess.run([str(systemctl), "start", "hello.service"], check=True)
+    yield paths, root, bin_dir, server.server_address[1]
+    server.shutdown()
+    subprocess.run([str(systemctl), "stop", "hello.service"])
+
+
+def stage(tmp_path: Path, paths: AppPaths, **contents: str) -> dict:
+    """Write staged and live files under tmp_path; return the request's `staged`."""
+    staged = {}
+    for name, (staged_path, live_path) in paths.staged.items():
+        staged_file = tmp_path / "stage" / name
+        live_file = tmp_path / "live" / name
+        staged_file.parent.mkdir(parents=True, exist_ok=True)
+        live_file.parent.mkdir(parents=True, exist_ok=True)
+        staged_file.write_text(contents.get(name, f"{name} v2\n"))
+        staged_file.chmod(0o640)
+        if name != "secrets":  # a first secrets file: nothing live to keep
+            live_file.write_text(f"{name} v1\n")
+        staged[name] = [str(staged_file), str(live_file)]
+    return staged
+
+
+def request(host, tmp_path, *, release_id: str, previous: str | None, kind: str, **more) -> dict:
+    paths, root, bin_dir, port = host
+    req = activation_request(paths, release_id=release_id, previous=previous, kind=kind,
+                             reload_units=False, bind=f"127.0.0.1:{port}", health_path="/healthz",
+                             deadline=3, consecutive=2, workers=2,
+                             release_dir=str(root / "releases" / release_id), **more)
+    secrets = tmp_path / "live" / "secrets-staged"
+    secrets.parent.mkdir(parents=True, exist_ok=True)
+    secrets.write_text(f"DB_PASSWORD={SECRET}\n")
+    return req | {"systemctl": str(bin_dir / "systemctl"), "journalctl": str(bin_dir / "journalctl"),
+                  "staged": stage(tmp_path, paths, secrets=f"DB_PASSWORD={SECRET}\n"),
+                  "previous_files": str(tmp_path / "previous"), "secrets": [str(secrets)],
+                  "result": str(tmp_path / "state" / "hello.json"),
+                  "record": str(tmp_path / "state" / "hello"),
+                  "log": str(tmp_path / "logs" / "hello.log")}
+
+
+def run_activation(req: dict) -> dict:
+    run = subprocess.run([sys.executable, str(AGENT), "run-activation", json.dumps(req)],
+                         capture_output=True, text=True, timeout=120)
+    result = json.loads(Path(req["result"]).read_text())
+    assert run.returncode == (0 if result["outcome"] == "activated" else 1), run.stderr
+    assert run.stdout == "" and run.stderr.splitlines() == result["said"]  # the log has its words only
+    return result
+
+
+def calls(host) -> list[str]:
+    return (host[2] / "calls").read_text().splitlines()
+
+
+def test_a_reload_installs_switches_and_passes_the_gate_on_the_new_release(host, tmp_path):
+    _, root, _, _ = host
+    req = request(host, tmp_path, release_id="r2", previous="r1", kind="reload")
+    result = run_activation(req)
+    assert result["outcome"] == "activated", (result["said"], result["steps"])
+    assert os.readlink(root / "current") == "releases/r2"
+    assert (root / "history").read_text().splitlines()[-1].endswith(" r2")
+    for name, (staged, live) in req["staged"].items():
+        assert Path(live).read_text() == Path(staged).read_text()
+        assert oct(Path(live).stat().st_mode & 0o777) == "0o640"  # the staged file's mode
+    assert (tmp_path / "previous" / "config").read_text() == "config v1\n"
+    assert [s["step"] for s in result["steps"]] == [
+        "install the staged files", "point current at releases/r2", "daemon-reload",
+        "enable the units and start the socket", "reload", "health gate"]
+    assert all(s["ok"] and s["ended"] >= s["started"] for s in result["steps"])
+    assert "reload hello.service" in calls(host)
+    assert "daemon-reload" not in calls(host)  # no unit changed
+    # the result and the window verify reads, kept on the host
+    assert json.loads(Path(req["result"]).read_text()) == result
+    start, end, status = Path(req["record"]).read_text().split()
+    assert int(start) <= int(end) and status == "0"
+    assert ActivationResult.parse(json.dumps(result)).health == "healthy"
+
+
+def test_a_release_that_fails_its_gate_is_rolled_back_with_its_files_and_the_journal_redacted(host, tmp_path):
+    _, root, _, port = host
+    req = request(host, tmp_path, release_id="r3", previous="r1", kind="reload")
+    result = run_activation(req)
+    assert result["outcome"] == "rolled back", result
+    assert os.readlink(root / "current") == "releases/r1"
+    # r1 is back, and r3 is marked: rollback=1 never picks it
+    assert [line.split()[1:] for line in (root / "history").read_text().splitlines()[-2:]] == [
+        ["r1"], ["r3", "failed"]]
+    for name, (_, live) in req["staged"].items():  # the live files as they were
+        if name == "secrets":
+            assert not Path(live).exists()  # there was none before
+        else:
+            assert Path(live).read_text() == f"{name} v1\n"
+    said = "\n".join(result["said"])
+    assert (f"health gate failed: want GET http://127.0.0.1:{port}/healthz to answer 200 2 times in a row "
+            f"and 2 workers on {root}/releases/r3") in said
+    assert "rolling back hello to releases/r1" in said
+    assert "rolled back: hello runs releases/r1 again and answers 200" in said
+    assert SECRET not in json.dumps(result) and "password=<redacted>" in result["journal"][-1]
+    assert calls(host)[-1] == "reload-or-restart hello.service"
+    record = ActivationResult.parse(json.dumps(result))
+    assert record.health == "rolled back" and record.cause[0].startswith("health gate failed")
+    assert Path(req["record"]).read_text().split()[2] == "1"
+
+
+def test_a_first_release_that_fails_is_stopped_not_rolled_back(host, tmp_path):
+    _, root, bin_dir, _ = host
+    subprocess.run([str(bin_dir / "systemctl"), "stop", "hello.service"], check=True)
+    (root / "current").unlink()
+    req = request(host, tmp_path, release_id="r3", previous=None, kind="start") | {"reload_units": True}
+    result = run_activation(req)
+    assert result["outcome"] == "failed"
+    assert "rolling back hello to nothing (the first release: stopped)" in result["said"]
+    assert calls(host).count("daemon-reload") == 2  # units installed, then removed again
+    assert calls(host)[-1] == "stop hello.service"
+    assert [s["step"] for s in result["steps"]][-1] == "undo the start"
+
+
+def test_nothing_to_activate_puts_back_a_disabled_unit_and_a_switched_current(host, tmp_path):
+    _, root, _, _ = host
+    (root / "current").unlink()
+    (root / "current").symlink_to("releases/r2")  # switched by hand; r1 still runs
+    req = request(host, tmp_path, release_id="r1", previous="r2", kind="none",
+                  enable=("hello.socket",), check_health=False)
+    result = run_activation(req)
+    assert result["outcome"] == "activated", (result["said"], result["steps"])
+    assert os.readlink(root / "current") == "releases/r1"
+    assert "enable --quiet hello.socket" in calls(host)
+    assert not any(c.startswith(("reload", "restart")) for c in calls(host))
+    assert Path(req["staged"]["config"][1]).read_text() == "config v1\n"  # files left alone
+
+
+FAKE_SYSTEMD_RUN = r'''
+import os, subprocess, sys
+args = sys.argv[1:]
+props, i = {}, 0
+while args[i].startswith("-"):
+    if args[i] == "-p":
+        key, _, value = args[i + 1].partition("=")
+        props[key] = value
+        i += 2
+    else:
+        i += 1
+kind, out = props["StandardOutput"].split(":", 1)
+log = open(out, "w")
+sys.exit(subprocess.run(args[i:], stdout=log, stderr=log).returncode)
+'''
+
+
+def test_activate_runs_in_a_unit_of_its_own_and_reports_its_result(host, tmp_path):
+    _, root, bin_dir, _ = host
+    fake = bin_dir / "systemd-run"
+    fake.write_text(f"#!{sys.executable}\n{FAKE_SYSTEMD_RUN}")
+    fake.chmod(0o755)
+    req = request(host, tmp_path, release_id="r2", previous="r1", kind="restart") | {
+        "systemd_run": str(fake)}
+    run = subprocess.run([sys.executable, str(AGENT), "activate", json.dumps(req)],
+                         capture_output=True, text=True, timeout=120)
+    result = json.loads(run.stdout)
+    assert result["outcome"] == "activated" and "restart hello.service" in calls(host)
+    assert "reset-failed asgi-fleet-activate-hello.service" in calls(host)
+    assert Path(req["log"]).read_text().strip() == "activated: hello runs releases/r2 and answers 200"
+    # a unit that dies before it writes its result is a failure that says so
+    broken = bin_dir / "systemd-run-broken"
+    broken.write_text("#!/bin/sh\necho 'Failed to start transient service unit' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    run = subprocess.run([sys.executable, str(AGENT), "activate", json.dumps(req | {"systemd_run": str(broken)})],
+                         capture_output=True, text=True, timeout=60)
+    failed = ActivationResult.parse(run.stdout)
+    assert failed.outcome == "failed"
+    assert failed.cause[:2] == ["the activation unit asgi-fleet-activate-hello.service ended with status 1 "
+                                "and left no result", "Failed to start transient service unit"]
