@@ -13,6 +13,7 @@ batch by batch in inventory order, each drained at the load balancer (group
 from pyinfra import host, state
 
 from asgi_fleet.facts import HostResourcesFact
+from asgi_fleet.host_view import HostView
 from asgi_fleet.operations import app_releases
 from asgi_fleet.plan import plan_host
 from asgi_fleet.record import record_run
@@ -39,29 +40,31 @@ if host.data.get("rollback"):
     plans = [plan.rolled_back(app_releases(plan.paths), f"{host.name}/{plan.paths.app}")
              for plan in plans]
 run = record_run(state, host, fleet)
+# What the operations below decide on: the host read once, again only after a change.
+view = HostView()
 take_deploy_lock(run, host.data.get("deploy_lock_max_age"), host.data.get("break_lock"))
 
 # Stage: every host at once; nothing that serves traffic changes.
 venvs = []
 if is_lb(host):
-    load_balancer(fleet, host.data.get("apt_cache_time"))
+    load_balancer(fleet, host.data.get("apt_cache_time"), view)
 else:
     settings = plans[0].app  # host-wide settings are the same in every app
-    prepare_host(plans, settings)
-    pip = package_index(settings)
-    install_verify_tools(pip)
-    install_preflight_script()
+    prepare_host(plans, settings, view)
+    pip = package_index(settings, view)
+    install_verify_tools(pip, view)
+    install_preflight_script(view)
 for plan in plans:
-    venvs.append(install_virtualenv(plan, pip))
-    ship_release(plan)
-    stage_files(plan)
-    preflight(plan)  # a release that fails here never takes traffic
-    plan_activation(plan, venvs[-1], run.app(plan))
+    venvs.append(install_virtualenv(plan, pip, view))
+    ship_release(plan, view)
+    stage_files(plan, view)
+    preflight(plan, view)  # a release that fails here never takes traffic
+    plan_activation(plan, view, venvs[-1], run.app(plan))
 
 # Activate: batch by batch; a failed host is rolled back and stops the rollout.
 for number in host.loop(range(1, len(fleet.batches) + 1)):
-    activate_batch(state, fleet, number, plans, venvs, run)
+    activate_batch(state, fleet, number, plans, venvs, run, view)
 
 for plan in plans:
-    prune_releases(plan)
+    prune_releases(plan, view)
 give_back_deploy_lock(run)

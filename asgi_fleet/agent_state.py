@@ -53,16 +53,41 @@ def parse_answer(text: str) -> dict | None:
     return doc
 
 
+def app_entry(paths: AppPaths, health: tuple[str, str] | None = None) -> dict:
+    """One app's part of a `state` request: its places, and (bind, health path)
+    for a GET of its health endpoint."""
+    entry = {"name": paths.app, "root": paths.root, "service": paths.service,
+             "units": [paths.socket, paths.service],
+             "files": [path for pair in paths.staged.values() for path in pair],
+             "activation_record": paths.activation_record}
+    if health:
+        entry["health"] = {"bind": health[0], "path": health[1]}
+    return entry
+
+
 def state_request(paths: list[AppPaths], flag_dir: str | None = None) -> dict:
     """What `agent.py state` is asked for: every app's places, by AppPaths."""
-    return {
-        "lock": DEPLOY_LOCK,
-        "flag_dir": flag_dir,
-        "apps": [{"name": p.app, "root": p.root, "service": p.service,
-                  "units": [p.socket, p.service],
-                  "files": [path for pair in p.staged.values() for path in pair],
-                  "activation_record": p.activation_record} for p in paths],
-    }
+    return {"lock": DEPLOY_LOCK, "flag_dir": flag_dir, "apps": [app_entry(p) for p in paths]}
+
+
+def merge_request(request: dict, more: dict) -> dict:
+    """Two `state` requests as one: apps merged by name, lists joined without
+    repeats, mappings merged, anything else set."""
+    merged = dict(request)
+    for key, value in more.items():
+        old = merged.get(key)
+        if key == "apps":
+            apps = {app["name"]: app for app in old or []}
+            for app in value:
+                apps[app["name"]] = {**apps.get(app["name"], {}), **app}
+            merged[key] = list(apps.values())
+        elif isinstance(value, list):
+            merged[key] = list(old or []) + [v for v in value if v not in (old or [])]
+        elif isinstance(value, dict):
+            merged[key] = {**(old or {}), **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 @dataclass(frozen=True)
@@ -108,9 +133,36 @@ class AppState:
                 if self.file(staged) is None or self.file(staged) != self.file(live)}
 
     @property
+    def health(self) -> int | None:
+        """The status of a GET of the health path through the app's socket (0: no answer)."""
+        return self.doc.get("health")
+
+    @property
     def units_not_enabled(self) -> set[str]:
         return {unit for unit, found in self.doc["units"].items()
                 if not found or found.get("enabled") != "enabled"}
+
+
+@dataclass(frozen=True)
+class VenvState:
+    built_lock: str  # the lock's sha256 recorded when the build completed ("" if it never did)
+    built_dists: str  # the installed distributions' digest then
+    dists: str  # ...and now
+    writable: str  # the first path in it the app's user could change ("" if none)
+
+
+@dataclass(frozen=True)
+class PathState:
+    type: str  # dir, file, link, other
+    owner: str
+    group: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class TreeState:
+    exists: bool
+    loose: str  # the first path not root:GROUP u=rwX,g=rX,o= ("" if none)
 
 
 @dataclass(frozen=True)
@@ -133,6 +185,51 @@ class HostState:
 
     def app(self, paths: AppPaths) -> AppState:
         return AppState(paths, self.doc["apps"][paths.app])
+
+    def venv(self, path: str) -> VenvState:
+        return VenvState(**self.doc["venvs"][path])
+
+    def tree(self, path: str) -> TreeState:
+        return TreeState(**self.doc["trees"][path])
+
+    def digest(self, name: str) -> str:
+        return self.doc["digests"][name]
+
+    def text(self, path: str) -> str | None:
+        return self.doc["texts"][path]
+
+    def path(self, path: str) -> PathState | None:
+        found = self.doc["paths"][path]
+        return PathState(**found) if found else None
+
+    def file(self, path: str) -> FileState | None:
+        found = self.doc["files"][path]
+        return FileState(**found) if found else None
+
+    def installed(self, package: str) -> bool | None:
+        return self.doc["packages"][package]
+
+    def user(self, name: str) -> dict | None:
+        return self.doc["accounts"]["users"][name]
+
+    def group(self, name: str) -> dict | None:
+        return self.doc["accounts"]["groups"][name]
+
+    def unit(self, name: str) -> dict | None:
+        """A unit's load, active and enabled states (None: systemd could not say)."""
+        return self.doc["units"][name]
+
+    @property
+    def flags(self) -> list[str] | None:
+        """The files in the request's flag directory (None: not asked)."""
+        return self.doc["flags"]
+
+    def mtime(self, path: str) -> float | None:
+        return self.doc["mtimes"][path]
+
+    @property
+    def now(self) -> float:
+        return self.doc["now"]
 
 
 def activation_request(paths: AppPaths, *, release_id: str, previous: str | None, kind: str,

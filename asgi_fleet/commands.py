@@ -130,13 +130,6 @@ def installed_dists_digest(venv: str) -> str:
             " | sed 's#.*/##' | LC_ALL=C sort | sha256sum | cut -c1-64")
 
 
-def venv_state(venv: str, app: str) -> str:
-    """Three lines: the lock digest and dists digest recorded at build, the
-    dists digest now; then the first path in it the app could write, if any."""
-    return (f"{{ cat {q(venv + '/' + VENV_MARKER)} 2>/dev/null || printf '\\n\\n'; }} | head -n2; "
-            + installed_dists_digest(venv) + "; " + writable_by_app(venv, app))
-
-
 def writable_by_app(tree: str, app: str) -> str:
     """The first path under `tree` (symlinks aside) the app's user could change:
     not owned by root, writable by others, or by the app's group. One `find`."""
@@ -151,12 +144,6 @@ def curl_args(bind: str, path: str) -> list[str]:
     host, _, port = bind.rpartition(":")
     host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
     return [f"http://{host}:{port}{path}"]
-
-
-def health_probe(bind: str, path: str) -> str:
-    """Print the HTTP status of one GET (000 when nothing answers)."""
-    args = " ".join(q(a) for a in curl_args(bind, path))
-    return f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {args} || true"
 
 
 def build_virtualenv(
@@ -244,11 +231,6 @@ done
 """.strip()
 
 
-def files_digest(*paths: str) -> str:
-    """sha256 over the named files' contents (missing files count as empty)."""
-    return f"cat {' '.join(q(p) for p in paths)} 2>/dev/null | sha256sum | cut -c1-64"
-
-
 def set_flags(flag_dir: str, present: list[str], absent: list[str]) -> str:
     """Make the flag files `present` exist and `absent` not, in flag_dir."""
     parts = [f"mkdir -p {q(flag_dir)}"]
@@ -275,6 +257,7 @@ def install_nginx_config(config: str, kept_out: str) -> str:
 
 
 DEPLOY_LOCK = "/run/lock/asgi-fleet.deploy"
+PREFLIGHT_SCRIPT = "/opt/asgi-fleet/preflight.py"  # run with each release's own virtualenv
 
 
 NAMES_DIR = "/var/lib/asgi-fleet/apps"  # a marker per app name asgi-fleet took
@@ -302,9 +285,3 @@ def foreign_names(paths: AppPaths) -> str:
 ACTIVATIONS_DIR = "/var/lib/asgi-fleet/activations"  # each app's last activation: when, and its status
 ACTIVATION_LOGS = "/run/asgi-fleet"  # each app's last activation: what it said, root only
 LOCK_MUTEX = "/run/lock/asgi-fleet.deploy.mutex"
-
-
-def file_state(path: str) -> str:
-    """One line: sha256, owner, group and octal mode of a file (empty if missing)."""
-    return (f"[ -f {q(path)} ] && echo \"$(sha256sum < {q(path)} | cut -c1-64)"
-            f" $(stat -c '%U %G %a' {q(path)})\" || true")

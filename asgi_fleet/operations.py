@@ -16,24 +16,141 @@ from typing import Callable
 import gevent
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, operation
-from pyinfra.facts.files import Directory
+from pyinfra.api.exceptions import OperationError
 
 from asgi_fleet import commands, lock, secrets
 from asgi_fleet.activation import NEEDS_UNIT_RELOAD, NONE, activation_kind
 from asgi_fleet.agent_state import (
-    ActivationResult, AppState, activation_request, agent_command, lock_request, parse_answer,
-    preflight_request,
+    ActivationResult, AppState, FileState, PathState, activation_request, agent_command, app_entry,
+    lock_request, parse_answer, preflight_request, state_request,
 )
-from asgi_fleet.facts import (
-    AgentState, FileContent, FilesDigest, FileState, LooseFiles, FlagFiles, HealthStatus,
-    VenvState,
-)
+from asgi_fleet.commands import PREFLIGHT_SCRIPT
+from asgi_fleet.facts import AgentState
+from asgi_fleet.host_view import HostView, view_operation
 from asgi_fleet.release import ReleasesState, releases_to_prune, venvs_to_prune
+from asgi_fleet.sinks import command, commands_in_order
+
+APT_UPDATED = "/var/lib/apt/periodic/update-success-stamp"  # touched after each update (as pyinfra's apt.update)
 
 
-@operation()
-def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, index_url: str | None = None,
-               ca_bundle: str | None = None, modules: dict[str, str] | None = None):
+@view_operation(lambda packages, **_: {"packages": list(packages), "mtimes": [APT_UPDATED]})
+def debian_packages(packages: list[str], cache_time: int, view: HostView):
+    """
+    Debian packages installed (without recommends). The package lists are
+    refreshed first only when a package is missing and they are older than
+    `cache_time` seconds: a host that has everything is not touched.
+
+    + packages: the package names
+    + cache_time: how old the lists may be before an install refreshes them
+    + view: the host's state (HostView)
+    """
+    state = view.state()
+    missing = [name for name in packages if not state.installed(name)]
+    if not missing:
+        host.noop(f"installed: {', '.join(packages)}")
+        return
+    updated = state.mtime(APT_UPDATED)
+    if updated is None or state.now - updated > cache_time:
+        yield commands_in_order(["apt-get", "update", "-qq"], ["mkdir", "-p", APT_UPDATED.rsplit("/", 1)[0]],
+                                ["touch", APT_UPDATED])
+    yield ("DEBIAN_FRONTEND=noninteractive "
+           + command("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing))
+
+
+@view_operation(lambda account, **_: {"accounts": [account]})
+def system_account(account: str, home: str, shell: str, view: HostView):
+    """
+    A system group and a system user of that name, in it, with that home
+    (not created: the deploy makes it) and shell. One that differs is put right.
+
+    + account: the user's and the group's name
+    + home: the user's home directory
+    + shell: its login shell (/usr/sbin/nologin: no login)
+    + view: the host's state (HostView)
+    """
+    state = view.state()
+    user, want = state.user(account), {"group": account, "home": home, "shell": shell}
+    if state.group(account) is not None and user is not None and all(
+            user[key] == value for key, value in want.items()):
+        host.noop(f"user and group {account}")
+        return
+    if state.group(account) is None:
+        yield command("groupadd", "--system", account)
+    if user is None:
+        yield command("useradd", "--system", "--gid", account, "--home-dir", home, "--no-create-home",
+                      "--shell", shell, account)
+        return
+    flags = {"group": "--gid", "home": "--home", "shell": "--shell"}
+    changes = [word for key, value in want.items() if user[key] != value for word in (flags[key], value)]
+    if changes:
+        yield command("usermod", *changes, account)
+
+
+@view_operation(lambda unit, **_: {"units": [unit]})
+def service_running(unit: str, view: HostView):
+    """
+    A systemd unit enabled and running (started if it is not).
+
+    + unit: the unit, e.g. nginx.service
+    + view: the host's state (HostView)
+    """
+    found = view.state().unit(unit) or {}
+    if found.get("active") == "active" and found.get("enabled") == "enabled":
+        host.noop(f"{unit} is running and enabled")
+        return
+    yield commands_in_order(["systemctl", "enable", "--quiet", unit], ["systemctl", "start", unit])
+
+
+@view_operation(lambda path, **_: {"paths": [path]})
+def directory(path: str, user: str, group: str, mode: str, view: HostView):
+    """
+    A directory with this owner, group and mode (octal, e.g. "755").
+
+    + path: the directory
+    + user, group, mode: what it must have
+    + view: the host's state (HostView)
+    """
+    found = view.state().path(path)
+    if found == PathState("dir", user, group, mode):
+        host.noop(f"{path} is in place")
+        return
+    if found is not None and found.type != "dir":
+        raise OperationError(f"{path} exists and is not a directory ({found.type}); move it away")
+    yield commands_in_order(["mkdir", "-p", path], ["chown", f"{user}:{group}", path],
+                            ["chmod", mode, path])
+
+
+@view_operation(lambda path, **_: {"files": [path]})
+def file(path: str, content: bytes, user: str, group: str, mode: str, view: HostView):
+    """
+    A file with this content, owner, group and mode; a new content lands by
+    a rename (a reader sees the old file or the new one, never half of one).
+
+    + path: the file
+    + content: its bytes
+    + user, group, mode: what it must have
+    + view: the host's state (HostView)
+    """
+    found = view.state().file(path)
+    want = FileState(hashlib.sha256(content).hexdigest(), user, group, mode)
+    if found == want:
+        host.noop(f"{path} is up to date")
+        return
+    if found is not None and found.sha256 == want.sha256:
+        yield commands_in_order(["chown", f"{user}:{group}", path], ["chmod", mode, path])
+        return
+    upload = f"{path}.asgi-fleet-new"
+    yield FileUploadCommand(io.BytesIO(content), upload)
+    yield commands_in_order(["chown", f"{user}:{group}", upload], ["chmod", mode, upload],
+                            ["mv", "-f", upload, path])
+
+
+
+
+@view_operation(lambda path, app, **_: {"venvs": [{"path": path, "app": app}]})
+def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostView,
+               index_url: str | None = None, ca_bundle: str | None = None,
+               modules: dict[str, str] | None = None):
     """
     Build a virtualenv from a hash-locked requirements file, once per lock.
 
@@ -41,6 +158,7 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, index_url: 
     + lock_src: the lock file on the controller
     + lock_sha256: its sha256, recorded in the venv when the build completed
     + app: the app whose user must not be able to change it
+    + view: the host's state (HostView), which reports on `path`
     + index_url: a package index to use instead of PyPI
     + ca_bundle: a CA bundle on the host for pip (TLS proxy, private CA)
     + modules: {module name: file on the controller} added to site-packages
@@ -50,10 +168,11 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, index_url: 
     .. code:: python
 
         virtualenv(path="/srv/shop/venvs/0123abcd", lock_src="requirements.lock",
-                   lock_sha256=sha256_of_lock, app="shop")
+                   lock_sha256=sha256_of_lock, app="shop", view=view)
     """
-    built_lock, built_dists, dists_now, writable = host.get_fact(VenvState, path=path, app=app)
-    if built_lock == lock_sha256 and built_dists == dists_now and not writable:
+    found = view.state().venv(path)
+    writable = found.writable
+    if found.built_lock == lock_sha256 and found.built_dists == found.dists and not writable:
         host.noop(f"virtualenv {path} is complete and unchanged")
         return
     if writable:  # code the app's user could have changed is not trusted: rebuilt
@@ -66,8 +185,8 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, index_url: 
                                     modules=tuple(modules or ()))
 
 
-@operation()
-def release(path: str, release_id: str, tarball_src, venv: str, group: str):
+@view_operation(lambda path, group, **_: {"trees": [{"path": path, "group": group}]})
+def release(path: str, release_id: str, tarball_src, venv: str, group: str, view: HostView):
     """
     Ship a release: unpack its tarball into `path`, linked to its virtualenv,
     owned by root and readable by the app's group only. A release already in
@@ -78,9 +197,11 @@ def release(path: str, release_id: str, tarball_src, venv: str, group: str):
     + tarball_src: the release tarball (a file-like object or a path)
     + venv: the virtualenv the release runs with
     + group: the app's group
+    + view: the host's state (HostView), which reports on `path`
     """
-    if host.get_fact(Directory, path=path):
-        loose = host.get_fact(LooseFiles, tree=path, group=group)
+    tree = view.state().tree(path)
+    if tree.exists:
+        loose = tree.loose
         if loose:  # changed by hand, or shipped by an older asgi-fleet
             logger.warning(f"{host.name}: {loose} is not root:{group} u=rwX,g=rX,o=: repairing the release")
             yield commands.release_modes(path, group)
@@ -92,19 +213,20 @@ def release(path: str, release_id: str, tarball_src, venv: str, group: str):
     yield commands.unpack_release(path, tarball, release_id, venv, group)
 
 
-@operation()
-def prune_releases(paths: commands.AppPaths, keep: int):
+@view_operation(lambda paths, **_: {"apps": [app_entry(paths)]})
+def prune_releases(paths: commands.AppPaths, keep: int, view: HostView):
     """
     Keep the `keep` most recently activated releases (never the running or
     the previous one) and the virtualenvs they use; delete the rest.
 
     + paths: the app's paths
     + keep: how many releases to keep
+    + view: the host's state (HostView)
     """
     if not host.state.is_executing:
         host.noop("decided once the release is activated")
         return
-    state = app_state(paths).releases
+    state = view.state().app(paths).releases
     doomed = releases_to_prune(state.history, list(state.releases), state.current, keep)
     kept = [r for r in state.releases if r not in doomed]
     doomed_venvs = venvs_to_prune(state, kept)
@@ -200,11 +322,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def planned_activation(plan, venv_changed: bool) -> tuple[str, str | None, set[str], AppState]:
+def planned_activation(plan, view: HostView, venv_changed: bool) -> tuple[str, str | None, set[str], AppState]:
     """(the activation this host needs for `plan`, the release `current` points at
     now, what changed: staged files that differ from the live ones, and "venv";
     the app's state it was decided on)."""
-    state = app_state(plan.paths)
+    state = view.state().app(plan.paths)
     changed = state.staged_changes | ({"venv"} if venv_changed else set())
     kind = activation_kind(state.master, venv=plan.venv_dir, release_dir=plan.release_dir,
                            workers=plan.workers.count, changed=changed)
@@ -213,32 +335,28 @@ def planned_activation(plan, venv_changed: bool) -> tuple[str, str | None, set[s
 
 def app_releases(paths: commands.AppPaths) -> ReleasesState:
     """The app's releases on this host (none on a host asgi-fleet never reached)."""
-    found = host.get_fact(AgentState, paths=(paths,))
+    request = json.dumps(state_request([paths]), sort_keys=True)
+    found = host.get_fact(AgentState, request=request)
     return found.app(paths).releases if found else ReleasesState(None, [], {}, [])
 
 
-def app_state(paths: commands.AppPaths) -> AppState:
-    """The app's state on this host, read by the agent in one round trip
-    (python3 is there: the system packages step comes first)."""
-    found = host.get_fact(AgentState, paths=(paths,))
-    if found is None:
-        raise RuntimeError(f"{host.name}: python3 is missing, so the agent cannot run; "
-                           "the system packages step installs it before any activation")
-    return found.app(paths)
+def _app_with_health(plan, **_) -> dict:
+    return {"apps": [app_entry(plan.paths, health=(plan.app["bind"], plan.app["health_path"]))]}
 
 
-@operation()
-def plan_activation(plan, venv_changed: Callable[[], bool], record: dict):
+@view_operation(_app_with_health)
+def plan_activation(plan, view: HostView, venv_changed: Callable[[], bool], record: dict):
     """
     Record what activating `plan` will take on this host (the load balancer
     drains only hosts that will change). Reads the host, changes nothing.
 
     + plan: the app's plan (asgi_fleet.plan.AppPlan)
+    + view: the host's state (HostView)
     + venv_changed: whether this run rebuilt the app's virtualenv
     + record: receives the activation kind and the release running now
     """
     if host.state.is_executing:
-        kind, current, _, _ = planned_activation(plan, venv_changed())
+        kind, current, _, _ = planned_activation(plan, view, venv_changed())
         record.update(activation=kind, old_release=current)
         host.noop(f"{plan.paths.app}: {kind} (now on {current})")
     else:
@@ -246,15 +364,16 @@ def plan_activation(plan, venv_changed: Callable[[], bool], record: dict):
     yield from ()  # an operation is a generator, even one that only reads
 
 
-@operation()
-def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | None],
-             record: dict, time_limit: int):
+@view_operation(_app_with_health)
+def activate(plan, view: HostView, venv_changed: Callable[[], bool],
+             halted: Callable[[], str | None], record: dict, time_limit: int):
     """
     Make the service run the staged release, with the gentlest mechanism that
     applies it, and hold it to the health gate; roll back to what ran before
     if it fails (commands.activate_release).
 
     + plan: the app's plan (asgi_fleet.plan.AppPlan)
+    + view: the host's state (HostView)
     + venv_changed: whether this run rebuilt the app's virtualenv
     + halted: why the rollout has stopped (None: go on), asked when this runs
     + record: receives the activation kind, the releases, the health and a failure's cause
@@ -275,20 +394,18 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         return
     paths, app = plan.paths, plan.app
     started = time.monotonic()
-    # Facts would wait on a host that stopped answering: pyinfra bounds a
-    # command's output, not an SSH channel that never opens, and a fact
-    # swallows the timeout. So first a bounded "are you there?".
-    if not _answers(host, time_limit):
+    # Read afresh: earlier batches took their time, and a master may have died since.
+    if view.read_now(time_limit) is None:
         record.update(health="unreachable", cause=[f"no answer from the host within {time_limit} s"])
         yield FunctionCommand(_fail, (), {})
         return
-    kind, current, changed, state = planned_activation(plan, venv_changed())
+    kind, current, changed, state = planned_activation(plan, view, venv_changed())
     record.update(activation=kind, old_release=current)
     if kind == NONE:
-        healthy = host.get_fact(HealthStatus, bind=app["bind"], path=app["health_path"])
+        healthy = state.health
         disabled = state.units_not_enabled
     switched = current != plan.release_id  # by hand: the workers still run the release
-    if kind == NONE and healthy == "200" and not disabled and not switched:
+    if kind == NONE and healthy == 200 and not disabled and not switched:
         record["health"] = "healthy"
         host.noop(f"{paths.service} already runs release {plan.release_id}, healthy")
         return
@@ -300,25 +417,13 @@ def activate(plan, venv_changed: Callable[[], bool], halted: Callable[[], str | 
         release_dir=plan.release_dir,
         # nothing to activate: put back what was undone by hand, or fail
         enable=tuple(disabled) if kind == NONE else (),
-        check_health=kind != NONE or healthy != "200")
+        check_health=kind != NONE or healthy != 200)
     left = max(1, int(time_limit - (time.monotonic() - started)))
     yield FunctionCommand(_run_bounded, (agent_command("activate", request), record, left), {})
 
 
 def _fail(state, host) -> bool:
     return False  # a FunctionCommand fails its host only with False (None counts as done)
-
-
-def _answers(host, time_limit: int) -> bool:
-    """Whether the host runs a command within `time_limit` (an SSH channel
-    that never opens included)."""
-    try:
-        with gevent.Timeout(time_limit, TimeoutError):
-            answered, _ = host.run_shell_command("true", _sudo=bool(host.data.get("_sudo")),
-                                                 _timeout=time_limit)
-    except TimeoutError:
-        return False
-    return answered
 
 
 def _run_bounded(state, host, command: str, record: dict, time_limit: int) -> bool:
@@ -345,8 +450,8 @@ def _run_bounded(state, host, command: str, record: dict, time_limit: int) -> bo
     return False
 
 
-@operation()
-def lb_rotation(flag_dir: str, drained: Callable[[], set[str]]):
+@view_operation(lambda flag_dir, **_: {"flag_dir": flag_dir} if flag_dir else {})
+def lb_rotation(flag_dir: str | None, drained: Callable[[], set[str]], view: HostView):
     """
     Take app servers out of the load balancer's rotation, or put them back,
     without reloading nginx: each drain is a flag file the nginx config tests
@@ -357,12 +462,13 @@ def lb_rotation(flag_dir: str, drained: Callable[[], set[str]]):
     + flag_dir: where the flags live (/run: a reboot puts every server back); None
       on a host that is not a load balancer
     + drained: the flags that should exist, asked when this runs
+    + view: the host's state (HostView)
     """
     if flag_dir is None:  # an app host: it takes part only to keep the batches in step
         host.noop("not a load balancer")
         return
     want = drained() if host.state.is_executing else set()
-    have = host.get_fact(FlagFiles, path=flag_dir)
+    have = set(view.state().flags or ())
     if want == have:
         host.noop(f"in rotation: all but {sorted(want)}" if want else "every server in rotation")
         return
@@ -378,10 +484,10 @@ def _kept_out_record(text: str | None) -> dict[str, list[str]]:
             if isinstance(hosts, list)} if isinstance(data, dict) else {}
 
 
-@operation()
+@view_operation(lambda path, kept_out_file, **_: {"digests": {path: [path]}, "texts": [kept_out_file]})
 def lb_config(path: str, kept_out_file: str,
               kept_out: Callable[[dict[str, list[str]]], dict[str, list[str]]],
-              render: Callable[[dict[str, list[str]]], str]):
+              render: Callable[[dict[str, list[str]]], str], view: HostView):
     """
     The load balancer's nginx config, without the hosts kept out of rotation,
     installed only if `nginx -t` passes, then nginx reloaded gracefully.
@@ -393,11 +499,13 @@ def lb_config(path: str, kept_out_file: str,
     + kept_out_file: the record of who is kept out (JSON)
     + kept_out: from the record to who is out now, asked when this runs
     + render: the config for a given {app: [hosts kept out]}
+    + view: the host's state (HostView)
     """
-    recorded = _kept_out_record(host.get_fact(FileContent, path=kept_out_file))
+    state = view.state()
+    recorded = _kept_out_record(state.text(kept_out_file))
     out = kept_out(recorded) if host.state.is_executing else recorded
     config = render(out)
-    live = host.get_fact(FilesDigest, paths=(path,))
+    live = state.digest(path)
     if out == recorded and live == hashlib.sha256(config.encode()).hexdigest():
         host.noop(f"fronts the fleet{f', without {out}' if out else ''}")
         return
@@ -405,26 +513,27 @@ def lb_config(path: str, kept_out_file: str,
         if hosts != recorded.get(app):
             logger.warning(f"--> {app}: kept out of rotation at {host.name}: {', '.join(hosts)}"
                            " (failed, and not healthy on its old release)")
-    yield f"mkdir -p {commands.q(kept_out_file.rpartition('/')[0])}"
+    yield command("mkdir", "-p", kept_out_file.rpartition("/")[0])
     yield FileUploadCommand(io.StringIO(config), f"{path}.new")
     yield FileUploadCommand(io.StringIO(json.dumps(out, sort_keys=True)), f"{kept_out_file}.new")
     yield commands.install_nginx_config(path, kept_out_file)
 
 
-@operation()
-def secret_file(path: str, content: bytes, group: str):
+@view_operation(lambda paths, **_: {"files": [paths.staged["secrets"][0]]})
+def secret_file(paths: commands.AppPaths, content: bytes, view: HostView):
     """
     Write a file of secrets (root:GROUP, 0640) without ever showing its content.
 
     The change check compares digests, so no diff of the content is possible;
     the content travels as an upload, never on a command line.
 
-    + path: where the secrets land
+    + paths: the app's paths: the secrets land in its staged secrets file
     + content: the file's bytes (a secrets.Redacted)
-    + group: the app's group, which may read them
+    + view: the host's state (HostView), which reports on the file
     """
-    want = f"{secrets.digest(content)} root {group} 640"
-    if host.get_fact(FileState, path=path) == want:
+    path, group = paths.staged["secrets"][0], paths.app
+    want = FileState(secrets.digest(content), "root", group, "640")
+    if view.state().file(path) == want:
         host.noop(f"{path} is up to date")
         return
     upload = f"{path}.upload"
@@ -444,25 +553,24 @@ def _private_dir(state, host, path: str) -> bool:
     return made
 
 
-@operation()
-def preflight(paths: commands.AppPaths, release_dir: str, app_module: str, worker_class: str,
-              health_path: str, deadline: int, script: str, candidates: tuple[str, ...]):
+@view_operation(lambda plan, **_: {"digests": {plan.preflight_stamp: list(plan.preflight_inputs)},
+                                   "texts": [plan.preflight_stamp]})
+def preflight(plan, view: HostView):
     """
     Check a release before any switch (the agent's `preflight`); once per
     release and candidate config: a stamp in the release records the pass.
 
-    + paths: the app's paths
-    + release_dir: the release to check, with its .venv
-    + app_module, worker_class: what the candidate config runs
-    + health_path, deadline: the canary's health check
-    + script: the preflight script on the host
-    + candidates: the candidate config files the check covers
+    + plan: the app's plan (asgi_fleet.plan.AppPlan): its release, candidate
+      config (plan.preflight_inputs) and health check
+    + view: the host's state (HostView), which reports the stamp and the digest
     """
-    stamp = f"{release_dir}/.preflight-ok"
-    digest = host.get_fact(FilesDigest, paths=(*candidates, script))
-    if host.get_fact(FileContent, path=stamp) == digest:
-        host.noop(f"release {release_dir} passed preflight with this config")
+    state = view.state()
+    digest = state.digest(plan.preflight_stamp)
+    if state.text(plan.preflight_stamp) == digest:
+        host.noop(f"release {plan.release_dir} passed preflight with this config")
         return
+    app = plan.app
     yield agent_command("preflight", preflight_request(
-        paths, release_dir, app_module=app_module, worker_class=worker_class,
-        health_path=health_path, deadline=deadline, script=script, stamp=stamp, digest=digest))
+        plan.paths, plan.release_dir, app_module=app["app_module"], worker_class=app["worker_class"],
+        health_path=app["health_path"], deadline=app["health_deadline"], script=PREFLIGHT_SCRIPT,
+        stamp=plan.preflight_stamp, digest=digest))

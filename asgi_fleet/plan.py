@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from asgi_fleet import release
-from asgi_fleet.commands import AppPaths
+from asgi_fleet.commands import PREFLIGHT_SCRIPT, AppPaths
 from asgi_fleet.release import ReleasesState, previous_release
 from asgi_fleet.secrets import secrets_file
 from asgi_fleet.sizing import HostResources, WorkerPlan, app_worker_plan
@@ -58,6 +58,18 @@ class AppPlan:
     @property
     def venv_dir(self) -> str:
         return self.paths.venv(self.venv_id)
+
+    @property
+    def preflight_stamp(self) -> str:  # the digest of what a passed preflight checked
+        return f"{self.release_dir}/.preflight-ok"
+
+    @property
+    def preflight_inputs(self) -> tuple[str, ...]:
+        """What preflight checks besides the release: the candidate config,
+        environment and secrets (a secrets-only change is checked too), and
+        the preflight script itself."""
+        staged = self.paths.staged
+        return (staged["config"][0], staged["env"][0], staged["secrets"][0], PREFLIGHT_SCRIPT)
 
 
 def _local(path: str) -> Path:

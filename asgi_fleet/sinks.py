@@ -12,6 +12,16 @@ import shlex
 shell = shlex.quote  # an argument of a command run by sh on a host
 
 
+def command(*argv: str) -> str:
+    """One command line for sh on a host, from its words."""
+    return shlex.join(argv)
+
+
+def commands_in_order(*argvs: list[str]) -> str:
+    """Commands for sh on a host, each run only if the one before succeeded."""
+    return " && ".join(command(*argv) for argv in argvs)
+
+
 def python(value: str | int | bool | None) -> str:
     """A literal in a Python file (gunicorn.conf.py) that evaluates to `value`."""
     return repr(value)

@@ -8,18 +8,14 @@ from asgi_fleet.sinks import TEMPLATE_HELPERS
 TEMPLATES = PROJECT_ROOT / "templates"
 
 
-def template(name: str) -> str:
-    return str(TEMPLATES / name)
-
-
 def changed(op: OperationMeta) -> bool:
     """Whether an op changed the host: its result once executed, its prediction before."""
     return op.did_change() if op.is_complete() else bool(op.will_change)
 
 
 def render_template(name: str, **variables) -> str:
-    """A template rendered on the controller, when an operation must decide its
-    content at execution time (files.template takes it at definition time)."""
+    """A template rendered on the controller (with the helpers of sinks.py), for
+    operations.file to compare with what the host has."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,

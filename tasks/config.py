@@ -8,28 +8,24 @@ reads changes before then.
 """
 
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
 from asgi_fleet import operations
-from asgi_fleet.sinks import TEMPLATE_HELPERS
-from tasks import template
+from tasks import render_template
 
 
 @deploy("Stage configuration")
-def stage_files(plan):
+def stage_files(plan, view):
     paths = plan.paths
     staged = {name: path for name, (path, _) in paths.staged.items()}
     for path in (paths.etc, paths.candidates):
-        files.directory(name=f"{path}/", path=path, user="root", group=paths.app, mode="750")
-    variables = {"app": plan.app, "paths": paths, **TEMPLATE_HELPERS}
-    files.template(name=staged["config"], src=template("gunicorn.conf.py.j2"),
-                   dest=staged["config"], user="root", group=paths.app, mode="640",
-                   chdir=paths.current, worker_plan=plan.workers, **variables)
-    files.template(name=staged["env"], src=template("app.env.j2"), dest=staged["env"],
-                   user="root", group=paths.app, mode="640", **variables)
-    for unit in ("socket_unit", "service_unit"):
-        source = "app.socket.j2" if unit == "socket_unit" else "app.service.j2"
-        files.template(name=staged[unit], src=template(source), dest=staged[unit],
-                       user="root", group="root", mode="644", **variables)
-    operations.secret_file(name=staged["secrets"], path=staged["secrets"],
-                                  content=plan.secrets, group=paths.app)
+        operations.directory(name=f"{path}/", path=path, user="root", group=paths.app, mode="750",
+                             view=view)
+    variables = {"app": plan.app, "paths": paths}
+    # (staged file, template, group, mode): the app may read its config, not change it
+    for name, source, group, mode in (
+            ("config", "gunicorn.conf.py.j2", paths.app, "640"), ("env", "app.env.j2", paths.app, "640"),
+            ("socket_unit", "app.socket.j2", "root", "644"), ("service_unit", "app.service.j2", "root", "644")):
+        content = render_template(source, chdir=paths.current, worker_plan=plan.workers, **variables)
+        operations.file(name=staged[name], path=staged[name], content=content.encode(), user="root",
+                        group=group, mode=mode, view=view)
+    operations.secret_file(name=staged["secrets"], paths=paths, content=plan.secrets, view=view)

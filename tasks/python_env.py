@@ -5,7 +5,6 @@ import hashlib
 from dataclasses import dataclass
 
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
 from asgi_fleet import operations
 from asgi_fleet.release import WORKER_MODULE, WORKER_SOURCE
@@ -23,40 +22,40 @@ class PipOptions:
 
 
 @deploy("Package index")
-def package_index(settings) -> PipOptions:
+def package_index(settings, view) -> PipOptions:
     """Where pip installs from: a custom index and CA bundle, if set (host-wide)."""
     if not settings["pip_ca_bundle"]:
         return PipOptions(settings["pip_index_url"], None)
-    files.put(name="CA bundle for pip", src=str(PROJECT_ROOT / settings["pip_ca_bundle"]),
-              dest=PIP_CA_BUNDLE, user="root", group="root", mode="644")
+    operations.file(name="CA bundle for pip", path=PIP_CA_BUNDLE, user="root", group="root",
+                    mode="644", content=(PROJECT_ROOT / settings["pip_ca_bundle"]).read_bytes(), view=view)
     return PipOptions(settings["pip_index_url"], PIP_CA_BUNDLE)
 
 
 @deploy("Verification tools")
-def install_verify_tools(pip: PipOptions):
+def install_verify_tools(pip: PipOptions, view):
     """py-spy, with which the verification suite reads live workers' stacks."""
-    files.directory(name="/opt/asgi-fleet/", path="/opt/asgi-fleet", user="root", group="root",
-                    mode="755")
+    operations.directory(name="/opt/asgi-fleet/", path="/opt/asgi-fleet", user="root", group="root",
+                         mode="755", view=view)
     operations.virtualenv(
         name=f"Virtualenv {VERIFY_TOOLS_VENV}", path=VERIFY_TOOLS_VENV,
         lock_src=str(VERIFY_TOOLS_LOCK),
         lock_sha256=hashlib.sha256(VERIFY_TOOLS_LOCK.read_bytes()).hexdigest(),
         app="root",  # run by root only: no one else may be able to change it
-        index_url=pip.index_url, ca_bundle=pip.ca_bundle,
+        view=view, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
     )
 
 
 @deploy("Virtualenv")
-def install_virtualenv(plan, pip: PipOptions):
+def install_virtualenv(plan, pip: PipOptions, view):
     """Returns the op, whose change means a new master (None on a rollback:
     the release's virtualenv is already on the host)."""
     if plan.rollback:
         return None
-    files.directory(name=f"{plan.paths.venvs}/", path=plan.paths.venvs,
-                    user="root", group="root", mode="755")
+    operations.directory(name=f"{plan.paths.venvs}/", path=plan.paths.venvs,
+                         user="root", group="root", mode="755", view=view)
     return operations.virtualenv(
         name=f"Virtualenv {plan.venv_id} from {plan.lock_file.name}",
         path=plan.venv_dir, lock_src=str(plan.lock_file), lock_sha256=plan.lock_sha256,
-        app=plan.paths.app, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
+        app=plan.paths.app, view=view, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
         modules={WORKER_MODULE: str(WORKER_SOURCE)},
     )

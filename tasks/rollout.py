@@ -91,7 +91,7 @@ def plan_fleet(state) -> Fleet:
 
 
 @deploy("Rollout")
-def activate_batch(state, fleet: Fleet, number: int, plans, venvs, run):
+def activate_batch(state, fleet: Fleet, number: int, plans, venvs, run, view):
     """Drain the batch at the load balancer, activate and gate each of its
     hosts' apps (rolling a failed one back), then put it back into rotation."""
     batch = fleet.batches[number - 1]
@@ -119,27 +119,27 @@ def activate_batch(state, fleet: Fleet, number: int, plans, venvs, run):
 
     lb = is_lb(host)
     operations.lb_rotation(name=f"{title}: drain at the load balancer",
-                           flag_dir=LB_FLAG_DIR if lb else None, drained=drain_flags)
+                           flag_dir=LB_FLAG_DIR if lb else None, drained=drain_flags, view=view)
     if host.name in batch and host.name in fleet.targeted:
         for plan, venv in zip(plans, venvs):
             record = run.app_step(plan, step=f"{title}: activate {plan.paths.app}", batch=number)
             operations.activate(
-                name=f"{title}: activate {plan.paths.app}", plan=plan, halted=halted,
+                name=f"{title}: activate {plan.paths.app}", plan=plan, view=view, halted=halted,
                 venv_changed=lambda venv=venv: venv is not None and changed(venv), record=record,
                 time_limit=activation_time_limit(plan.app),
             )
     if lb:  # first keep the broken out (nginx reloads), then lift the drain
-        front_the_fleet(fleet, name=f"{title}: keep failed hosts out of rotation", kept_out=kept_out)
+        front_the_fleet(fleet, view, name=f"{title}: keep failed hosts out of rotation", kept_out=kept_out)
     operations.lb_rotation(name=f"{title}: back into rotation",
-                           flag_dir=LB_FLAG_DIR if lb else None, drained=set)
+                           flag_dir=LB_FLAG_DIR if lb else None, drained=set, view=view)
 
 
-def front_the_fleet(fleet: Fleet, name: str, kept_out=lambda recorded: recorded):
+def front_the_fleet(fleet: Fleet, view, name: str, kept_out=lambda recorded: recorded):
     """The load balancer's nginx config for the whole fleet, without the hosts
     kept out of rotation (`kept_out`: from the record on the LB host to who is
     out now, asked when this runs)."""
     return operations.lb_config(
-        name=name, path=NGINX_CONF, kept_out_file=LB_KEPT_OUT, kept_out=kept_out,
+        name=name, path=NGINX_CONF, kept_out_file=LB_KEPT_OUT, kept_out=kept_out, view=view,
         render=lambda out: render_template("nginx-lb.conf.j2", flag_dir=LB_FLAG_DIR,
                                            apps=rollout.lb_config(fleet.lb_apps, fleet.batches, out)),
     )

@@ -1,8 +1,8 @@
 """The host: Debian packages, and a system user and group per app."""
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server
 
+from asgi_fleet import operations
 from asgi_fleet.commands import NAMES_DIR
 from asgi_fleet.facts import ForeignNames
 from asgi_fleet.settings import InvalidSettings
@@ -28,21 +28,19 @@ def refuse_foreign_names(host, plans) -> None:
 
 
 @deploy("System packages and app users")
-def prepare_host(plans, settings):
-    apt.update(name="Refresh apt lists (when older than apt_cache_time)",
-               cache_time=settings["apt_cache_time"])
-    apt.packages(name="Install Debian packages",
-                 packages=BASE_PACKAGES + list(settings["extra_system_packages"]),
-                 no_recommends=True)
-    files.directory(name=f"{NAMES_DIR}/", path=NAMES_DIR, user="root", group="root", mode="755")
+def prepare_host(plans, settings, view):
+    operations.debian_packages(
+        name="Debian packages (the lists refreshed first when older than apt_cache_time)",
+        packages=BASE_PACKAGES + list(settings["extra_system_packages"]),
+        cache_time=settings["apt_cache_time"], view=view)
+    operations.directory(name=f"{NAMES_DIR}/", path=NAMES_DIR, user="root", group="root", mode="755",
+                         view=view)
     for plan in plans:
         name = plan.paths.app
         # First the marker: the names were found free (refuse_foreign_names),
         # and a run cut short after the user exists must not refuse them later.
-        files.file(name=f"{NAMES_DIR}/{name}", path=f"{NAMES_DIR}/{name}", user="root",
-                   group="root", mode="644")
-        server.group(name=f"Group {name}", group=name, system=True)
+        operations.file(name=f"{NAMES_DIR}/{name}", path=f"{NAMES_DIR}/{name}", content=b"",
+                        user="root", group="root", mode="644", view=view)
         # No login shell, no home under /home: the state dir is its home.
-        server.user(name=f"User {name}", user=name, group=name, system=True,
-                    shell="/usr/sbin/nologin", home=plan.paths.state_dir,
-                    ensure_home=False, create_home=False)
+        operations.system_account(name=f"User and group {name}", account=name,
+                                  home=plan.paths.state_dir, shell="/usr/sbin/nologin", view=view)

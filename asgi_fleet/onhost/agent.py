@@ -12,9 +12,13 @@ what a host needs, for every app the request names:
   with the release it runs (its cwd) and whether uvloop and httptools are in
   its memory maps;
 - each named file's sha256, owner, group and mode (live and staged files);
-- each unit's load, active and enabled states;
+- each unit's load, active and enabled states, and the health endpoint's answer;
 - the last activation's record, the deploy lock's holder, and the files of
-  a flag directory (a load balancer's drain flags).
+  a flag directory (a load balancer's drain flags);
+- for the deploy's other decisions: virtualenvs (their build marker, what is
+  installed now, a path the app could change), release trees (a path with
+  looser owners or modes), digests and first lines of files (preflight's
+  stamp), what is at named paths, Debian packages, users and groups, mtimes.
 
 `activate` makes an app run a staged release: it installs the staged
 files, points `current` at the release, starts, reloads, restarts or rebinds
@@ -202,7 +206,148 @@ def app_state(app: dict, systemctl: str) -> dict:
         "units": units(systemctl, app.get("units", [])),
         "activation": ({"started": float(record[0]), "ended": float(record[1]), "status": int(record[2])}
                        if len(record) == 3 and record[2].lstrip("-").isdigit() else None),
+        "health": http_status(app["health"]["bind"], app["health"]["path"]) if app.get("health") else None,
     }
+
+
+VENV_MARKER = ".asgi-fleet-complete"  # written last by the build (asgi_fleet.commands.build_virtualenv)
+
+
+def dists_digest(venv: str) -> str:
+    """What asgi_fleet.commands.installed_dists_digest computes: sha256 over the
+    sorted names of the venv's dist-info directories, a line each."""
+    names = []
+    for lib in sorted(glob_dirs(f"{venv}/lib", "python3")):
+        site = os.path.join(lib, "site-packages")
+        try:
+            names += [e for e in os.listdir(site) if e.endswith(".dist-info") and os.path.isdir(os.path.join(site, e))]
+        except OSError:
+            continue
+    return hashlib.sha256("".join(f"{name}\n" for name in sorted(names, key=os.fsencode)).encode()).hexdigest()
+
+
+def glob_dirs(parent: str, prefix: str) -> list[str]:
+    try:
+        return [os.path.join(parent, e) for e in os.listdir(parent) if e.startswith(prefix)]
+    except OSError:
+        return []
+
+
+def first_path(tree: str, loose) -> str:
+    """The first path under `tree` (the tree included, symlinks aside) for which
+    loose(stat) holds, or "" (also when there is no tree)."""
+    def check(path: str) -> bool:
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False
+        return not stat.S_ISLNK(info.st_mode) and loose(info)
+
+    if not os.path.lexists(tree):
+        return ""
+    if check(tree):
+        return tree
+    for parent, dirs, files in os.walk(tree):
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            if check(path):
+                return path
+    return ""
+
+
+def group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def venv_state(venv: str, app: str) -> dict:
+    """A venv's build marker (lock digest and dists digest at build), its dists
+    digest now, and the first path in it the app's user could change."""
+    marker = (read_text(os.path.join(venv, VENV_MARKER)) or "").splitlines()
+    gid = group_id(app)
+    writable = first_path(venv, lambda i: i.st_uid != 0 or i.st_mode & 0o002
+                          or (gid is not None and i.st_gid == gid and i.st_mode & 0o020))
+    return {"built_lock": (marker + [""])[0].strip(), "built_dists": (marker + ["", ""])[1].strip(),
+            "dists": dists_digest(venv), "writable": writable}
+
+
+def tree_state(tree: str, group: str) -> dict:
+    """Whether a release tree exists, and its first path not root:GROUP,
+    writable by the group or open to others (u=rwX,g=rX,o= is the rule)."""
+    gid = group_id(group)
+    loose = first_path(tree, lambda i: i.st_uid != 0 or i.st_gid != gid or i.st_mode & 0o020
+                       or i.st_mode & 0o007)
+    return {"exists": os.path.isdir(tree), "loose": loose}
+
+
+def path_state(path: str) -> dict | None:
+    """What is at a path: its type (dir, file, link, other), owner, group and mode."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    kind = ("dir" if stat.S_ISDIR(info.st_mode) else "file" if stat.S_ISREG(info.st_mode)
+            else "link" if stat.S_ISLNK(info.st_mode) else "other")
+    return {"type": kind, "owner": _user(info.st_uid), "group": _group(info.st_gid),
+            "mode": format(stat.S_IMODE(info.st_mode), "o")}
+
+
+def packages(names: list[str]) -> dict[str, bool]:
+    """Whether each Debian package is installed (dpkg's status), None without dpkg."""
+    if not names:
+        return {}
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Package}\t${db:Status-Abbrev}\n", *names],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {name: None for name in names}
+    installed = {line.split("\t")[0].split(":")[0] for line in out.splitlines()
+                 if "\t" in line and line.split("\t")[1].startswith("ii")}
+    return {name: name in installed for name in names}
+
+
+def accounts(names: list[str]) -> dict:
+    """Each name's user (its primary group, home and shell) and group, None where missing."""
+    users, groups = {}, {}
+    for name in names:
+        try:
+            user = pwd.getpwnam(name)
+            users[name] = {"group": _group(user.pw_gid), "home": user.pw_dir, "shell": user.pw_shell,
+                           "uid": user.pw_uid}
+        except KeyError:
+            users[name] = None
+        try:
+            groups[name] = {"gid": grp.getgrnam(name).gr_gid}
+        except KeyError:
+            groups[name] = None
+    return {"users": users, "groups": groups}
+
+
+def mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def first_line(path: str) -> str | None:
+    """A small file's first line, stripped (None: no file, or an empty one)."""
+    lines = (read_text(path) or "").splitlines()
+    return lines[0].strip() if lines else None
+
+
+def digest(paths: list[str]) -> str:
+    """sha256 over the files' contents, one after the other (missing: empty)."""
+    h = hashlib.sha256()
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                h.update(f.read())
+        except OSError:
+            pass
+    return h.hexdigest()
 
 
 def state(request: dict) -> dict:
@@ -222,6 +367,16 @@ def state(request: dict) -> dict:
         "lock": lock,
         "flags": flags,
         "apps": {app["name"]: app_state(app, systemctl) for app in request.get("apps", [])},
+        "venvs": {v["path"]: venv_state(v["path"], v["app"]) for v in request.get("venvs", [])},
+        "trees": {t["path"]: tree_state(t["path"], t["group"]) for t in request.get("trees", [])},
+        "digests": {name: digest(paths) for name, paths in request.get("digests", {}).items()},
+        "texts": {path: first_line(path) for path in request.get("texts", [])},
+        "paths": {path: path_state(path) for path in request.get("paths", [])},
+        "files": {path: file_state(path) for path in request.get("files", [])},
+        "packages": packages(request.get("packages", [])),
+        "accounts": accounts(request.get("accounts", [])),
+        "mtimes": {path: mtime(path) for path in request.get("mtimes", [])},
+        "units": units(systemctl, request.get("units", [])),
     }
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import grp
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from asgi_fleet.agent_state import HostState, state_request
-from asgi_fleet.commands import AppPaths
+import pytest
+
+from asgi_fleet.agent_state import (
+    HostState, TreeState, VenvState, app_entry, merge_request, state_request,
+)
+from asgi_fleet.commands import (
+    VENV_MARKER, AppPaths, installed_dists_digest, loose_files, writable_by_app,
+)
 from asgi_fleet.release import parse_releases_state
 
 AGENT = Path(__file__).resolve().parents[2] / "asgi_fleet" / "onhost" / "agent.py"
@@ -62,3 +71,88 @@ def test_the_master_and_its_slow_workers():
     assert (master.pid, master.venv, master.worker_releases, master.slow_workers) == (
         7, "/srv/hello/venvs/v1", ("/srv/hello/releases/r1",) * 2, (9,))
     assert app.units_not_enabled == {"hello.service"}
+
+
+def shell(command: str) -> str:
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def venv(tmp_path):
+    """A virtualenv's shape: dist-info directories in site-packages, and a marker."""
+    root = tmp_path / "venvs" / "v1"
+    site = root / "lib" / "python3.11" / "site-packages"
+    for name in ("uvloop-0.21.0.dist-info", "Gunicorn-27.0.1.dist-info", "h11-0.16.0.dist-info"):
+        (site / name).mkdir(parents=True)
+    (site / "uvloop").mkdir()
+    (site / "uvloop" / "__init__.py").write_text("")
+    return root
+
+
+def test_a_venv_reads_as_its_build_recorded_it_and_the_verifier_finds_what_the_deploy_would_rebuild(
+        tmp_path, venv):
+    # the build writes its marker with the shell's digest; the agent must compute the same one
+    (venv / VENV_MARKER).write_text(f"lock-digest\n{shell(installed_dists_digest(str(venv)))}\n")
+    request = {"venvs": [{"path": str(venv), "app": "daemon"}], "systemctl": str(tmp_path / "none")}
+    found = run_agent(request).venv(str(venv))
+    assert found == VenvState("lock-digest", found.dists, found.dists, "")
+    # a package removed by hand changes the digest: the deploy rebuilds
+    (venv / "lib" / "python3.11" / "site-packages" / "h11-0.16.0.dist-info").rmdir()
+    assert run_agent(request).venv(str(venv)).dists != found.dists
+    # a file the app could change: both the deploy (rebuild) and verify (finding) see it
+    loose = venv / "lib" / "python3.11" / "site-packages" / "uvloop" / "__init__.py"
+    if os.geteuid() == 0:
+        os.chown(loose, 0, grp.getgrnam("daemon").gr_gid)
+        loose.chmod(0o664)
+        assert run_agent(request).venv(str(venv)).writable == str(loose)
+        assert shell(writable_by_app(str(venv), "daemon")) == str(loose)
+    loose.chmod(0o646)
+    assert run_agent(request).venv(str(venv)).writable == str(loose)
+    assert shell(writable_by_app(str(venv), "daemon")) == str(loose)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners are set as root")
+def test_a_release_tree_is_loose_exactly_where_the_verifier_says_so(tmp_path):
+    release = tmp_path / "releases" / "r1"
+    (release / "app").mkdir(parents=True)
+    (release / "app" / "main.py").write_text("app = None\n")
+    subprocess.run(["chown", "-R", "root:daemon", str(release)], check=True)
+    subprocess.run(["chmod", "-R", "u=rwX,g=rX,o=", str(release)], check=True)
+    request = {"trees": [{"path": str(release), "group": "daemon"},
+                         {"path": str(tmp_path / "releases" / "r2"), "group": "daemon"}]}
+    assert run_agent(request).tree(str(release)) == TreeState(True, "")
+    assert run_agent(request).tree(str(tmp_path / "releases" / "r2")) == TreeState(False, "")
+    for loosen in (["chmod", "g+w"], ["chmod", "o+r"], ["chown", "root:root"], ["chown", "daemon:daemon"]):
+        subprocess.run([*loosen, str(release / "app" / "main.py")], check=True)
+        found = run_agent(request).tree(str(release)).loose
+        assert found == shell(loose_files(str(release), "daemon")) == str(release / "app" / "main.py"), loosen
+        subprocess.run(["chown", "root:daemon", str(release / "app" / "main.py")], check=True)
+        subprocess.run(["chmod", "u=rw,g=r,o=", str(release / "app" / "main.py")], check=True)
+
+
+def test_a_preflight_stamp_and_the_digest_of_what_it_covers(tmp_path):
+    files = [tmp_path / name for name in ("gunicorn.conf.py", "env", "missing")]
+    files[0].write_text("workers = 2\n")
+    files[1].write_text("A=1\n")
+    stamp = tmp_path / ".preflight-ok"
+    request = {"digests": {str(stamp): [str(f) for f in files]}, "texts": [str(stamp), str(tmp_path / "none")]}
+    found = run_agent(request)
+    # as `cat FILES | sha256sum` reads them, a missing file as empty
+    assert found.digest(str(stamp)) == hashlib.sha256(b"workers = 2\nA=1\n").hexdigest()
+    assert found.text(str(stamp)) is None and found.text(str(tmp_path / "none")) is None
+    stamp.write_text(found.digest(str(stamp)) + "\n")
+    assert run_agent(request).text(str(stamp)) == found.digest(str(stamp))
+
+
+def test_requests_merge_so_that_one_read_covers_every_operation():
+    paths = AppPaths("hello")
+    first = merge_request({}, {"apps": [app_entry(paths)], "paths": ["/srv"], "digests": {"a": ["/x"]}})
+    merged = merge_request(first, {"apps": [app_entry(paths, health=("127.0.0.1:8000", "/healthz"))],
+                                   "paths": ["/srv", "/etc/hello"], "digests": {"b": ["/y"]},
+                                   "flag_dir": "/run/flags"})
+    assert [app["name"] for app in merged["apps"]] == ["hello"]
+    assert merged["apps"][0]["health"] == {"bind": "127.0.0.1:8000", "path": "/healthz"}
+    assert merged["apps"][0]["root"] == "/srv/hello"
+    assert merged["paths"] == ["/srv", "/etc/hello"]
+    assert merged["digests"] == {"a": ["/x"], "b": ["/y"]} and merged["flag_dir"] == "/run/flags"
+    assert first["paths"] == ["/srv"]  # the one merged into is left as it was

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_fleet import commands, rollout, secrets
-from asgi_fleet.agent_state import agent_command, preflight_request
+from asgi_fleet.agent_state import activation_request, agent_command, preflight_request
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.settings import InvalidSettings, app_settings
 from asgi_fleet.sizing import WorkerPlan
@@ -97,12 +97,17 @@ def test_app_module(defaults, value):
     app = outcome(defaults, "app_module", value)
     if app:
         assert gunicorn_conf(app)["wsgi_app"] == value
-        command = agent_command("preflight", preflight_request(
+        assert exec_request(preflight_request(
             AppPaths("hello"), "/srv/hello/releases/x", app_module=value, worker_class="a.B",
-            health_path="/", deadline=5, script="/s.py", stamp="/x", digest="d"))
-        # the agent is exec'd with the request as one argument, whatever it holds
-        words = shlex.split(command.rstrip("\n").rsplit("\n", 1)[1])
-        assert words[:1] == ["exec"] and json.loads(words[-1])["app_module"] == value
+            health_path="/", deadline=5, script="/s.py", stamp="/x", digest="d"))["app_module"] == value
+
+
+def exec_request(request: dict) -> dict:
+    """The request as the host's shell hands it to the agent: one argument, whatever it holds."""
+    command = agent_command("preflight", request)
+    words = shlex.split(command.rstrip("\n").rsplit("\n", 1)[1])
+    assert words[:1] == ["exec"]
+    return json.loads(words[-1])
 
 
 @EXAMPLES
@@ -129,8 +134,10 @@ def test_bind(defaults, baseline_keys, value):
 def test_health_path(defaults, value):
     app = outcome(defaults, "health_path", value)
     if app:
-        words = shlex.split(commands.health_probe("0.0.0.0:8000", value))
-        assert "http://127.0.0.1:8000" + value in words
+        assert exec_request(activation_request(
+            AppPaths("hello"), release_id="r", previous=None, kind="start", reload_units=False,
+            bind="0.0.0.0:8000", health_path=value, deadline=5, consecutive=1, workers=1,
+            release_dir="/srv/hello/releases/r"))["gate"]["path"] == value
 
 
 @EXAMPLES

@@ -13,7 +13,7 @@ from tasks import render_template
 
 
 def render(name, **values):
-    """As the deploy renders it (files.template gets the same helpers)."""
+    """As the deploy renders it."""
     return render_template(name, **values)
 
 

@@ -1,0 +1,92 @@
+"""The host as the deploy's decisions see it: the agent's `state`, read in one
+round trip for every operation, and read again only once an operation has
+changed the host.
+
+Each operation that decides on the host is a `view_operation`: when the
+deploy defines it (deploy.py runs before anything executes), it adds what it
+will read to the host's request. So at execution the first read covers every
+operation, and a re-run that changes nothing reads the host once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Callable
+
+import gevent
+from pyinfra import host
+from pyinfra.api import operation
+
+from asgi_fleet.agent_state import HostState, agent_command, merge_request
+from asgi_fleet.facts import AgentState
+
+
+class HostView:
+    """One host's view (deploy.py makes one per host)."""
+
+    def __init__(self, request: dict | None = None):
+        self.request: dict = request or {}
+        self._read: tuple[int, str, HostState] | None = None  # (changes then, request then, state)
+
+    def watch(self, **needs) -> None:
+        """Add to what the next read covers (agent_state.merge_request)."""
+        self.request = merge_request(self.request, needs)
+
+    def state(self) -> HostState:
+        """The host's state: the last read, unless an operation changed the
+        host or the request grew since."""
+        request = json.dumps(self.request, sort_keys=True)
+        changes = changes_so_far(host)
+        if self._read is None or self._read[:2] != (changes, request):
+            found = host.get_fact(AgentState, request=request)
+            if found is None:
+                raise RuntimeError(f"{host.name}: python3 is missing, so the agent cannot run; "
+                                   "the deploy lock's step installs it before any decision")
+            self._read = (changes, request, found)
+        return self._read[2]
+
+    def read_now(self, time_limit: int) -> HostState | None:
+        """Read the state afresh, within `time_limit` (None: no answer in time).
+        A fact would wait on a host that stopped answering: pyinfra bounds a
+        command's output, not an SSH channel that never opens, and a fact
+        swallows the timeout."""
+        try:
+            with gevent.Timeout(time_limit, TimeoutError):
+                answered, output = host.run_shell_command(
+                    agent_command("state", self.request), _sudo=bool(host.data.get("_sudo")),
+                    _timeout=time_limit)
+        except TimeoutError:
+            return None
+        found = HostState.parse("\n".join(output.stdout_lines)) if answered else None
+        if found is not None:
+            self._read = (changes_so_far(host), json.dumps(self.request, sort_keys=True), found)
+        return found
+
+
+def changes_so_far(some_host) -> int:
+    """How many of this host's operations have run commands on it so far."""
+    count = 0
+    for op_hash in some_host.state.get_op_order():
+        try:
+            meta = some_host.state.get_op_data_for_host(some_host, op_hash).operation_meta
+        except KeyError:
+            continue
+        if meta.is_complete() and meta.did_change():
+            count += 1
+    return count
+
+
+def view_operation(reads: Callable[..., dict]):
+    """A pyinfra operation that decides on the HostView passed as `view`.
+    `reads(**kwargs)` says what it reads (a part of the agent's request);
+    that is added to the view when the deploy defines the operation."""
+    def wrap(func):
+        op = operation()(func)
+
+        @functools.wraps(func)
+        def define(*args, **kwargs):
+            kwargs["view"].watch(**reads(**kwargs))
+            return op(*args, **kwargs)
+        return define
+    return wrap
