@@ -184,31 +184,13 @@ def releases_to_prune(history: list[str], present: list[str], current: str | Non
 
 @dataclass(frozen=True)
 class ReleasesState:
-    """An app's releases on a host, as the releases_state command reports them."""
+    """An app's releases on a host, as the agent reports them (agent_state.AppState.releases)."""
 
     current: str | None
     history: list[str]
     releases: dict[str, str]  # release id -> its venv dir
     venvs: list[str]
     failed: frozenset[str] = frozenset()  # releases an activation rolled back from
-
-
-def parse_releases_state(output: str) -> ReleasesState:
-    current, history, releases, venvs, history_text = None, [], {}, [], []
-    for line in output.splitlines():
-        key, _, rest = line.strip().partition(" ")
-        if key == "current" and rest:
-            current = rest.rsplit("/", 1)[-1]
-        elif key == "history":
-            history += parse_history(rest)
-            history_text.append(rest)
-        elif key == "release" and not rest.split(" ")[0].endswith(".tmp"):
-            name, _, venv = rest.partition(" ")
-            releases[name] = venv
-        elif key == "venv":
-            venvs.append(rest)
-    return ReleasesState(current, history, releases, venvs,
-                         frozenset(failed_releases("\n".join(history_text))))
 
 
 def venvs_to_prune(state: ReleasesState, kept_releases: list[str]) -> list[str]:

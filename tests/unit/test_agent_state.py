@@ -18,7 +18,7 @@ from asgi_fleet.agent_state import (
 from asgi_fleet.commands import (
     VENV_MARKER, AppPaths, installed_dists_digest, loose_files, writable_by_app,
 )
-from asgi_fleet.release import parse_releases_state
+from asgi_fleet.release import ReleasesState
 
 AGENT = Path(__file__).resolve().parents[2] / "asgi_fleet" / "onhost" / "agent.py"
 
@@ -29,7 +29,7 @@ def run_agent(request: dict) -> HostState:
     return HostState.parse(run.stdout)
 
 
-def test_releases_match_the_shell_reader(tmp_path):
+def test_releases_current_history_and_what_a_gate_rolled_back_from(tmp_path):
     paths = AppPaths("hello", str(tmp_path))
     root = Path(paths.root)
     (root / "venvs" / "v1").mkdir(parents=True)
@@ -40,10 +40,8 @@ def test_releases_match_the_shell_reader(tmp_path):
     (root / "history").write_text("1 r1\n2 r2\n3 r2 failed\n4 r1\n")
     request = state_request([paths]) | {"systemctl": str(tmp_path / "no-systemctl")}
     found = run_agent(request).app(paths).releases
-    shell = parse_releases_state(
-        f"current releases/r2\nhistory 1 r1\nhistory 2 r2\nhistory 3 r2 failed\nhistory 4 r1\n"
-        f"release r1 {paths.venvs}/v1\nrelease r2 {paths.venvs}/v1\nvenv v1\n")
-    assert found == shell and found.failed == {"r2"}
+    assert found == ReleasesState("r2", ["r1", "r2", "r1"], {"r1": f"{paths.venvs}/v1", "r2": f"{paths.venvs}/v1"},
+                                  ["v1"], frozenset({"r2"}))
 
 
 def test_staged_changes_compare_content_owner_and_mode():

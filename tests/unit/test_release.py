@@ -73,7 +73,7 @@ def test_lock_without_hashes_is_refused():
 
 
 from asgi_fleet.release import (  # noqa: E402
-    failed_releases, parse_history, parse_releases_state, previous_release, releases_to_prune,
+    ReleasesState, failed_releases, parse_history, previous_release, releases_to_prune,
 )
 
 
@@ -99,25 +99,14 @@ def test_prune_with_fewer_releases_than_kept_deletes_nothing():
     assert releases_to_prune(["r1"], ["r1"], "r1", keep=5) == []
 
 
-from asgi_fleet.release import parse_releases_state, venvs_to_prune  # noqa: E402
-
-STATE = """\
-current releases/r2
-history 100 r1
-history 200 r2
-release r1 /srv/shop/venvs/v1
-release r2 /srv/shop/venvs/v2
-release r3.tmp /srv/shop/venvs/v2
-venv v1
-venv v2
-venv v0
-"""
+from asgi_fleet.agent_state import HostState  # noqa: E402
+from asgi_fleet.commands import AppPaths  # noqa: E402
+from asgi_fleet.release import venvs_to_prune  # noqa: E402
 
 
-def test_parse_releases_state_and_prune_unused_venvs():
-    state = parse_releases_state(STATE)
-    assert (state.current, state.history) == ("r2", ["r1", "r2"])
-    assert state.releases == {"r1": "/srv/shop/venvs/v1", "r2": "/srv/shop/venvs/v2"}
+def test_prune_unused_venvs():
+    state = ReleasesState("r2", ["r1", "r2"], {"r1": "/srv/shop/venvs/v1", "r2": "/srv/shop/venvs/v2"},
+                          ["v1", "v2", "v0"])
     assert venvs_to_prune(state, ["r2"]) == ["v1", "v0"]
     assert venvs_to_prune(state, ["r1", "r2"]) == ["v0"]
 
@@ -166,7 +155,8 @@ def test_a_rollback_never_goes_back_to_a_release_that_was_rolled_back_from():
     text = "100 r1\n200 r2\n201 r1\n201 r2 failed\n"
     assert failed_releases(text) == {"r2"}
     assert previous_release(parse_history(text), "r1", failed_releases(text)) is None
-    state = parse_releases_state("current releases/r1\n" + "".join(f"history {l}\n" for l in text.splitlines()))
-    assert state.failed == {"r2"}
+    state = HostState({"apps": {"shop": {"current": "r1", "history": text.splitlines(), "releases": {},
+                                         "venvs": []}}}).app(AppPaths("shop")).releases
+    assert state.failed == {"r2"} and state.history == ["r1", "r2", "r1"]
     # deployed again later and healthy: no longer a failed release
     assert failed_releases(text + "300 r2\n") == set()

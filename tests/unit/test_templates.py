@@ -7,7 +7,7 @@ from gunicorn.config import Config
 
 from asgi_fleet.activation import stop_timeout
 from asgi_fleet.commands import AppPaths
-from asgi_fleet.settings import PROJECT_ROOT, app_settings
+from asgi_fleet.settings import app_settings
 from asgi_fleet.sizing import WorkerPlan
 from tasks import render_template
 
