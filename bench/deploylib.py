@@ -224,6 +224,7 @@ def run_timed(cmd: list[str], workdir: Path, tag: str, env: dict | None = None,
                 "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1"}
     out_path = workdir / f"out-{tag}.log"
     lines: list[tuple[float, str]] = []
+    cpu_before = _children_cpu()
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -239,12 +240,23 @@ def run_timed(cmd: list[str], workdir: Path, tag: str, env: dict | None = None,
         proc.kill()
         rc = -9
     seconds = time.monotonic() - started
+    controller_cpu = _children_cpu() - cpu_before
     out_path.write_text("".join(f"{t:8.3f} {text}\n" for t, text in lines))
     if rc != 0:
         tail = "\n".join(text for _, text in lines[-40:])
         raise RuntimeError(f"{tag}: {' '.join(cmd)} exited {rc} (log {out_path}):\n{tail}")
-    return {"seconds": round(seconds, 3), "loadavg_1min_after": os.getloadavg()[0], "phases": _phases(lines, seconds), "ops": _ops(lines, seconds),
+    return {"seconds": round(seconds, 3), "controller_cpu_seconds": round(controller_cpu, 3),
+            "loadavg_1min_after": os.getloadavg()[0], "phases": _phases(lines, seconds), "ops": _ops(lines, seconds),
             "docker_calls": docker_calls(dlog), "recap": _ansible_recap(lines)}
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and
+    theirs: the deploy tool and every docker CLI call it made, on the controller."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _phases(lines, total) -> dict:
