@@ -1,5 +1,9 @@
 """Custom pyinfra operations: each describes a desired state and yields only
 the commands needed to reach it, so that an unchanged re-run changes nothing.
+
+Each decides on the host's view (host_view.py: the agent's `state`, read once
+for all of them) and yields argv lists quoted in one place (sinks.py), or one
+call of the agent (asgi_fleet/onhost/agent.py).
 """
 
 from __future__ import annotations
@@ -426,11 +430,11 @@ def _fail(state, host) -> bool:
     return False  # a FunctionCommand fails its host only with False (None counts as done)
 
 
-def _run_bounded(state, host, command: str, record: dict, time_limit: int) -> bool:
+def _run_bounded(state, host, agent_call: str, record: dict, time_limit: int) -> bool:
     """Run the agent's activation within `time_limit`; record how it ended and why."""
     try:
         with gevent.Timeout(time_limit, TimeoutError):
-            _, output = host.run_shell_command(command, _sudo=bool(host.data.get("_sudo")),
+            _, output = host.run_shell_command(agent_call, _sudo=bool(host.data.get("_sudo")),
                                                _timeout=time_limit)
     except TimeoutError:
         record.update(health="unreachable",
