@@ -476,6 +476,13 @@ UNDO = {
     "rebind": ACTIVATE["rebind"],
 }
 REDACT_MIN = 4  # secret values shorter than this are not hunted down in the journal
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}  # a wildcard bind is reached on loopback
+
+
+def loopback(bind: str) -> tuple[str, int]:
+    """Where the host itself reaches a TCP bind ("HOST:PORT", "[V6]:PORT")."""
+    address, _, port = bind.rpartition(":")
+    return WILDCARDS.get(address, address), int(port)
 
 
 def http_status(bind: str, path: str, timeout: float = 5) -> int:
@@ -491,9 +498,8 @@ def http_status(bind: str, path: str, timeout: float = 5) -> int:
             return 0
         connection.sock = sock
     else:
-        address, _, port = bind.rpartition(":")
-        address = {"0.0.0.0": "127.0.0.1", "[::]": "::1"}.get(address, address).strip("[]")
-        connection = http.client.HTTPConnection(address, int(port), timeout=timeout)
+        address, port = loopback(bind)
+        connection = http.client.HTTPConnection(address.strip("[]"), port, timeout=timeout)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
@@ -508,8 +514,8 @@ def http_status(bind: str, path: str, timeout: float = 5) -> int:
 def url(bind: str, path: str) -> str:
     if bind.startswith("unix:"):
         return f"http://localhost{path} (through {bind[5:]})"
-    address, _, port = bind.rpartition(":")
-    return f"http://{ {'0.0.0.0': '127.0.0.1', '[::]': '[::1]'}.get(address, address)}:{port}{path}"
+    address, port = loopback(bind)
+    return f"http://{address}:{port}{path}"
 
 
 def workers_on(systemctl: str, service: str, release_dir: str) -> tuple[int, int]:
@@ -521,17 +527,17 @@ def workers_on(systemctl: str, service: str, release_dir: str) -> tuple[int, int
     return sum(w["cwd"] == want for w in found["workers"]), len(found["workers"])
 
 
-def gate(request: dict, gate: dict) -> tuple[bool, str]:
+def gate(request: dict, spec: dict) -> tuple[bool, str]:
     """Poll until GET answers 200 `consecutive` times in a row (0.5 s apart),
     and, with `release_dir` and `workers`, until exactly that many workers run,
     all from release_dir: after a HUP the old workers keep answering 200 for
     a while, and a gate that stops at the first 200 would pass on the old code."""
     systemctl = request.get("systemctl", "systemctl")
-    end = time.monotonic() + gate["deadline"]
-    consecutive, release_dir, workers = gate.get("consecutive", 1), gate.get("release_dir"), gate.get("workers")
+    end = time.monotonic() + spec["deadline"]
+    consecutive, release_dir, workers = spec.get("consecutive", 1), spec.get("release_dir"), spec.get("workers")
     healthy, status, seen = 0, 0, (0, 0)
     while True:
-        status = http_status(gate["bind"], gate["path"])
+        status = http_status(spec["bind"], spec["path"])
         on_release = True
         if release_dir is not None and workers is not None:
             seen = workers_on(systemctl, request["service"], release_dir)
@@ -545,8 +551,8 @@ def gate(request: dict, gate: dict) -> tuple[bool, str]:
     in_a_row = f" {consecutive} times in a row" if consecutive > 1 else ""
     why = (f" and {workers} workers on {release_dir} (seen: {seen[0]} of {seen[1]})"
            if release_dir is not None and workers is not None else "")
-    return False, (f"{gate.get('label', 'health gate')} failed: want GET {url(gate['bind'], gate['path'])} "
-                   f"to answer 200{in_a_row}{why} within {gate['deadline']}s; it answered {status or '000'}.")
+    return False, (f"{spec.get('label', 'health gate')} failed: want GET {url(spec['bind'], spec['path'])} "
+                   f"to answer 200{in_a_row}{why} within {spec['deadline']}s; it answered {status or '000'}.")
 
 
 def secret_values(paths: list[str]) -> list[str]:
