@@ -38,7 +38,7 @@ class RunningMaster:
 
 
 def parse_running_master(output: str) -> RunningMaster | None:
-    """Parse commands.RUNNING_MASTER output (None when no master runs)."""
+    """Parse commands.running_master's output, as verify reads it (None when no master runs)."""
     pid = venv = None
     workers, slow = [], []
     for line in output.splitlines():

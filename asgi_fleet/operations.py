@@ -374,7 +374,7 @@ def activate(plan, view: HostView, venv_changed: Callable[[], bool],
     """
     Make the service run the staged release, with the gentlest mechanism that
     applies it, and hold it to the health gate; roll back to what ran before
-    if it fails (commands.activate_release).
+    if it fails (the agent's `activate`, asgi_fleet/onhost/agent.py).
 
     + plan: the app's plan (asgi_fleet.plan.AppPlan)
     + view: the host's state (HostView)
