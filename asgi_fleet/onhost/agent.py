@@ -40,6 +40,7 @@ guessed. The controller parses the document with asgi_fleet.agent_state.
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import hashlib
 import http.client
@@ -359,7 +360,8 @@ def state(request: dict) -> dict:
             flags = sorted(os.listdir(flag_dir))
         except OSError:
             flags = []
-    lock = read_text(request["lock"]).strip() if request.get("lock") and read_text(request["lock"]) else None
+    held = read_text(request["lock"]) if request.get("lock") else None
+    lock = held.strip() if held else None
     return {
         "agent": VERSION,
         "now": time.time(),
@@ -404,8 +406,6 @@ def lock(request: dict) -> dict:
     only if it is exactly `stale` (a holder the controller found gone; under
     a mutex, so two runs that found it stale cannot both take it); give:
     remove it if `run_id` holds it; status: who holds it."""
-    import fcntl
-
     path, action = request["lock"], request["action"]
     systemctl = request.get("systemctl", "systemctl")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -441,8 +441,6 @@ def lock(request: dict) -> dict:
 def prune(request: dict) -> dict:
     """Delete the named releases and virtualenvs of one app (the controller
     decides which: asgi_fleet.release.releases_to_prune); names only, never paths."""
-    import shutil
-
     removed, refused = [], []
     for kind in ("releases", "venvs"):
         for name in request.get(kind, []):
