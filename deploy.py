@@ -12,7 +12,7 @@ batch by batch in inventory order, each drained at the load balancer (group
 
 from pyinfra import host, state
 
-from asgi_fleet.facts import HostResourcesFact
+from asgi_fleet.facts import BeforePlanning
 from asgi_fleet.host_view import HostView
 from asgi_fleet.operations import app_releases
 from asgi_fleet.plan import plan_host
@@ -33,16 +33,17 @@ from tasks.system import prepare_host, refuse_foreign_names
 fleet = plan_fleet(state)
 plans = []
 if not is_lb(host):
-    resources = host.get_fact(HostResourcesFact)
-    plans = [plan.sized(resources) for plan in plan_host(host.data.dict(), where=host.name)]
-    refuse_foreign_names(host, plans)  # never take over a user, unit or path we did not create
+    plans = plan_host(host.data.dict(), where=host.name)
+    resources, foreign = host.get_fact(BeforePlanning, apps=tuple(plan.paths for plan in plans))
+    plans = [plan.sized(resources) for plan in plans]
+    refuse_foreign_names(host, plans, foreign)  # never take over a user, unit or path we did not create
 if host.data.get("rollback"):
     plans = [plan.rolled_back(app_releases(plan.paths), f"{host.name}/{plan.paths.app}")
              for plan in plans]
 run = record_run(state, host, fleet)
 # What the operations below decide on: the host read once, again only after a change.
 view = HostView()
-take_deploy_lock(run, host.data.get("deploy_lock_max_age"), host.data.get("break_lock"))
+take_deploy_lock(run, host.data.get("deploy_lock_max_age"), host.data.get("break_lock"), view)
 
 # Stage: every host at once; nothing that serves traffic changes.
 venvs = []

@@ -282,6 +282,32 @@ def foreign_names(paths: AppPaths) -> str:
     ])
 
 
+NAMES_HEADING = "asgi-fleet names of"  # before each app's foreign_names in before_planning
+
+
+def before_planning(resources_probe: str, apps: tuple[AppPaths, ...]) -> str:
+    """The resources probe, then each app's foreign_names (in a subshell: it
+    exits early) under a heading line that names the app."""
+    parts = [resources_probe.strip()]
+    for paths in apps:
+        parts.append(f"echo {q(NAMES_HEADING + ' ' + paths.app)}; ( {foreign_names(paths)} )")
+    return "\n".join(parts) + "\ntrue"
+
+
+def parse_before_planning(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """before_planning's output: the probe's lines, and per app the names
+    found that asgi-fleet did not create (empty: none, or all its own)."""
+    resources: list[str] = []
+    foreign: dict[str, list[str]] = {}
+    found = resources
+    for line in (line.strip() for line in lines):
+        if line.startswith(NAMES_HEADING + " "):
+            found = foreign.setdefault(line[len(NAMES_HEADING) + 1:], [])
+        elif line:
+            found.append(line)
+    return resources, {app: [] if names == ["ours"] else names for app, names in foreign.items()}
+
+
 ACTIVATIONS_DIR = "/var/lib/asgi-fleet/activations"  # each app's last activation: when, and its status
 ACTIVATION_LOGS = "/run/asgi-fleet"  # each app's last activation: what it said, root only
 LOCK_MUTEX = "/run/lock/asgi-fleet.deploy.mutex"

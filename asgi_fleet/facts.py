@@ -11,26 +11,17 @@ from asgi_fleet.agent_state import HostState, agent_command
 from asgi_fleet.sizing import RESOURCES_PROBE, HostResources, parse_resources
 
 
-class HostResourcesFact(FactBase):
-    """Usable CPUs (online, affinity, cgroup quota) and memory (with cgroup limit)."""
+class BeforePlanning(FactBase):
+    """What the deploy reads before it plans, in one shell read (python3, and
+    so the agent, may not be there yet): the host's usable CPUs and memory,
+    and per app what the host has by its names that asgi-fleet did not create."""
 
-    def command(self):
-        return RESOURCES_PROBE
+    def command(self, apps: tuple[commands.AppPaths, ...]):
+        return commands.before_planning(RESOURCES_PROBE, apps)
 
-    def process(self, output) -> HostResources:
-        return parse_resources("\n".join(output))
-
-
-class ForeignNames(FactBase):
-    """What the host has by an app's names that asgi-fleet did not create
-    (an empty list: nothing, or all of it is asgi-fleet's own)."""
-
-    def command(self, paths):
-        return commands.foreign_names(paths)
-
-    def process(self, output):
-        lines = [line.strip() for line in output if line.strip()]
-        return [] if lines == ["ours"] else lines
+    def process(self, output) -> tuple[HostResources, dict[str, list[str]]]:
+        resources, foreign = commands.parse_before_planning(output)
+        return parse_resources("\n".join(resources)), foreign
 
 
 class AgentState(FactBase):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from typing import Callable
 
 import gevent
@@ -22,12 +23,19 @@ from asgi_fleet.agent_state import HostState, agent_command, merge_request
 from asgi_fleet.facts import AgentState
 
 
+# A read this young is as good as a new one to an operation that would read
+# the host again before it acts: a master that dies just after either read is
+# caught by the activation's own health gate all the same.
+RECENT_SECONDS = 5
+
+
 class HostView:
     """One host's view (deploy.py makes one per host)."""
 
     def __init__(self, request: dict | None = None):
         self.request: dict = request or {}
         self._read: tuple[int, str, HostState] | None = None  # (changes then, request then, state)
+        self._read_at = float("-inf")  # time.monotonic() of the last read
 
     def watch(self, **needs) -> None:
         """Add to what the next read covers (agent_state.merge_request)."""
@@ -43,8 +51,21 @@ class HostView:
             if found is None:
                 raise RuntimeError(f"{host.name}: python3 is missing, so the agent cannot run; "
                                    "the deploy lock's step installs it before any decision")
-            self._read = (changes, request, found)
+            self._read, self._read_at = (changes, request, found), time.monotonic()
         return self._read[2]
+
+    def read_with(self, doc: dict) -> None:
+        """Take `doc`, the agent's state for this view's request read by
+        another call (the deploy lock's), as this view's read."""
+        self._read = (changes_so_far(host), json.dumps(self.request, sort_keys=True), HostState(doc))
+        self._read_at = time.monotonic()
+
+    def recent(self) -> bool:
+        """Whether the last read still holds (no change, the same request) and
+        is under RECENT_SECONDS old."""
+        current = (changes_so_far(host), json.dumps(self.request, sort_keys=True))
+        return (self._read is not None and self._read[:2] == current
+                and time.monotonic() - self._read_at < RECENT_SECONDS)
 
     def read_now(self, time_limit: int) -> HostState | None:
         """Read the state afresh, within `time_limit` (None: no answer in time).
@@ -61,6 +82,7 @@ class HostView:
         found = HostState.parse("\n".join(output.stdout_lines)) if answered else None
         if found is not None:
             self._read = (changes_so_far(host), json.dumps(self.request, sort_keys=True), found)
+            self._read_at = time.monotonic()
         return found
 
 

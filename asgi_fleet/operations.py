@@ -242,7 +242,8 @@ def prune_releases(paths: commands.AppPaths, keep: int, view: HostView):
 
 @operation()
 def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
-                break_lock: str | None = None, record: dict | None = None):
+                break_lock: str | None = None, record: dict | None = None,
+                view: HostView | None = None):
     """
     Take (or give back) the host's deploy lock, so two deploys never interleave.
 
@@ -258,6 +259,7 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
     + max_age: seconds after which a lock from another controller counts as gone
     + break_lock: the run id of a lock to take over now (the operator knows it is gone)
     + record: this host's entry in the run's record, told about a takeover
+    + view: the host's state (HostView), read under the lock as it is taken
     """
     if not host.state.is_executing:
         return
@@ -265,8 +267,12 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
         _agent(host, "lock", lock_request("give", run_id=run_id))
         host.noop("deploy lock given back")
         return
-    answer = lock.parse_lock_answer(_agent(host, "lock", lock_request("take", owner=owner)))
+    then_state = view.request if view is not None else None
+    found = _agent(host, "lock", lock_request("take", owner=owner, then_state=then_state))
+    answer = lock.parse_lock_answer(found)
     if answer.acquired:
+        if "state" in found:
+            view.read_with(found["state"])
         host.noop("deploy lock taken")
         return
     now = time.time()
@@ -275,8 +281,11 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
         holder, now=now, controller=socket.gethostname(), pid_alive=_pid_alive, max_age=max_age,
         break_lock=break_lock, activating=answer.activating)
     if why:
-        took = _agent(host, "lock", lock_request("take", owner=owner, stale=holder.text))
+        took = _agent(host, "lock", lock_request("take", owner=owner, stale=holder.text,
+                                                 then_state=then_state))
         if lock.parse_lock_answer(took).acquired:
+            if "state" in took:
+                view.read_with(took["state"])
             report = (f"took over the deploy lock of {holder.describe(now)}: {why}"
                       + "".join(f"; its last activation of {words}" for words in answer.last_words))
             logger.warning(f"{host.name}: {report}")
@@ -399,7 +408,7 @@ def activate(plan, view: HostView, venv_changed: Callable[[], bool],
     paths, app = plan.paths, plan.app
     started = time.monotonic()
     # Read afresh: earlier batches took their time, and a master may have died since.
-    if view.read_now(time_limit) is None:
+    if not view.recent() and view.read_now(time_limit) is None:
         record.update(health="unreachable", cause=[f"no answer from the host within {time_limit} s"])
         yield FunctionCommand(_fail, (), {})
         return

@@ -7,11 +7,12 @@ from asgi_fleet import operations
 
 
 @deploy("Deploy lock")
-def take_deploy_lock(run, max_age: int, break_lock: str | None):
+def take_deploy_lock(run, max_age: int, break_lock: str | None, view):
     """A lock left by a run that is gone is taken over (and reported); see
-    asgi_fleet/lock.py."""
+    asgi_fleet/lock.py. The host is read for every decision as the lock is taken."""
     operations.deploy_lock(name="Take the deploy lock", owner=run.lock_owner, run_id=run.run_id,
-                           acquire=True, max_age=max_age, break_lock=break_lock, record=run.entry)
+                           acquire=True, max_age=max_age, break_lock=break_lock, record=run.entry,
+                           view=view)
 
 
 @deploy("Deploy lock")

@@ -4,7 +4,6 @@ from pyinfra.api import deploy
 
 from asgi_fleet import operations
 from asgi_fleet.commands import NAMES_DIR
-from asgi_fleet.facts import ForeignNames
 from asgi_fleet.settings import InvalidSettings
 
 # What every host needs: python3-venv for the virtualenvs, curl for the health
@@ -12,13 +11,14 @@ from asgi_fleet.settings import InvalidSettings
 BASE_PACKAGES = ["python3", "python3-venv", "curl", "procps", "ca-certificates"]
 
 
-def refuse_foreign_names(host, plans) -> None:
+def refuse_foreign_names(host, plans, foreign: dict[str, list[str]]) -> None:
     """Stop the run, before any host is changed, if an app's name is taken on
-    this host by something asgi-fleet did not create: taking over the SSH
-    user, ssh.service or /etc/apt would break the host."""
+    this host by something asgi-fleet did not create (`foreign`, per app name:
+    facts.BeforePlanning): taking over the SSH user, ssh.service or /etc/apt
+    would break the host."""
     problems = []
     for plan in plans:
-        found = host.get_fact(ForeignNames, paths=plan.paths)
+        found = foreign.get(plan.paths.app)
         if found:
             problems.append(
                 f"{host.name}: app_name={plan.paths.app!r}: the host already has {'; '.join(found)}, "

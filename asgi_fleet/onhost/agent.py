@@ -43,7 +43,6 @@ from __future__ import annotations
 import fcntl
 import grp
 import hashlib
-import http.client
 import json
 import os
 import pwd
@@ -405,7 +404,9 @@ def lock(request: dict) -> dict:
     """take: create the lock (atomically, O_EXCL) with `owner`, replacing it
     only if it is exactly `stale` (a holder the controller found gone; under
     a mutex, so two runs that found it stale cannot both take it); give:
-    remove it if `run_id` holds it; status: who holds it."""
+    remove it if `run_id` holds it; status: who holds it. A take may carry
+    `then_state`, a state request answered once the lock is taken: the first
+    read of a deploy is made under its lock, in the same round trip."""
     path, action = request["lock"], request["action"]
     systemctl = request.get("systemctl", "systemctl")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -435,7 +436,9 @@ def lock(request: dict) -> dict:
             return {"outcome": "held", **_holder_report(request, systemctl)}
         with os.fdopen(fd, "w") as f:
             f.write(request["owner"].strip() + "\n")
-        return {"outcome": "acquired"}
+    if request.get("then_state") is not None:
+        return {"outcome": "acquired", "state": state(request["then_state"])}
+    return {"outcome": "acquired"}
 
 
 def prune(request: dict) -> dict:
@@ -485,6 +488,8 @@ def loopback(bind: str) -> tuple[str, int]:
 
 def http_status(bind: str, path: str, timeout: float = 5) -> int:
     """The status of one GET through the app's own socket (0: no answer)."""
+    import http.client  # here, not at the top: it is a third of a lock call's start-up
+
     if bind.startswith("unix:"):
         connection = http.client.HTTPConnection("localhost", timeout=timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

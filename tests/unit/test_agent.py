@@ -192,3 +192,16 @@ def test_prune_deletes_only_the_named_releases_and_venvs_by_name(tree):
 def test_bad_requests_are_refused_as_json(args, says):
     run = agent(*args)
     assert run.returncode == 2 and says in json.loads(run.stdout)["error"]
+
+
+def test_a_lock_taken_with_a_state_request_answers_with_the_state_read_under_it(tree):
+    tmp_path, root, _ = tree
+    then_state = {"lock": str(tmp_path / "lock" / "deploy"), "systemctl": str(tmp_path / "absent"),
+                  "apps": [{"name": "hello", "root": str(root), "service": "hello.service",
+                            "units": [], "files": [], "activation_record": str(tmp_path / "rec")}]}
+    taken = lock(tmp_path, action="take", owner="run-1 ops@laptop 100", then_state=then_state)
+    assert taken["outcome"] == "acquired"
+    assert taken["state"]["apps"]["hello"]["current"] == "r2"
+    assert taken["state"]["lock"] == "run-1 ops@laptop 100"  # read after the lock was taken
+    held = lock(tmp_path, action="take", owner="run-2 ci@runner 200", then_state=then_state)
+    assert held["outcome"] == "held" and "state" not in held  # nothing to decide on for a loser
