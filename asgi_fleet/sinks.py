@@ -39,8 +39,10 @@ def env_file_value(value: str) -> str:
     return '"' + "".join("\\" + c if c in _ENV_FILE_ESCAPED else c for c in value) + '"'
 
 
-# Passed to every template as functions: {{ py(app.app_module) }}.
-TEMPLATE_HELPERS = {"py": python, "env_value": env_file_value}
+# Every template's filters, {{ app.app_module | py }}: the deploy's renderer
+# (tasks.render_template) and the Ansible bench (bench/ansible/filter_plugins)
+# register these same functions.
+TEMPLATE_FILTERS = {"py": python, "env_value": env_file_value}
 
 
 def prometheus_label(value: str) -> str:

@@ -3,7 +3,7 @@
 from pyinfra.api.operation import OperationMeta
 
 from asgi_fleet.settings import PROJECT_ROOT
-from asgi_fleet.sinks import TEMPLATE_HELPERS
+from asgi_fleet.sinks import TEMPLATE_FILTERS
 
 TEMPLATES = PROJECT_ROOT / "templates"
 
@@ -14,10 +14,11 @@ def changed(op: OperationMeta) -> bool:
 
 
 def render_template(name: str, **variables) -> str:
-    """A template rendered on the controller (with the helpers of sinks.py), for
+    """A template rendered on the controller (with the filters of sinks.py), for
     operations.file to compare with what the host has."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
-    return env.get_template(name).render(**TEMPLATE_HELPERS, **variables)
+    env.filters.update(TEMPLATE_FILTERS)
+    return env.get_template(name).render(**variables)
