@@ -16,41 +16,42 @@ from asgi_fleet.facts import BeforePlanning
 from asgi_fleet.host_view import HostView
 from asgi_fleet.operations import app_releases
 from asgi_fleet.plan import plan_host
-from asgi_fleet.record import record_run
+from asgi_fleet.settings import host_settings
 from tasks.config import stage_files
 from tasks.lb import load_balancer
 from tasks.lock import give_back_deploy_lock, take_deploy_lock
 from tasks.preflight import install_preflight_script, preflight
 from tasks.python_env import install_verify_tools, install_virtualenv, package_index
 from tasks.release import prune_releases, ship_release
-from tasks.rollout import activate_batch, is_lb, plan_fleet
+from tasks.rollout import activate_batch, is_lb, plan_rollout
 from tasks.service import plan_activation
 from tasks.system import prepare_host, refuse_foreign_names
 
-# Validates every setting (raising before any host is changed): the fleet's
-# batches and load balancer upstreams, and for this host each app's release,
-# virtualenv, paths and, from its CPUs and memory, its worker count.
-fleet = plan_fleet(state)
+# Validates every setting (raising before any host is changed): the rollout
+# (the fleet's batches, failure budget and load balancer upstreams, and the
+# run's record), and for this host each app's release, virtualenv, paths and,
+# from its CPUs and memory, its worker count.
+rollout = plan_rollout(state)
+settings = host_settings(host.data.dict(), where=host.name)  # the same in every app of the host
 plans = []
 if not is_lb(host):
     plans = plan_host(host.data.dict(), where=host.name)
     resources, foreign = host.get_fact(BeforePlanning, apps=tuple(plan.paths for plan in plans))
     plans = [plan.sized(resources) for plan in plans]
     refuse_foreign_names(host, plans, foreign)  # never take over a user, unit or path we did not create
-if host.data.get("rollback"):
+if settings.rollback:
     plans = [plan.rolled_back(app_releases(plan.paths), f"{host.name}/{plan.paths.app}")
              for plan in plans]
-run = record_run(state, host, fleet)
+run = rollout.record.for_host(host.name)
 # What the operations below decide on: the host read once, again only after a change.
 view = HostView()
-take_deploy_lock(run, host.data.get("deploy_lock_max_age"), host.data.get("break_lock"), view)
+take_deploy_lock(run, settings.deploy_lock_max_age, settings.break_lock, view)
 
 # Stage: every host at once; nothing that serves traffic changes.
 venvs = []
 if is_lb(host):
-    load_balancer(fleet, host.data.get("apt_cache_time"), view)
+    load_balancer(rollout, settings.apt_cache_time, view)
 else:
-    settings = plans[0].app  # host-wide settings are the same in every app
     prepare_host(plans, settings, view)
     pip = package_index(settings, view)
     install_verify_tools(pip, view)
@@ -63,8 +64,8 @@ for plan in plans:
     plan_activation(plan, view, venvs[-1], run.app(plan))
 
 # Activate: batch by batch; a failed host is rolled back and stops the rollout.
-for number in host.loop(range(1, len(fleet.batches) + 1)):
-    activate_batch(state, fleet, number, plans, venvs, run, view)
+for number in host.loop(range(1, len(rollout.batches) + 1)):
+    activate_batch(state, rollout, number, plans, venvs, run, view)
 
 for plan in plans:
     prune_releases(plan, view)

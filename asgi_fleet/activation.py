@@ -17,6 +17,10 @@ that really applies it (see ../shared/notes/gunicorn-uvicorn.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asgi_fleet.settings import Settings
 
 NONE, START, RELOAD, RESTART, REBIND = "none", "start", "reload", "restart", "rebind"
 
@@ -90,13 +94,13 @@ def _id(path: str) -> str:
 STOP_MARGIN = 15
 
 
-def stop_timeout(app: dict) -> int:
+def stop_timeout(app: Settings) -> int:
     """The unit's TimeoutStopSec: how long stopping the old master may take."""
-    return app["graceful_timeout"] + STOP_MARGIN
+    return app.graceful_timeout + STOP_MARGIN
 
 
-def activation_time_limit(app: dict) -> int:
+def activation_time_limit(app: Settings) -> int:
     """How long one host's activation may take before the controller gives up
     on it: a stop and a gate, twice (the rollback), with room to spare."""
-    return 2 * (stop_timeout(app) + app["health_deadline"]) + 30
+    return 2 * (stop_timeout(app) + app.health_deadline) + 30
 

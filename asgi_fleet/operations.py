@@ -354,7 +354,7 @@ def app_releases(paths: commands.AppPaths) -> ReleasesState:
 
 
 def _app_with_health(plan, **_) -> dict:
-    return {"apps": [app_entry(plan.paths, health=(plan.app["bind"], plan.app["health_path"]))]}
+    return {"apps": [app_entry(plan.paths, health=(plan.app.bind, plan.app.health_path))]}
 
 
 @view_operation(_app_with_health)
@@ -424,9 +424,9 @@ def activate(plan, view: HostView, venv_changed: Callable[[], bool],
         return
     request = activation_request(
         paths, release_id=plan.release_id, previous=current, kind=kind,
-        reload_units=bool(changed & NEEDS_UNIT_RELOAD), bind=app["bind"],
-        health_path=app["health_path"], deadline=app["health_deadline"],
-        consecutive=app["health_consecutive"], workers=plan.workers.count,
+        reload_units=bool(changed & NEEDS_UNIT_RELOAD), bind=app.bind,
+        health_path=app.health_path, deadline=app.health_deadline,
+        consecutive=app.health_consecutive, workers=plan.workers.count,
         release_dir=plan.release_dir,
         # nothing to activate: put back what was undone by hand, or fail
         enable=tuple(disabled) if kind == NONE else (),
@@ -584,6 +584,6 @@ def preflight(plan, view: HostView):
         return
     app = plan.app
     yield agent_command("preflight", preflight_request(
-        plan.paths, plan.release_dir, app_module=app["app_module"], worker_class=app["worker_class"],
-        health_path=app["health_path"], deadline=app["health_deadline"], script=PREFLIGHT_SCRIPT,
+        plan.paths, plan.release_dir, app_module=app.app_module, worker_class=app.worker_class,
+        health_path=app.health_path, deadline=app.health_deadline, script=PREFLIGHT_SCRIPT,
         stamp=plan.preflight_stamp, digest=digest))

@@ -17,14 +17,14 @@ from asgi_fleet.commands import PREFLIGHT_SCRIPT, AppPaths
 from asgi_fleet.release import ReleasesState, previous_release
 from asgi_fleet.secrets import secrets_file
 from asgi_fleet.sizing import HostResources, WorkerPlan, app_worker_plan
-from asgi_fleet.settings import PROJECT_ROOT, InvalidSettings, app_settings
+from asgi_fleet.settings import PROJECT_ROOT, InvalidSettings, Settings, app_settings
 
 BUILD_DIR = PROJECT_ROOT / ".asgi-fleet" / "build"
 
 
 @dataclass(frozen=True)
 class AppPlan:
-    app: dict[str, Any]  # the app's validated settings
+    app: Settings  # the app's validated settings
     paths: AppPaths
     release_id: str
     venv_id: str
@@ -76,21 +76,21 @@ def _local(path: str) -> Path:
     return (PROJECT_ROOT / path).resolve()
 
 
-def plan_app(app: dict[str, Any], where: str = "") -> AppPlan:
-    lock_file = _local(app["app_lock"])
+def plan_app(app: Settings, where: str = "") -> AppPlan:
+    lock_file = _local(app.app_lock)
     lock_text = lock_file.read_text()
-    problems = release.lock_problems(lock_text, app["app_lock"])
+    problems = release.lock_problems(lock_text, app.app_lock)
     if problems:
         raise InvalidSettings([f"{where}: {p}" for p in problems])
-    app_dir = _local(app["app_source"])
-    exclude = tuple(app["release_exclude"])
+    app_dir = _local(app.app_source)
+    exclude = tuple(app.release_exclude)
     if not release.release_files(app_dir, exclude):
         raise InvalidSettings([
-            f"{where}: app_source={app['app_source']!r}: no file to ship: it is in a git work tree "
+            f"{where}: app_source={app.app_source!r}: no file to ship: it is in a git work tree "
             "whose tracked files are the release, and git tracks none there (git add them), "
             "or release_exclude leaves none out"])
     release_id = release.release_id(app_dir, lock_file, exclude)
-    tarball = BUILD_DIR / f"{app['app_name']}-{release_id}.tar.gz"
+    tarball = BUILD_DIR / f"{app.app_name}-{release_id}.tar.gz"
     if not tarball.exists():
         BUILD_DIR.mkdir(parents=True, exist_ok=True)
         tmp = tarball.with_suffix(f".{os.getpid()}.tmp")
@@ -98,16 +98,16 @@ def plan_app(app: dict[str, Any], where: str = "") -> AppPlan:
         os.replace(tmp, tarball)
     return AppPlan(
         app=app,
-        paths=AppPaths(app["app_name"], app["srv_root"]),
+        paths=AppPaths(app.app_name, app.srv_root),
         release_id=release_id,
         venv_id=release.venv_id(lock_file),
         lock_file=lock_file,
         lock_sha256=hashlib.sha256(lock_file.read_bytes()).hexdigest(),
         tarball=tarball,
-        secrets=secrets_file(app["app_secrets"]),
+        secrets=secrets_file(app.app_secrets),
     )
 
 
 def plan_host(data: dict[str, Any], where: str = "") -> list[AppPlan]:
     """Validate one host's settings and plan each of its apps."""
-    return [plan_app(app, f"{where}/{app['app_name']}") for app in app_settings(data, where)]
+    return [plan_app(app, f"{where}/{app.app_name}") for app in app_settings(data, where)]

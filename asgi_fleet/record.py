@@ -28,11 +28,6 @@ from asgi_fleet.rollout import SUMMARY_COLUMNS, summary_rows
 from asgi_fleet.settings import PROJECT_ROOT
 
 
-# An activation's outcomes that leave the app not serving healthily on any
-# release: the load balancer keeps such a host out of rotation.
-BROKEN = ("failed", "rollback failed", "unreachable")
-
-
 def record_path() -> Path:
     return Path(os.environ.get("ASGI_FLEET_RECORD") or PROJECT_ROOT / ".asgi-fleet" / "last-run.json")
 
@@ -48,6 +43,28 @@ class RunRecord(BaseStateCallback):
 
     def host(self, name: str) -> dict[str, Any]:
         return self.hosts.setdefault(name, {"status": "pending", "ops": [], "apps": {}})
+
+    def for_host(self, name: str) -> HostRecord:
+        return HostRecord(self, name)
+
+    # What the rollout reads back (rollout.Rollout) and tells.
+    def _app(self, host_name: str, app: str) -> dict[str, Any]:
+        """A host's app entry, read only (a host outside the run has none)."""
+        return self.hosts.get(host_name, {}).get("apps", {}).get(app, {})
+
+    def activation(self, host_name: str, app: str) -> str | None:
+        """The activation a host's app was planned with (None: not known)."""
+        return self._app(host_name, app).get("activation")
+
+    def health(self, host_name: str, app: str) -> str | None:
+        """How a host's app came out of this run's activation (None: not yet, or not in the run)."""
+        return self._app(host_name, app).get("health")
+
+    def halted(self, reason: str | None) -> None:
+        if reason and not self.rollout["halted"]:
+            self.rollout["halted"] = reason
+            logger.warning(f"--> Rollout stopped: {reason}. Hosts not yet activated keep their release.")
+            self.write()
 
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,41 +181,22 @@ class HostRecord:
         self.run.steps[(step, self.host_name)] = app
         return app
 
-    def _other(self, host_name: str, app: str) -> dict[str, Any]:
-        """Another host's app entry, read only (a host outside the run has none)."""
-        return self.run.hosts.get(host_name, {}).get("apps", {}).get(app, {})
 
-    def activation(self, host_name: str, app: str) -> str | None:
-        """The activation another host's app was planned with (None: not known)."""
-        return self._other(host_name, app).get("activation")
-
-    def health(self, host_name: str, app: str) -> str | None:
-        """How a host's app came out of this run's activation (None: not yet, or not in the run)."""
-        return self._other(host_name, app).get("health")
-
-    def halted(self, reason: str | None) -> None:
-        if reason and not self.run.rollout["halted"]:
-            self.run.rollout["halted"] = reason
-            logger.warning(f"--> Rollout stopped: {reason}. Hosts not yet activated keep their release.")
-            self.run.write()
-
-
-def record_run(state, host, fleet) -> HostRecord:
-    """The run's record (created with the first host), and this host's part of it.
-    Its summary is printed when the run ends, however it ends."""
-    run = getattr(state, "asgi_fleet_record", None)
-    if run is None:
-        run = state.asgi_fleet_record = RunRecord(record_path())
-        run.rollout.update(batches=fleet.batches, failure_budget=fleet.budget, targeted=fleet.targeted)
-        state.add_callback_handler(run)
-        atexit.register(lambda: print(run.summary(), flush=True))
-        for other in state.inventory:  # every host of the run, even one that never connected
-            if not state.is_host_in_limit(other):
-                continue
-            run.host(other.name)
-            if other.name not in fleet.app_hosts:
-                run.host(other.name)["role"] = "lb"
-            if other in state.failed_hosts:  # connecting comes before the deploy file runs
-                run.host(other.name)["status"] = "unreachable"
-        run.write()
-    return HostRecord(run, host.name)
+def start_record(state, app_hosts: list[str], batches: list[list[str]], budget: int,
+                 targeted: list[str]) -> RunRecord:
+    """The run's record, with every host of the run (even one that never
+    connected). Its summary is printed when the run ends, however it ends."""
+    run = RunRecord(record_path())
+    run.rollout.update(batches=batches, failure_budget=budget, targeted=targeted)
+    state.add_callback_handler(run)
+    atexit.register(lambda: print(run.summary(), flush=True))
+    for other in state.inventory:
+        if not state.is_host_in_limit(other):
+            continue
+        run.host(other.name)
+        if other.name not in app_hosts:
+            run.host(other.name)["role"] = "lb"
+        if other in state.failed_hosts:  # connecting comes before the deploy file runs
+            run.host(other.name)["status"] = "unreachable"
+    run.write()
+    return run

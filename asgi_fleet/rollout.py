@@ -1,9 +1,14 @@
-"""Rolling activation across a fleet: the pure decisions.
+"""Rolling activation across a fleet: the pure decisions, and the Rollout
+that holds them for one run.
 
 A deploy stages the new release on every host at once (no change to
 traffic), then activates it batch by batch, in inventory order. These
 functions decide the batches, when the rollout must stop, which hosts the
 load balancer keeps out of rotation, and how the run is summed up.
+
+The rollout's vocabularies are spelled here once: the load balancers' group,
+the "N%" grammar, host short names, the drain flags and their directory, the
+verdicts that keep a host out of rotation.
 """
 
 from __future__ import annotations
@@ -13,14 +18,37 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-AMOUNT_RE = re.compile(r"^(\d+)%$")
+LB_GROUP = "lb"  # the inventory group of load balancers
+FLAG_DIR = "/run/asgi-fleet-lb"  # on a load balancer: the drain flags nginx looks for
+# Who is kept out of rotation after a failed deploy ({app: [host names]}): on
+# disk, not in /run, so that neither a reboot nor the next run puts a broken
+# host back; only a deploy that finds it healthy does.
+KEPT_OUT_FILE = "/var/lib/asgi-fleet-lb/kept-out.json"
+NGINX_CONF = "/etc/nginx/conf.d/asgi-fleet.conf"
+# An activation's outcomes that leave the app not serving healthily on any
+# release: the load balancer keeps such a host out of rotation.
+BROKEN = ("failed", "rollback failed", "unreachable")
+NOT_ACTIVATED = ("none", None)  # a host that changes nothing (or is not known to) is not drained
+
+PERCENT_RE = re.compile(r"(\d+)%", re.ASCII)  # "N%" of the fleet: rollout_batch, rollout_max_failures
+
+
+def percent(value) -> int | None:
+    """The N of an "N%" amount (None: not one)."""
+    match = PERCENT_RE.fullmatch(value) if isinstance(value, str) else None
+    return int(match.group(1)) if match else None
 
 
 def amount(value: int | str, total: int, *, at_least: int) -> int:
     """A count, or "N%" of `total` (rounded down), never below `at_least`."""
-    match = AMOUNT_RE.match(value) if isinstance(value, str) else None
-    count = math.floor(total * int(match.group(1)) / 100) if match else int(value)
+    share = percent(value)
+    count = math.floor(total * share / 100) if share is not None else int(value)
     return max(at_least, count)
+
+
+def short_name(name: str) -> str:
+    """A host's name without its connector ("@docker/asgi-web1" -> "asgi-web1")."""
+    return name.rsplit("/", 1)[-1]
 
 
 def batches(hosts: list[str], batch: int | str) -> list[list[str]]:
@@ -85,7 +113,8 @@ def lb_apps(hosts: list[tuple[str, str, dict[str, str]]]) -> list[LbApp]:
 
 
 def drain_flag(app: str, batch_number: int) -> str:
-    """The flag file that takes batch `batch_number` (from 1) of `app` out of rotation."""
+    """The flag file (in FLAG_DIR) that takes batch `batch_number` (from 1) of
+    `app` out of rotation."""
     return f"{app}.drain-batch-{batch_number}"
 
 
@@ -109,7 +138,8 @@ def lb_config(apps: list[LbApp], batches: list[list[str]],
         for number, batch in enumerate(batches, start=1):
             left = drained_upstreams(batch, {app.name: serving})
             if app.name in left:
-                drains.append({"batch": number, "servers": [app.servers[h] for h in left[app.name]]})
+                drains.append({"batch": number, "flag": f"{FLAG_DIR}/{drain_flag(app.name, number)}",
+                               "servers": [app.servers[h] for h in left[app.name]]})
         config.append({"name": app.name, "port": app.port,
                        "servers": [app.servers[h] for h in serving],
                        "kept_out": [h for h in app.servers if h not in serving],
@@ -134,6 +164,67 @@ def kept_out_after(recorded: dict[str, list[str]], apps: list[LbApp],
         if hosts:
             out[app.name] = hosts
     return out
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One run's rolling activation, as Kamal's Boot#run holds one host's:
+    the batches and the failure budget, the load balancer's drain and return,
+    the gate verdicts, and the run's record they are read from and told to.
+
+    The batches and what the load balancer fronts come from the whole
+    inventory (`app_hosts`), so that a --limit changes what is activated
+    (`targeted`), never what the load balancer fronts.
+    """
+
+    app_hosts: list[str]
+    batches: list[list[str]]
+    budget: int  # app hosts that may fail before the rollout stops
+    lb_apps: list[LbApp]
+    targeted: list[str]
+    load_balancers: list[str]  # those of this run
+    record: Any  # record.RunRecord: each host's plan and verdict, as the run goes
+
+    def title(self, number: int) -> str:
+        batch = self.batches[number - 1]
+        return f"Batch {number}/{len(self.batches)} ({', '.join(short_name(h) for h in batch)})"
+
+    def activates(self, host: str, number: int) -> bool:
+        """Whether this run activates `host` in batch `number`."""
+        return host in self.batches[number - 1] and host in self.targeted
+
+    def halted(self, failed: set[str]) -> str | None:
+        """Why the rollout stops now that `failed` hosts failed (None: go on); told to the record."""
+        lbs = [h for h in self.load_balancers if h in failed]
+        if lbs:  # a load balancer that failed can no longer drain nor keep a broken host out
+            reason = f"the load balancer failed ({', '.join(lbs)})"
+        else:
+            reason = halt_reason([h for h in self.targeted if h in failed], self.budget)
+        self.record.halted(reason)
+        return reason
+
+    def drains(self, number: int, failed: set[str]) -> set[str]:
+        """The drain flags to raise for batch `number`: for each app, if any of
+        the batch's hosts this run activates will change (none once halted)."""
+        if self.halted(failed):
+            return set()
+        return {drain_flag(app.name, number) for app in self.lb_apps
+                if any(self.record.activation(h, app.name) not in NOT_ACTIVATED
+                       for h in app.servers if self.activates(h, number))}
+
+    def kept_out(self, recorded: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Who the load balancer keeps out of rotation from now, from its
+        record and this run's verdicts so far (kept_out_after)."""
+        verdicts = {(h, app.name): self.record.health(h, app.name)
+                    for app in self.lb_apps for h in app.servers if h in self.targeted}
+        return kept_out_after(
+            recorded, self.lb_apps,
+            healthy={key for key, health in verdicts.items() if health == "healthy"},
+            broken={key for key, health in verdicts.items() if health in BROKEN})
+
+    def lb_config(self, kept_out: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """What the load balancer's nginx config renders, with `kept_out` out of rotation."""
+        return lb_config(self.lb_apps, self.batches, kept_out)
 
 
 SUMMARY_COLUMNS = ("host", "app", "batch", "old release", "new release", "activation", "health",

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from pyinfra.api.exceptions import PyinfraError
 
+from asgi_fleet.rollout import percent
 from asgi_fleet.secrets import source_problems
 from asgi_fleet.sizing import WORKER_POLICIES
 
@@ -73,8 +74,8 @@ def integer(low: int, high: int, optional: bool = False) -> Check:
 
 def count_or_percent(low: int, high: int) -> Check:
     def check(value):
-        match = re.fullmatch(r"(\d+)%", value) if isinstance(value, str) else None
-        if match and (0 if low == 0 else 1) <= int(match.group(1)) <= 100:
+        share = percent(value)
+        if share is not None and (0 if low == 0 else 1) <= share <= 100:
             return None
         if not isinstance(value, bool) and isinstance(value, int) and low <= value <= high:
             return None
@@ -320,6 +321,68 @@ RULES: dict[str, Rule] = {
 }
 
 
+@dataclass(frozen=True)
+class Settings:
+    """One app's validated settings on one host (host-wide ones included):
+    what every layer reads, by attribute. A field per rule, in RULES' order
+    (a unit test keeps the two in step); what each means is in group_data/all.py."""
+
+    # the app
+    app_name: str
+    app_source: str
+    release_exclude: tuple[str, ...]
+    app_module: str
+    app_lock: str
+    app_env: dict[str, str]
+    app_secrets: dict[str, Any]
+    apps: list[dict[str, Any]] | None
+    # serving
+    bind: str
+    backlog: int
+    worker_class: str
+    workers: int | None
+    worker_policy: str
+    worker_memory_mb: int
+    memory_reserve_mb: int
+    timeout: int
+    graceful_timeout: int
+    keepalive: int
+    max_requests: int
+    max_requests_jitter: int
+    forwarded_allow_ips: str
+    log_level: str
+    access_log: bool
+    # sandbox
+    unit_read_write_paths: tuple[str, ...]
+    unit_ip_address_allow: tuple[str, ...] | None
+    unit_memory_deny_write_execute: bool
+    # health gate
+    health_path: str
+    health_deadline: int
+    health_consecutive: int
+    # releases
+    srv_root: str
+    keep_releases: int
+    rollback: bool
+    # the rollout
+    rollout_batch: int | str
+    deploy_lock_max_age: int
+    break_lock: str | None
+    rollout_max_failures: int | str
+    lb_address: str | None
+    # host packages and the package index
+    extra_system_packages: tuple[str, ...]
+    apt_cache_time: int
+    pip_index_url: str | None
+    pip_ca_bundle: str | None
+
+    @classmethod
+    def of(cls, merged: dict[str, Any]) -> Settings:
+        """From validated values (lists become tuples: a Settings never changes)."""
+        return cls(**{f.name: tuple(merged[f.name]) if isinstance(merged[f.name], list)
+                      and f.name != "apps" else merged[f.name] for f in fields(cls)})
+
+
 def _apps_shape(value) -> str | None:
     allowed = "must be None or a non-empty list of dicts of per-app settings, each with app_name"
     if not isinstance(value, (list, tuple)) or not value:
@@ -355,8 +418,8 @@ def _problems(settings: dict[str, Any], where: str) -> list[str]:
     return problems
 
 
-def app_settings(data: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
-    """Validate the settings of one host and return one merged dict per app.
+def app_settings(data: dict[str, Any], where: str = "") -> list[Settings]:
+    """Validate the settings of one host and return each app's Settings.
 
     `data` holds every key of group_data/all.py (as overridden by groups,
     hosts and --data). `apps`, when set, is a list of per-app overrides; each
@@ -379,7 +442,13 @@ def app_settings(data: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
     problems += _collisions(apps, where)
     if problems:
         raise InvalidSettings(list(dict.fromkeys(problems)))
-    return apps
+    return [Settings.of(app) for app in apps]
+
+
+def host_settings(data: dict[str, Any], where: str = "") -> Settings:
+    """One host's settings, validated as app_settings does: those of its first
+    app, for the host-wide ones (per_app=False) are the same in every app."""
+    return app_settings(data, where)[0]
 
 
 def _collisions(apps: list[dict[str, Any]], where: str) -> list[str]:

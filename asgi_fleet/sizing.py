@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asgi_fleet.settings import Settings
 
 # Runs on the host (POSIX sh, coreutils only). One "key args..." line per
 # finding. The cgroup walk goes from the probe's own cgroup up to the root,
@@ -162,8 +166,8 @@ def worker_count(
     return WorkerPlan(by_cpu, f"{policy} on {cpus} usable CPUs")
 
 
-def app_worker_plan(resources: HostResources, app: dict) -> WorkerPlan:
+def app_worker_plan(resources: HostResources, app: Settings) -> WorkerPlan:
     """worker_count with an app's settings: what the deploy writes and verify expects."""
-    return worker_count(resources, policy=app["worker_policy"],
-                        worker_memory_mb=app["worker_memory_mb"],
-                        memory_reserve_mb=app["memory_reserve_mb"], override=app["workers"])
+    return worker_count(resources, policy=app.worker_policy,
+                        worker_memory_mb=app.worker_memory_mb,
+                        memory_reserve_mb=app.memory_reserve_mb, override=app.workers)

@@ -15,6 +15,8 @@ import sys
 
 from asgi_fleet.inventory import InventoryError, app_hosts_of, load_inventory
 from asgi_fleet.plan import plan_host
+from asgi_fleet.rollout import FLAG_DIR
+from asgi_fleet.sinks import shell
 from asgi_fleet.verify import AppProbe, format_table
 
 
@@ -58,14 +60,14 @@ def load_balancer_rows(inventory: str, rows: list[list[str]]) -> bool:
     apps = {}
     for host in load_inventory(inventory):
         for plan in plan_host(host.data, host.name):
-            if not plan.app["bind"].startswith("unix:"):
-                port = plan.app["bind"].rpartition(":")[2]
-                apps.setdefault(plan.paths.app, [port, plan.app["health_path"], 0])[2] += 1
+            if not plan.app.bind.startswith("unix:"):
+                port = plan.app.bind.rpartition(":")[2]
+                apps.setdefault(plan.paths.app, [port, plan.app.health_path, 0])[2] += 1
     failed = False
     for lb in load_inventory(inventory, load_balancers=True):
         try:
             testinfra_host = lb.testinfra_host()
-            drained = testinfra_host.check_output("ls -A /run/asgi-fleet-lb 2>/dev/null || true")
+            drained = testinfra_host.check_output(f"ls -A {shell(FLAG_DIR)} 2>/dev/null || true")
         except Exception as error:  # any transport failure: report the host, go on
             rows.append([lb.name, "-", "-", "-", "unreachable", str(error).splitlines()[0][:60]])
             failed = True

@@ -17,11 +17,15 @@ import shlex
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from asgi_fleet import commands
 from asgi_fleet.activation import parse_running_master
 from asgi_fleet.doctor import SAMPLE_RATE, LoopReport, analyse
 from asgi_fleet.sizing import RESOURCES_PROBE, app_worker_plan, parse_resources
+
+if TYPE_CHECKING:
+    from asgi_fleet.settings import Settings
 
 PY_SPY = "/opt/asgi-fleet/verify-tools/bin/py-spy"
 
@@ -247,7 +251,7 @@ class Worker:
 class AppProbe:
     """Lazily read one app's live state on one host (each fact read once)."""
 
-    def __init__(self, label: str, testinfra_host, app: dict, paths: commands.AppPaths):
+    def __init__(self, label: str, testinfra_host, app: Settings, paths: commands.AppPaths):
         self.label = label  # "host/app", how failure messages name it
         self.host = testinfra_host
         self.app = app
@@ -307,7 +311,7 @@ class AppProbe:
     def health(self) -> dict:
         """GET health_path through the real bind: status, server header, body."""
         args = " ".join(shlex.quote(a) for a in
-                        commands.curl_args(self.app["bind"], self.app["health_path"]))
+                        commands.curl_args(self.app.bind, self.app.health_path))
         out = self.run(f"curl -s -i --max-time 5 {args}")
         head, _, body = out.replace("\r\n", "\n").partition("\n\n")
         lines = head.splitlines()

@@ -375,6 +375,8 @@ def write_ansible_inventory(path: Path, names: list[str]) -> Path:
 def ansible_vars(app_dir: Path, path: Path) -> dict:
     """The playbook's variables, from asgi-fleet's own plan for the same settings, so
     both tools render identical files and use the same release and venv ids."""
+    from dataclasses import asdict
+
     from asgi_fleet.plan import plan_host
     from asgi_fleet.release import WORKER_SOURCE
 
@@ -382,7 +384,7 @@ def ansible_vars(app_dir: Path, path: Path) -> dict:
     cls = type(plan.paths)
     paths = {n: getattr(plan.paths, n) for n in dir(cls) if isinstance(getattr(cls, n), property)}
     paths.update(app=plan.paths.app, srv_root=plan.paths.srv_root)
-    data = {"app": plan.app, "paths": paths, "release_id": plan.release_id, "venv_id": plan.venv_id,
+    data = {"app": asdict(plan.app), "paths": paths, "release_id": plan.release_id, "venv_id": plan.venv_id,
             "lock_src": str(plan.lock_file), "verify_lock_src": str(ROOT / "requirements" / "verify-tools.lock"),
             "worker_src": str(WORKER_SOURCE), "tarball_src": str(plan.tarball),
             "templates_dir": str(ROOT / "templates")}

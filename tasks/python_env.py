@@ -24,11 +24,11 @@ class PipOptions:
 @deploy("Package index")
 def package_index(settings, view) -> PipOptions:
     """Where pip installs from: a custom index and CA bundle, if set (host-wide)."""
-    if not settings["pip_ca_bundle"]:
-        return PipOptions(settings["pip_index_url"], None)
+    if not settings.pip_ca_bundle:
+        return PipOptions(settings.pip_index_url, None)
     operations.file(name="CA bundle for pip", path=PIP_CA_BUNDLE, user="root", group="root",
-                    mode="644", content=(PROJECT_ROOT / settings["pip_ca_bundle"]).read_bytes(), view=view)
-    return PipOptions(settings["pip_index_url"], PIP_CA_BUNDLE)
+                    mode="644", content=(PROJECT_ROOT / settings.pip_ca_bundle).read_bytes(), view=view)
+    return PipOptions(settings.pip_index_url, PIP_CA_BUNDLE)
 
 
 @deploy("Verification tools")

@@ -22,5 +22,5 @@ def ship_release(plan, view):
 @deploy("Prune releases")
 def prune_releases(plan, view):
     """After a healthy activation only: the releases to roll back to stay."""
-    operations.prune_releases(name=f"Keep {plan.app['keep_releases']} releases",
-                              paths=plan.paths, keep=plan.app["keep_releases"], view=view)
+    operations.prune_releases(name=f"Keep {plan.app.keep_releases} releases",
+                              paths=plan.paths, keep=plan.app.keep_releases, view=view)

@@ -31,8 +31,8 @@ def refuse_foreign_names(host, plans, foreign: dict[str, list[str]]) -> None:
 def prepare_host(plans, settings, view):
     operations.debian_packages(
         name="Debian packages (the lists refreshed first when older than apt_cache_time)",
-        packages=BASE_PACKAGES + list(settings["extra_system_packages"]),
-        cache_time=settings["apt_cache_time"], view=view)
+        packages=BASE_PACKAGES + list(settings.extra_system_packages),
+        cache_time=settings.apt_cache_time, view=view)
     operations.directory(name=f"{NAMES_DIR}/", path=NAMES_DIR, user="root", group="root", mode="755",
                          view=view)
     for plan in plans:

@@ -27,7 +27,7 @@ def test_the_unit_scores_at_most_1_5_and_still_runs_the_fast_stack(deployed, tar
     score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))
     assert score <= 1.5, out[-2000:]
     # sandboxed, it still serves through uvloop + httptools (the verify suite checks the maps)
-    assert host.run(f"curl -sf {'127.0.0.1:' + target.plan.app['bind'].rsplit(':', 1)[1]}/healthz").rc == 0
+    assert host.run(f"curl -sf {'127.0.0.1:' + target.plan.app.bind.rsplit(':', 1)[1]}/healthz").rc == 0
 
 
 def test_the_app_user_cannot_write_its_code_virtualenv_or_config(deployed, target: Target):

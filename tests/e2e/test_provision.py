@@ -18,7 +18,7 @@ def test_units_are_enabled_active_and_the_socket_listens(deployed, target: Targe
         f"systemctl show -p ActiveState,SubState,UnitFileState --value {paths.socket}").split()
     # "running": systemd has handed the listening socket to the service
     assert socket[0] == "active" and socket[1] in ("listening", "running") and socket[2] == "enabled"
-    bind = target.plan.app["bind"]
+    bind = target.plan.app.bind
     listen = host.check_output(f"systemctl show -p Listen --value {paths.socket}")
     assert listen == f"{bind.removeprefix('unix:')} (Stream)"
     if not bind.startswith("unix:"):  # the kernel's own word: a TCP socket in LISTEN state (0A)
@@ -43,7 +43,7 @@ def test_every_worker_runs_the_deployed_release(deployed, target: Target):
 
 def test_health_endpoint_answers_200_through_the_socket(deployed, target: Target):
     host = infra_of(target.host)
-    args = " ".join(commands.q(a) for a in commands.curl_args(target.plan.app["bind"], "/healthz"))
+    args = " ".join(commands.q(a) for a in commands.curl_args(target.plan.app.bind, "/healthz"))
     body = json.loads(host.check_output(f"curl -sf --max-time 5 {args}"))
     assert body["status"] == "ok" and body["release"] == target.plan.release_id
 

@@ -54,7 +54,7 @@ def outcome(defaults, key, value):
 def service_lines(app) -> list[tuple[str, str]]:
     """(key, value) of every setting line of the rendered service and socket
     units, as systemd's parser sees them (one line, one assignment)."""
-    paths = AppPaths(app["app_name"], app["srv_root"])
+    paths = AppPaths(app.app_name, app.srv_root)
     lines = []
     for name in ("app.service.j2", "app.socket.j2"):
         for line in render(name, app=app, paths=paths).splitlines():
@@ -67,7 +67,7 @@ def service_lines(app) -> list[tuple[str, str]]:
 
 
 def gunicorn_conf(app) -> dict:
-    paths = AppPaths(app["app_name"], app["srv_root"])
+    paths = AppPaths(app.app_name, app.srv_root)
     text = render("gunicorn.conf.py.j2", app=app, paths=paths, chdir=paths.current,
                   worker_plan=WorkerPlan(2, "test"))
     namespace = {}

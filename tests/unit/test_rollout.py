@@ -64,9 +64,11 @@ def test_the_nginx_config_has_an_upstream_without_each_batch_switched_by_its_fla
     config = rollout.lb_config(apps, rollout.batches(["web1", "web2", "web3"], 2))
     assert config == [{"name": "hello", "port": 8000,
                        "servers": ["web1:8000", "web2:8000", "web3:8000"], "kept_out": [],
-                       "drains": [{"batch": 1, "servers": ["web3:8000"]},
-                                  {"batch": 2, "servers": ["web1:8000", "web2:8000"]}]}]
-    text = render("nginx-lb.conf.j2", apps=config, flag_dir="/run/asgi-fleet-lb")
+                       "drains": [{"batch": 1, "flag": "/run/asgi-fleet-lb/hello.drain-batch-1",
+                                   "servers": ["web3:8000"]},
+                                  {"batch": 2, "flag": "/run/asgi-fleet-lb/hello.drain-batch-2",
+                                   "servers": ["web1:8000", "web2:8000"]}]}]
+    text = render("nginx-lb.conf.j2", apps=config)
     assert "upstream hello-without-batch-1 {\n    server web3:8000" in text
     assert f"if (-f /run/asgi-fleet-lb/{rollout.drain_flag('hello', 2)})" in text
     assert "set $asgi_fleet_upstream hello-without-batch-2;" in text
@@ -117,11 +119,46 @@ def test_the_summary_has_a_row_per_host_and_app():
                     ("web9", "-", "-", "-", "-", "-", "unreachable", "-")]
 
 
-def test_a_failed_load_balancer_halts_the_rollout():
-    from tasks.rollout import Fleet
+def a_rollout(tmp_path, budget=1, load_balancers=("lb1",)):
+    from asgi_fleet.record import RunRecord
 
-    fleet = Fleet(app_hosts=["web1", "web2"], batches=[["web1"], ["web2"]], budget=1, lb_apps=[],
-                  targeted=["web1", "web2"], load_balancers=["lb1"])
-    assert fleet.halted({"web1"}) is None  # within the failure budget
-    assert fleet.halted({"lb1"}) == "the load balancer failed (lb1)"
-    assert "2 hosts failed" in fleet.halted({"web1", "web2"})
+    apps = rollout.lb_apps([(h, h, {"hello": "0.0.0.0:8000"}) for h in ("web1", "web2", "web3")])
+    return rollout.Rollout(app_hosts=["web1", "web2", "web3"], batches=[["web1"], ["web2"], ["web3"]],
+                           budget=budget, lb_apps=apps, targeted=["web1", "web2", "web3"],
+                           load_balancers=list(load_balancers),
+                           record=RunRecord(tmp_path / "last-run.json"))
+
+
+def test_a_failed_load_balancer_halts_the_rollout_and_the_record_says_why(tmp_path):
+    run = a_rollout(tmp_path)
+    assert run.halted({"web1"}) is None  # within the failure budget
+    assert run.halted({"lb1"}) == "the load balancer failed (lb1)"
+    assert "2 hosts failed" in run.halted({"web1", "web2"})
+    assert run.record.rollout["halted"] == "the load balancer failed (lb1)"  # the first reason stays
+
+
+def test_a_batch_is_drained_only_where_it_changes_and_never_once_halted(tmp_path):
+    run = a_rollout(tmp_path)
+    entry = run.record.host("web2")["apps"]
+    entry["hello"] = {"activation": "none"}
+    assert run.drains(2, failed=set()) == set()  # nothing to activate: stays in rotation
+    entry["hello"] = {"activation": "reload"}
+    assert run.drains(2, failed=set()) == {rollout.drain_flag("hello", 2)}
+    assert run.drains(2, failed={"web1", "web3"}) == set()  # over budget: nothing more is drained
+
+
+def test_the_gate_verdicts_keep_the_broken_out_and_bring_the_healed_back(tmp_path):
+    run = a_rollout(tmp_path)
+    run.record.host("web1")["apps"]["hello"] = {"health": "rollback failed"}
+    run.record.host("web2")["apps"]["hello"] = {"health": "healthy"}
+    run.record.host("web3")["apps"]["hello"] = {"health": "rolled back"}  # healthy on its old release
+    assert run.kept_out({"hello": ["web2", "web3"]}) == {"hello": ["web1", "web3"]}
+
+
+def test_the_percent_grammar_is_one_for_batches_budgets_and_settings():
+    from asgi_fleet.settings import RULES
+
+    assert rollout.percent("25%") == 25 and rollout.percent("25") is None and rollout.percent(25) is None
+    assert rollout.percent("25 %") is None and rollout.percent("٢٥%") is None  # ASCII digits only
+    assert rollout.amount("50%", 5, at_least=1) == 2
+    assert RULES["rollout_batch"].check("٢٥%") is not None

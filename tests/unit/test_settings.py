@@ -1,8 +1,9 @@
 import re
+from dataclasses import fields
 
 import pytest
 
-from asgi_fleet.settings import PROJECT_ROOT, RULES, InvalidSettings, app_settings
+from asgi_fleet.settings import PROJECT_ROOT, RULES, InvalidSettings, Settings, app_settings
 
 
 def problems(data):
@@ -13,11 +14,12 @@ def problems(data):
 
 def test_defaults_are_valid(defaults):
     [app] = app_settings(defaults, "web1")
-    assert app["app_name"] == "hello"
+    assert app.app_name == "hello"
 
 
-def test_every_tunable_has_a_rule_and_every_rule_a_commented_default(defaults):
+def test_every_tunable_has_a_rule_a_typed_field_and_a_commented_default(defaults):
     assert set(defaults) == set(RULES)
+    assert [f.name for f in fields(Settings)] == list(RULES)  # in the same order, too
     text = (PROJECT_ROOT / "group_data" / "all.py").read_text()
     for key in RULES:
         line = re.search(rf"^{key} = .*$", text, re.M)
@@ -68,8 +70,8 @@ def test_two_apps_inherit_host_settings_and_override_their_own(defaults):
     data = defaults | {"timeout": 60, "apps": [
         {"app_name": "hello"}, {"app_name": "shop", "bind": "0.0.0.0:8001"}]}
     hello, shop = app_settings(data, "web1")
-    assert (hello["bind"], shop["bind"]) == ("0.0.0.0:8000", "0.0.0.0:8001")
-    assert hello["timeout"] == shop["timeout"] == 60
+    assert (hello.bind, shop.bind) == ("0.0.0.0:8000", "0.0.0.0:8001")
+    assert hello.timeout == shop.timeout == 60
 
 
 def test_two_apps_may_not_share_a_name_or_a_bind(defaults):

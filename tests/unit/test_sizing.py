@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from asgi_fleet.sizing import HostResources, parse_resources, worker_count
@@ -93,11 +95,12 @@ def test_override_wins():
     assert plan.count == 6 and "explicitly" in plan.reason
 
 
-def test_app_worker_plan_reads_every_sizing_setting():
+def test_app_worker_plan_reads_every_sizing_setting(defaults):
+    from asgi_fleet.settings import app_settings
     from asgi_fleet.sizing import app_worker_plan
 
-    app = {"worker_policy": "2*cores+1", "worker_memory_mb": 100, "memory_reserve_mb": 0,
-           "workers": None}
+    [app] = app_settings(defaults | {"worker_policy": "2*cores+1", "worker_memory_mb": 100,
+                                     "memory_reserve_mb": 0, "workers": None})
     assert app_worker_plan(resources(cpus=2, memory_mb=8192), app).count == 5
     assert app_worker_plan(resources(cpus=2, memory_mb=300), app).count == 3
-    assert app_worker_plan(resources(cpus=2), app | {"workers": 7}).count == 7
+    assert app_worker_plan(resources(cpus=2), replace(app, workers=7)).count == 7

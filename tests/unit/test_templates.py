@@ -1,6 +1,7 @@
 """Render every template with the default settings and check what lands on a host."""
 
 import configparser
+from dataclasses import replace
 
 import pytest
 from gunicorn.config import Config
@@ -56,7 +57,7 @@ def test_service_unit(app):
     service = unit(render("app.service.j2", app=app, paths=AppPaths("hello")))["Service"]
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert service["KillMode"] == "mixed"
-    assert int(service["TimeoutStopSec"]) > app["graceful_timeout"]
+    assert int(service["TimeoutStopSec"]) > app.graceful_timeout
     # the controller's time limit for an activation counts with the same stop
     assert int(service["TimeoutStopSec"]) == stop_timeout(app)
     assert service["WorkingDirectory"] == "/srv/hello"
@@ -73,14 +74,14 @@ def test_tcp_socket_unit(app):
 
 
 def test_unix_socket_unit_is_group_readable_only(app):
-    app = app | {"bind": "unix:/run/hello.sock"}
+    app = replace(app, bind="unix:/run/hello.sock")
     socket = unit(render("app.socket.j2", app=app, paths=AppPaths("hello")))["Socket"]
     assert socket["ListenStream"] == "/run/hello.sock"
     assert (socket["SocketGroup"], socket["SocketMode"]) == ("hello", "0660")
 
 
 def test_env_file_quotes_values(app):
-    app = app | {"app_env": {"GREETING": 'say "hi"', "A": "1"}}
+    app = replace(app, app_env={"GREETING": 'say "hi"', "A": "1"})
     text = render("app.env.j2", app=app, paths=AppPaths("hello"))
     assert text.splitlines()[1:] == ['A="1"', 'GREETING="say \\"hi\\""']
 
@@ -116,7 +117,7 @@ def test_the_default_unit_scores_at_most_1_5_in_systemd_analyze_security(app, tm
 
 @pytest.mark.parametrize("access_log, line", [(True, 'accesslog = "-"'), (False, "accesslog = None")])
 def test_the_access_log_is_a_setting(app, access_log, line):
-    text = render("gunicorn.conf.py.j2", app=app | {"access_log": access_log},
+    text = render("gunicorn.conf.py.j2", app=replace(app, access_log=access_log),
                   paths=AppPaths("hello"), chdir="/", worker_plan=WorkerPlan(1, "x"))
     assert line in text.splitlines()
 

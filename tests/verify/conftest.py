@@ -111,10 +111,10 @@ def probe(target, request) -> AppProbe:
     connection = connect(host)
     if isinstance(connection, Exception):
         pytest.skip(f"{short(host.name)} is unreachable (see test_host_is_reachable)")
-    key = (host.name, app["app_name"])
+    key = (host.name, app.app_name)
     if key not in _probes:
-        _probes[key] = AppProbe(f"{short(host.name)}/{app['app_name']}", connection, app,
-                                AppPaths(app["app_name"], app["srv_root"]))
+        _probes[key] = AppProbe(f"{short(host.name)}/{app.app_name}", connection, app,
+                                AppPaths(app.app_name, app.srv_root))
     yield _probes[key]
     # what the summary table shows, read once per app (cached) and carried in
     # the report, so that the controller has it under xdist too
@@ -225,7 +225,7 @@ class VerifyResults:
                        if r.promise == "host_is_reachable" and r.outcome == "fail"}
         rows = []
         for host, app in targets(self.config.getoption("inventory")):
-            name, app_name = short(host.name), app["app_name"]
+            name, app_name = short(host.name), app.app_name
             if (name, app_name) in self.table:
                 rows.append({"host": name, "app": app_name, **self.table[(name, app_name)]})
             elif name in unreachable:

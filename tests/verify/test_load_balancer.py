@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from asgi_fleet.rollout import lb_apps
-from tasks.rollout import LB_FLAG_DIR, LB_KEPT_OUT, NGINX_CONF
+from asgi_fleet.rollout import FLAG_DIR, KEPT_OUT_FILE, NGINX_CONF, lb_apps
 from verify_session import connect, inventory_hosts, short, targets
 
 
@@ -26,8 +25,8 @@ def fronted(request):
     binds, health = {}, {}
     for host, app in targets(path):
         address = host.data.get("lb_address") or short(host.name)
-        binds.setdefault(host.name, (host.name, address, {}))[2][app["app_name"]] = app["bind"]
-        health[app["app_name"]] = app["health_path"]
+        binds.setdefault(host.name, (host.name, address, {}))[2][app.app_name] = app.bind
+        health[app.app_name] = app.health_path
     apps = lb_apps([binds[h.name] for h in inventory_hosts(path) if h.name in binds])
     return [(app, health[app.name]) for app in apps]
 
@@ -42,16 +41,16 @@ def test_every_app_host_is_an_upstream_server(lb, fronted):
         block = re.search(r"upstream %s \{(.*?)\}" % re.escape(app.name), config, re.S)
         assert block, f"no upstream for {app.name} in {NGINX_CONF}"
         listed = re.findall(r"server (\S+) ", block.group(1))
-        kept_out = lb.run(f"cat {LB_KEPT_OUT} 2>/dev/null").stdout.strip()
+        kept_out = lb.run(f"cat {KEPT_OUT_FILE} 2>/dev/null").stdout.strip()
         assert listed == list(app.servers.values()), (
             f"{app.name}: upstream lists {listed}, want {list(app.servers.values())}"
-            + (f"; kept out of rotation after a failed deploy ({LB_KEPT_OUT}): {kept_out}; "
+            + (f"; kept out of rotation after a failed deploy ({KEPT_OUT_FILE}): {kept_out}; "
                "fix the host, then deploy: a healthy host goes back in" if kept_out not in ("", "{}") else ""))
 
 
 def test_no_server_is_left_drained(lb):
-    flags = lb.run(f"ls -A {LB_FLAG_DIR} 2>/dev/null").stdout.split()
-    assert not flags, f"drained at the load balancer after the run: {flags} (in {LB_FLAG_DIR})"
+    flags = lb.run(f"ls -A {FLAG_DIR} 2>/dev/null").stdout.split()
+    assert not flags, f"drained at the load balancer after the run: {flags} (in {FLAG_DIR})"
 
 
 def test_it_listens_on_each_apps_port(lb, fronted):

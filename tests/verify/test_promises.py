@@ -35,13 +35,13 @@ def test_service_is_active_and_enabled(probe: AppProbe):
 def test_socket_listens_on_the_configured_address(probe: AppProbe):
     socket = probe.paths.socket
     state = probe.unit_properties(socket, "ActiveState", "UnitFileState", "Listen")
-    bind = probe.app["bind"].removeprefix("unix:")
+    bind = probe.app.bind.removeprefix("unix:")
     assert state["ActiveState"] == "active", (
         f"{probe.label}: {socket} is {state['ActiveState']}; redeploy to start it")
     assert state["UnitFileState"] == "enabled", f"{probe.label}: {socket} is not enabled; redeploy"
     assert state["Listen"] == f"{bind} (Stream)", (
         f"{probe.label}: {socket} listens on {state['Listen']!r} but bind is "
-        f"{probe.app['bind']!r}; the unit is stale: redeploy")
+        f"{probe.app.bind!r}; the unit is stale: redeploy")
 
 
 def test_master_runs_as_the_app_user(probe: AppProbe):
@@ -57,14 +57,14 @@ def test_worker_count_matches_the_hosts_sizing(probe: AppProbe):
     running, expected = len(probe.workers), probe.expected_workers
     assert running == expected, (
         f"{probe.label}: {running} workers run but this host should run {expected} "
-        f"(worker_policy={probe.app['worker_policy']!r}, workers={probe.app['workers']!r}); "
+        f"(worker_policy={probe.app.worker_policy!r}, workers={probe.app.workers!r}); "
         + ("a worker may have been removed with TTOU or died; " if running < expected else "")
         + f"`systemctl reload {probe.paths.service}` restores the configured count, "
         "or redeploy if the host's CPUs or memory changed")
 
 
 def test_workers_run_the_configured_worker_class(probe: AppProbe):
-    wanted = probe.app["worker_class"]
+    wanted = probe.app.worker_class
     assert probe.stacks, f"{probe.label}: no workers to inspect"
     wrong = {pid: recognised_worker(stack) for pid, stack in probe.stacks.items()
              if not worker_in_stack(stack, wanted)}
@@ -91,7 +91,7 @@ def test_workers_run_uvloop_and_httptools(probe: AppProbe):
 def test_health_endpoint_answers_through_the_bind(probe: AppProbe):
     health = probe.health
     assert health["status"] == "200", (
-        f"{probe.label}: GET {probe.app['health_path']} through {probe.app['bind']} answered "
+        f"{probe.label}: GET {probe.app.health_path} through {probe.app.bind} answered "
         f"{health['status']} (000: nothing answered); read `journalctl -u {probe.paths.service}`")
     assert health["server"] == "uvicorn", (
         f"{probe.label}: the answer came from server {health['server']!r}, not uvicorn: "
@@ -105,7 +105,7 @@ def test_workers_run_the_release_current_points_to(probe: AppProbe):
         f"{probe.label}: workers {stale} run code from {sorted({w.cwd for w in probe.workers})} "
         f"but current points to {current}; `current` was switched without a reload: "
         f"`systemctl reload {probe.paths.service}` or redeploy")
-    module = probe.app["app_module"].split(":")[0].replace(".", "/")
+    module = probe.app.app_module.split(":")[0].replace(".", "/")
     assert probe.host.run(f"test -e {current}/{module}.py -o -d {current}/{module}").rc == 0, (
         f"{probe.label}: the app module {module} is not in {current}")
     reported = probe.health["body"].get("release")
@@ -217,7 +217,7 @@ def test_sockets_are_reachable_only_by_root_the_app_and_its_group(probe: AppProb
     assert control == [app, "600"], (
         f"{probe.label}: the control socket {paths.control_socket} is {' '.join(control) or 'missing'}"
         f", want {app} 600: anyone who can open it controls the workers")
-    bind = probe.app["bind"]
+    bind = probe.app.bind
     if bind.startswith("unix:"):
         seen = probe.run(f"stat -c '%U %G %a' {bind[5:]}").split()
         assert seen == ["root", app, "660"], (
