@@ -79,7 +79,7 @@ def pytest_generate_tests(metafunc):
     if "target" in metafunc.fixturenames:
         found = targets(path)
         metafunc.parametrize("target", found,
-                             ids=[f"{short(h.name)}/{a['app_name']}" for h, a in found])
+                             ids=[f"{short(h.name)}/{a.app_name}" for h, a in found])
     if "inventory_host" in metafunc.fixturenames:
         hosts = inventory_hosts(path)
         metafunc.parametrize("inventory_host", hosts, ids=[short(h.name) for h in hosts])
@@ -95,7 +95,7 @@ def pytest_collection_modifyitems(items):
         params = getattr(item, "callspec", None)
         params = params.params if params else {}
         if "target" in params:
-            host, app = short(params["target"][0].name), params["target"][1]["app_name"]
+            host, app = short(params["target"][0].name), params["target"][1].app_name
         elif "inventory_host" in params or "lb_host" in params:
             host, app = short((params.get("inventory_host") or params["lb_host"]).name), None
         else:
