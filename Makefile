@@ -14,7 +14,7 @@ include Makefile.fleet
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[test,dev]'
+	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
 docker-engine:

@@ -17,15 +17,15 @@ from asgi_fleet.host_view import HostView
 from asgi_fleet.operations import app_releases
 from asgi_fleet.plan import plan_host
 from asgi_fleet.settings import host_settings
-from tasks.config import stage_files
-from tasks.lb import load_balancer
-from tasks.lock import give_back_deploy_lock, take_deploy_lock
-from tasks.preflight import install_preflight_script, preflight
-from tasks.python_env import install_verify_tools, install_virtualenv, package_index
-from tasks.release import prune_releases, ship_release
-from tasks.rollout import activate_batch, is_lb, plan_rollout
-from tasks.service import plan_activation
-from tasks.system import prepare_host, refuse_foreign_names
+from asgi_fleet.tasks.config import stage_files
+from asgi_fleet.tasks.lb import load_balancer
+from asgi_fleet.tasks.lock import give_back_deploy_lock, take_deploy_lock
+from asgi_fleet.tasks.preflight import install_preflight_script, preflight
+from asgi_fleet.tasks.python_env import install_verify_tools, install_virtualenv, package_index
+from asgi_fleet.tasks.release import prune_releases, ship_release
+from asgi_fleet.tasks.rollout import activate_batch, is_lb, plan_rollout
+from asgi_fleet.tasks.service import plan_activation
+from asgi_fleet.tasks.system import prepare_host, refuse_foreign_names
 
 # Validates every setting (raising before any host is changed): the rollout
 # (the fleet's batches, failure budget and load balancer upstreams, and the
@@ -40,8 +40,8 @@ if not is_lb(host):
     plans = [plan.sized(resources) for plan in plans]
     refuse_foreign_names(host, plans, foreign)  # never take over a user, unit or path we did not create
 if settings.rollback:
-    plans = [plan.rolled_back(app_releases(plan.paths), f"{host.name}/{plan.paths.app}")
-             for plan in plans]
+    plans = [plan.rolled_back(app_releases(plan.paths), f"{host.name}/{plan.paths.app}",
+                              to=settings.rollback_to) for plan in plans]
 run = rollout.record.for_host(host.name)
 # What the operations below decide on: the host read once, again only after a change.
 view = HostView()

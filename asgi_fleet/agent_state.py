@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asgi_fleet.activation import RunningMaster
-from asgi_fleet.commands import ACTIVATION_LOGS, DEPLOY_LOCK, LOCK_MUTEX, AppPaths
+from asgi_fleet.commands import ACTIVATION_LOGS, DEPLOY_HISTORY, DEPLOY_LOCK, LOCK_MUTEX, AppPaths
 from asgi_fleet.release import ReleasesState, failed_releases, parse_history
 from asgi_fleet.sinks import shell
 from asgi_fleet.sizing import HostResources, resources_from_agent
@@ -53,15 +53,18 @@ def parse_answer(text: str) -> dict | None:
     return doc
 
 
-def app_entry(paths: AppPaths, health: tuple[str, str] | None = None) -> dict:
-    """One app's part of a `state` request: its places, and (bind, health path)
-    for a GET of its health endpoint."""
+def app_entry(paths: AppPaths, health: tuple[str, str] | None = None, deploys: int = 0) -> dict:
+    """One app's part of a `state` request: its places, (bind, health path)
+    for a GET of its health endpoint, and how many of the last lines of its
+    deploy history to read."""
     entry = {"name": paths.app, "root": paths.root, "service": paths.service,
              "units": [paths.socket, paths.service],
              "files": [path for pair in paths.staged.values() for path in pair],
              "activation_record": paths.activation_record}
     if health:
         entry["health"] = {"bind": health[0], "path": health[1]}
+    if deploys:
+        entry["deploys"] = {"path": DEPLOY_HISTORY, "last": deploys}
     return entry
 
 
@@ -235,10 +238,12 @@ class HostState:
 def activation_request(paths: AppPaths, *, release_id: str, previous: str | None, kind: str,
                        reload_units: bool, bind: str, health_path: str, deadline: int,
                        consecutive: int, workers: int, release_dir: str,
-                       enable: tuple[str, ...] = (), check_health: bool = True) -> dict:
+                       enable: tuple[str, ...] = (), check_health: bool = True,
+                       who: dict[str, str] | None = None) -> dict:
     """What `agent.py activate` is asked to do for one app. With kind "none"
     it only repairs: enables the units in `enable`, points `current` back at
-    the release if it was switched by hand, and gates an unhealthy service."""
+    the release if it was switched by hand, and gates an unhealthy service.
+    `who` (by, commit, run_id) goes into the host's deploy history."""
     health = {"bind": bind, "path": health_path, "deadline": deadline, "consecutive": consecutive}
     return {
         "app": paths.app, "root": paths.root, "service": paths.service, "socket": paths.socket,
@@ -251,6 +256,7 @@ def activation_request(paths: AppPaths, *, release_id: str, previous: str | None
         "enable": sorted(enable), "switch": previous != release_id, "check_health": check_health,
         "unit": paths.activation_unit, "log": f"{ACTIVATION_LOGS}/{paths.app}.log",
         "result": paths.activation_result, "record": paths.activation_record,
+        **({"audit": {"path": DEPLOY_HISTORY, "who": who}} if who else {}),
     }
 
 

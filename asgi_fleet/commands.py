@@ -308,6 +308,7 @@ def parse_before_planning(lines: list[str]) -> tuple[list[str], dict[str, list[s
     return resources, {app: [] if names == ["ours"] else names for app, names in foreign.items()}
 
 
+DEPLOY_HISTORY = "/var/lib/asgi-fleet/deploys.jsonl"  # every activation, a JSON line: who, what, how it ended
 ACTIVATIONS_DIR = "/var/lib/asgi-fleet/activations"  # each app's last activation: when, and its status
 ACTIVATION_LOGS = "/run/asgi-fleet"  # each app's last activation: what it said, root only
 LOCK_MUTEX = "/run/lock/asgi-fleet.deploy.mutex"

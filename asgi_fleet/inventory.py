@@ -8,12 +8,14 @@ they load it with pyinfra's own loader, then reach each host with testinfra.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from asgi_fleet.settings import PROJECT_ROOT
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,24 @@ class InventoryHost:
         address = self.data.get("ssh_hostname") or self.name
         port = self.data.get("ssh_port") or 22
         return f"ssh://{user + '@' if user else ''}{address}:{port}"
+
+    def argv(self, command: list[str]) -> list[str]:
+        """`command` run on this host, as a local argv (docker exec, ssh, or as is)."""
+        if self.name.startswith("@docker/"):
+            return ["docker", "exec", self.name.removeprefix("@docker/"), *command]
+        if self.name.startswith("@local"):
+            return command
+        on_host = shlex.join(["sudo", "-n", *command] if self.data.get("_sudo") else command)
+        options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                   "-p", str(self.data.get("ssh_port") or 22)]
+        if self.data.get("ssh_key"):
+            options += ["-i", self.data["ssh_key"]]
+        if self.data.get("ssh_known_hosts_file"):
+            options += ["-o", f"UserKnownHostsFile={self.data['ssh_known_hosts_file']}",
+                        "-o", "StrictHostKeyChecking=yes"]
+        user = self.data.get("ssh_user")
+        address = self.data.get("ssh_hostname") or self.name
+        return ["ssh", *options, f"{user}@{address}" if user else address, "--", on_host]
 
     def testinfra_host(self):
         import testinfra
@@ -77,10 +97,10 @@ def load_inventory(path: str, load_balancers: bool = False) -> list[InventoryHos
     """
     # pyinfra reads a name that is not a file as a host name: "inventories/typo.py"
     # would be one host of that name, unreachable, and every check skipped.
-    if path.endswith(".py") and not (PROJECT_ROOT / path).is_file():
-        raise InventoryError(f"inventory {path!r}: no such file")
+    if path.endswith(".py") and not Path(path).is_file():  # relative: to where it runs, as pyinfra's
+        raise InventoryError(f"inventory {path!r}: no such file (in {Path.cwd()})")
     loaded = subprocess.run(
-        [sys.executable, "-m", "asgi_fleet.inventory", path], cwd=PROJECT_ROOT,
+        [sys.executable, "-m", "asgi_fleet.inventory", path],
         text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     if loaded.returncode != 0:
@@ -97,7 +117,7 @@ def _dump_inventory(path: str) -> str:
     from pyinfra_cli.inventory import make_inventory
 
     with ctx_state.use(State()):  # pyinfra's loader expects a state in context
-        inventory = make_inventory(path, cwd=str(PROJECT_ROOT))
+        inventory = make_inventory(path, cwd=os.getcwd())
     return json.dumps([(host.name, host.data.dict(), sorted(host.groups)) for host in inventory],
                       default=str)
 

@@ -379,7 +379,8 @@ def plan_activation(plan, view: HostView, venv_changed: Callable[[], bool], reco
 
 @view_operation(_app_with_health)
 def activate(plan, view: HostView, venv_changed: Callable[[], bool],
-             halted: Callable[[], str | None], record: dict, time_limit: int):
+             halted: Callable[[], str | None], record: dict, time_limit: int,
+             who: dict[str, str | None] | None = None):
     """
     Make the service run the staged release, with the gentlest mechanism that
     applies it, and hold it to the health gate; roll back to what ran before
@@ -392,6 +393,7 @@ def activate(plan, view: HostView, venv_changed: Callable[[], bool],
     + record: receives the activation kind, the releases, the health and a failure's cause
     + time_limit: seconds this host gets for all of it; a host that stops
       answering fails when they are up, instead of hanging the rollout
+    + who: by, run_id and commit, for the host's deploy history
 
     A healthy, enabled service that needs nothing is left alone (no change);
     a disabled unit is enabled again; an unhealthy service fails the run
@@ -430,7 +432,7 @@ def activate(plan, view: HostView, venv_changed: Callable[[], bool],
         release_dir=plan.release_dir,
         # nothing to activate: put back what was undone by hand, or fail
         enable=tuple(disabled) if kind == NONE else (),
-        check_health=kind != NONE or healthy != 200)
+        check_health=kind != NONE or healthy != 200, who=who)
     left = max(1, int(time_limit - (time.monotonic() - started)))
     yield FunctionCommand(_run_bounded, (agent_command("activate", request), record, left), {})
 

@@ -17,9 +17,8 @@ from asgi_fleet.commands import PREFLIGHT_SCRIPT, AppPaths
 from asgi_fleet.release import ReleasesState, previous_release
 from asgi_fleet.secrets import secrets_file
 from asgi_fleet.sizing import HostResources, WorkerPlan, app_worker_plan
-from asgi_fleet.settings import PROJECT_ROOT, InvalidSettings, Settings, app_settings
+from asgi_fleet.settings import InvalidSettings, Settings, app_settings, local_path
 
-BUILD_DIR = PROJECT_ROOT / ".asgi-fleet" / "build"
 
 
 @dataclass(frozen=True)
@@ -34,14 +33,22 @@ class AppPlan:
     secrets: bytes = b""  # the content of /etc/APP/secrets (a secrets.Redacted)
     rollback: bool = False  # go back to a release already on the host; ship nothing
     workers: WorkerPlan | None = None  # set by sized(), from the host's own resources
+    commit: str | None = None  # the git commit of app_source (the deploy history names it)
 
     def sized(self, resources: HostResources) -> AppPlan:
         """This app's plan with its worker count for a host's CPUs and memory."""
         return replace(self, workers=app_worker_plan(resources, self.app))
 
-    def rolled_back(self, state: ReleasesState, where: str) -> AppPlan:
-        """This app's plan for a rollback: the release that ran before `current`."""
-        target = previous_release(state.history, state.current, state.failed)
+    def rolled_back(self, state: ReleasesState, where: str, to: str | None = None) -> AppPlan:
+        """This app's plan for a rollback: to release `to`, or the one that ran before `current`."""
+        if to is not None:
+            if to not in state.releases:
+                raise InvalidSettings([
+                    f"{where}: rollback_to={to!r}: not kept on the host (releases there: "
+                    f"{sorted(state.releases)}); nothing was changed"])
+            target = to
+        else:
+            target = previous_release(state.history, state.current, state.failed)
         if target is None or target not in state.releases:
             raise InvalidSettings([
                 f"{where}: rollback=True: no previous release of {self.paths.app} to go back to "
@@ -73,7 +80,7 @@ class AppPlan:
 
 
 def _local(path: str) -> Path:
-    return (PROJECT_ROOT / path).resolve()
+    return local_path(path).resolve()
 
 
 def plan_app(app: Settings, where: str = "") -> AppPlan:
@@ -90,9 +97,10 @@ def plan_app(app: Settings, where: str = "") -> AppPlan:
             "whose tracked files are the release, and git tracks none there (git add them), "
             "or release_exclude leaves none out"])
     release_id = release.release_id(app_dir, lock_file, exclude)
-    tarball = BUILD_DIR / f"{app.app_name}-{release_id}.tar.gz"
+    build_dir = Path.cwd() / ".asgi-fleet" / "build"  # beside the deploy's record
+    tarball = build_dir / f"{app.app_name}-{release_id}.tar.gz"
     if not tarball.exists():
-        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        build_dir.mkdir(parents=True, exist_ok=True)
         tmp = tarball.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(release.release_tarball(app_dir, exclude))
         os.replace(tmp, tarball)
@@ -105,6 +113,7 @@ def plan_app(app: Settings, where: str = "") -> AppPlan:
         lock_sha256=hashlib.sha256(lock_file.read_bytes()).hexdigest(),
         tarball=tarball,
         secrets=secrets_file(app.app_secrets),
+        commit=release.source_commit(app_dir),
     )
 
 

@@ -11,9 +11,11 @@ The file is .asgi-fleet/last-run.json, or $ASGI_FLEET_RECORD.
 from __future__ import annotations
 
 import atexit
+import getpass
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,11 +27,10 @@ from pyinfra.api.state import BaseStateCallback
 
 from asgi_fleet.agent_state import agent_command, lock_request
 from asgi_fleet.rollout import SUMMARY_COLUMNS, summary_rows
-from asgi_fleet.settings import PROJECT_ROOT
 
 
 def record_path() -> Path:
-    return Path(os.environ.get("ASGI_FLEET_RECORD") or PROJECT_ROOT / ".asgi-fleet" / "last-run.json")
+    return Path(os.environ.get("ASGI_FLEET_RECORD") or Path.cwd() / ".asgi-fleet" / "last-run.json")
 
 
 class RunRecord(BaseStateCallback):
@@ -40,6 +41,7 @@ class RunRecord(BaseStateCallback):
         self.steps: dict[tuple[str, str], dict[str, Any]] = {}  # (op name, host) -> app entry
         self.run_id = uuid.uuid4().hex[:12]
         self.lock_owner = f"{self.run_id} {socket.gethostname()} {os.getpid()} {int(time.time())}"
+        self.by = f"{getpass.getuser()}@{socket.gethostname()}"  # who deploys, for the hosts' history
 
     def host(self, name: str) -> dict[str, Any]:
         return self.hosts.setdefault(name, {"status": "pending", "ops": [], "apps": {}})
@@ -189,7 +191,8 @@ def start_record(state, app_hosts: list[str], batches: list[list[str]], budget: 
     run = RunRecord(record_path())
     run.rollout.update(batches=batches, failure_budget=budget, targeted=targeted)
     state.add_callback_handler(run)
-    atexit.register(lambda: print(run.summary(), flush=True))
+    # On stderr, with pyinfra's own progress: stdout is pyinfra's (--json)
+    atexit.register(lambda: print(run.summary(), file=sys.stderr, flush=True))
     for other in state.inventory:
         if not state.is_host_in_limit(other):
             continue

@@ -51,6 +51,20 @@ def _git_files(app_dir: Path) -> list[str] | None:
     return [name for name in listed.decode("utf-8", "surrogateescape").split("\0") if name]
 
 
+def source_commit(app_dir: Path) -> str | None:
+    """The git commit the release comes from, "+dirty" when tracked files
+    under `app_dir` differ from it (None: not in a git work tree)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(app_dir), *args], capture_output=True, text=True,
+                              timeout=60, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
 def release_files(app_dir: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     """The files of a release, relative to app_dir, in a stable order.
 

@@ -23,7 +23,26 @@ from asgi_fleet.rollout import percent
 from asgi_fleet.secrets import source_problems
 from asgi_fleet.sizing import WORKER_POLICIES
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# asgi-fleet's own files (templates, the default settings, the on-host
+# programs, the verify suite), in a checkout or an installed wheel.
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent  # asgi-fleet's repository, when it runs from its checkout
+DEFAULTS_FILE = PACKAGE_DIR / "group_data" / "all.py"
+
+
+def local_path(value: str) -> Path:
+    """A file or directory on the controller named by a setting: a relative
+    one is the operator's, against the directory the deploy runs from."""
+    return Path.cwd() / value
+
+
+def defaults() -> dict[str, Any]:
+    """Every setting's default (group_data/all.py, as pyinfra loads it): a
+    user's own group_data only overrides."""
+    import runpy
+
+    loaded = runpy.run_path(str(DEFAULTS_FILE))
+    return {key: value for key, value in loaded.items() if key in RULES}
 
 # Allow-lists, matched whole (re.fullmatch) and ASCII only: a setting that
 # reaches a shell, a unit file, gunicorn.conf.py or the nginx config can hold
@@ -40,6 +59,7 @@ HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 INDEX_URL_RE = re.compile(r"https?://([A-Za-z0-9._~%+-]+(:[A-Za-z0-9._~%+-]*)?@)?[A-Za-z0-9.-]+"
                           r"(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+-]*)?", re.ASCII)
 RUN_ID_RE = re.compile(r"[0-9a-f]{12}", re.ASCII)  # a run's id, as its record and lock name it
+RELEASE_ID_RE = re.compile(r"[0-9a-f]{12}", re.ASCII)  # a release's id (release.release_id)
 PORT_RE = re.compile(r"[1-9][0-9]{0,4}", re.ASCII)
 # Names asgi-fleet derives from an app's name, besides the name itself (user,
 # group, APP.service, APP.socket, /srv/APP, /etc/APP): an app may not be
@@ -164,8 +184,9 @@ def string_list(value) -> str | None:
 
 
 def local_dir(value) -> str | None:
-    if not isinstance(value, str) or not (PROJECT_ROOT / value).is_dir():
-        return "must be a directory on the controller (relative to the project root, or absolute)"
+    if not isinstance(value, str) or not local_path(value).is_dir():
+        return (f"must be a directory on the controller (relative to the directory the deploy "
+                f"runs from, {Path.cwd()}, or absolute)")
     return None
 
 
@@ -173,11 +194,9 @@ def local_file(optional: bool = False) -> Check:
     def check(value):
         if optional and value is None:
             return None
-        if not isinstance(value, str) or not (PROJECT_ROOT / value).is_file():
-            return (
-                f"must be {'None or ' if optional else ''}a file on the controller "
-                "(relative to the project root, or absolute)"
-            )
+        if not isinstance(value, str) or not local_path(value).is_file():
+            return (f"must be {'None or ' if optional else ''}a file on the controller "
+                    f"(relative to the directory the deploy runs from, {Path.cwd()}, or absolute)")
         return None
 
     return check
@@ -306,6 +325,7 @@ RULES: dict[str, Rule] = {
     "srv_root": Rule(absolute_path),
     "keep_releases": Rule(integer(2, 100)),
     "rollback": Rule(one_of(False, True), per_app=False),
+    "rollback_to": Rule(matches(RELEASE_ID_RE, "5f6c0530effe", optional=True), per_app=False),
 
     "rollout_batch": Rule(count_or_percent(1, 10000), per_app=False),
     "deploy_lock_max_age": Rule(integer(60, 7 * 86400), per_app=False),
@@ -364,6 +384,7 @@ class Settings:
     srv_root: str
     keep_releases: int
     rollback: bool
+    rollback_to: str | None
     # the rollout
     rollout_batch: int | str
     deploy_lock_max_age: int
@@ -421,10 +442,12 @@ def _problems(settings: dict[str, Any], where: str) -> list[str]:
 def app_settings(data: dict[str, Any], where: str = "") -> list[Settings]:
     """Validate the settings of one host and return each app's Settings.
 
-    `data` holds every key of group_data/all.py (as overridden by groups,
-    hosts and --data). `apps`, when set, is a list of per-app overrides; each
-    app gets the host's settings with its overrides on top.
+    `data` is the host's data (groups, host and --data); a setting it lacks
+    has its default from asgi-fleet's group_data/all.py. `apps`, when set, is
+    a list of per-app overrides; each app gets the host's settings with its
+    overrides on top.
     """
+    data = defaults() | {key: value for key, value in data.items() if key in RULES}
     apps_value = data.get("apps")
     allowed = RULES["apps"].check(apps_value)
     if allowed:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import deploylib  # first: it puts the project root on sys.path, for fleet
 from deploylib import PYINFRA, ROOT, BenchLock, log
-from fleet import hostctl
-from fleet.hosts import TestHost
+from asgi_fleet.fleet import hostctl
+from asgi_fleet.fleet.hosts import TestHost
 
 RESULTS = ROOT / "bench" / "results"
 

@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)) if str(ROOT) not in sys.path else None
 
-from fleet import hostctl  # noqa: E402
-from fleet.hosts import TestHost  # noqa: E402
+from asgi_fleet.fleet import hostctl  # noqa: E402
+from asgi_fleet.fleet.hosts import TestHost  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 ANSIBLE_VENV = ROOT / "bench" / ".venv-ansible"

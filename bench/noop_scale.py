@@ -35,8 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import deploylib as lib  # noqa: E402
-from fleet import hostctl  # noqa: E402
-from fleet.hosts import TestHost  # noqa: E402
+from asgi_fleet.fleet import hostctl  # noqa: E402
+from asgi_fleet.fleet.hosts import TestHost  # noqa: E402
 
 RESULT = lib.ROOT / "bench" / "results" / "noop_scale.json"
 ORIGIN = f"{lib.PREFIX}c0"

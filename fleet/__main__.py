@@ -1,4 +1,4 @@
-"""CLI: python -m fleet {build [--rebuild] [--dist D] | up [NAMES] | down | status}."""
+"""CLI: python -m asgi_fleet.fleet {build [--rebuild] [--dist D] | up [NAMES] | down | status}."""
 
 import argparse
 import sys

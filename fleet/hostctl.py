@@ -78,7 +78,7 @@ def start(host: TestHost) -> None:
         run(["docker", "start", host.name], capture=True)
         return
     if not ok(["docker", "image", "inspect", host.image]):
-        raise FleetError(f"image {host.image} missing: run `python -m fleet build` first")
+        raise FleetError(f"image {host.image} missing: run `python -m asgi_fleet.fleet build` first")
     if not ok(["docker", "network", "inspect", NETWORK]):
         run(["docker", "network", "create", "--label", LABEL, NETWORK], capture=True)
     cmd = ["docker", "run", "-d", "--name", host.name, "--hostname", host.name,

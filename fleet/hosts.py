@@ -1,6 +1,6 @@
 """The single declarative list of test hosts.
 
-Everything else (image builder, `python -m fleet up`, the pyinfra inventory
+Everything else (image builder, `python -m asgi_fleet.fleet up`, the pyinfra inventory
 `inventories/docker.py`, tests) reads this list, so adding or changing a host
 happens here and nowhere else.
 

@@ -65,6 +65,7 @@ health_consecutive = 3  # healthy = this many 200s in a row (0.5 s apart), from 
 srv_root = "/srv"  # apps live in SRV_ROOT/APP/{releases,venvs,current}
 keep_releases = 5  # releases kept per app; the running and the previous one are never pruned
 rollback = False  # --data rollback=1: go back to each app's previous release (ships nothing)
+rollback_to = None  # with rollback: this release (asgi-fleet releases lists them) instead of the previous one
 
 # --- Rolling activation ----------------------------------------------------------
 # The release is staged and preflighted on every host at once; then hosts are

@@ -1,6 +1,6 @@
 """pyinfra 3.x inventory of the asgi-fleet test hosts (built from fleet/hosts.py).
 
-Start the hosts first (`python -m fleet up`): pyinfra's @docker connector on a
+Start the hosts first (`python -m asgi_fleet.fleet up`): pyinfra's @docker connector on a
 name that is not a running container would start a new, systemd-less one.
 
 Groups: `app` (the app hosts), `lb` (the load balancer, nginx), plus pyinfra's automatic `docker` (this file)
@@ -24,7 +24,7 @@ _REPO = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _REPO not in _sys.path:
     _sys.path.insert(0, _REPO)
 
-from fleet import hosts as _hosts  # noqa: E402
+from asgi_fleet.fleet import hosts as _hosts  # noqa: E402
 
 _STATE = _os.path.join(_REPO, ".fleet")
 

@@ -2,10 +2,10 @@
 
 from pyinfra.api.operation import OperationMeta
 
-from asgi_fleet.settings import PROJECT_ROOT
+from asgi_fleet.settings import PACKAGE_DIR
 from asgi_fleet.sinks import TEMPLATE_FILTERS
 
-TEMPLATES = PROJECT_ROOT / "templates"
+TEMPLATES = PACKAGE_DIR / "templates"
 
 
 def changed(op: OperationMeta) -> bool:

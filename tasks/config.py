@@ -10,7 +10,7 @@ reads changes before then.
 from pyinfra.api import deploy
 
 from asgi_fleet import operations
-from tasks import render_template
+from asgi_fleet.tasks import render_template
 
 
 @deploy("Stage configuration")

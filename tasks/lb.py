@@ -4,7 +4,7 @@ from pyinfra.api import deploy
 
 from asgi_fleet import operations
 from asgi_fleet.rollout import FLAG_DIR
-from tasks.rollout import front_the_fleet
+from asgi_fleet.tasks.rollout import front_the_fleet
 
 
 @deploy("Load balancer")

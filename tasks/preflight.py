@@ -4,14 +4,14 @@ from pyinfra.api import deploy
 
 from asgi_fleet import operations
 from asgi_fleet.commands import PREFLIGHT_SCRIPT
-from asgi_fleet.settings import PROJECT_ROOT
+from asgi_fleet.settings import PACKAGE_DIR
 
 
 
 @deploy("Preflight script")
 def install_preflight_script(view):
     operations.file(name=PREFLIGHT_SCRIPT, path=PREFLIGHT_SCRIPT, user="root", group="root", mode="644",
-                    content=(PROJECT_ROOT / "asgi_fleet" / "onhost" / "preflight.py").read_bytes(),
+                    content=(PACKAGE_DIR / "onhost" / "preflight.py").read_bytes(),
                     view=view)
 
 

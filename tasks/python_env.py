@@ -8,10 +8,10 @@ from pyinfra.api import deploy
 
 from asgi_fleet import operations
 from asgi_fleet.release import WORKER_MODULE, WORKER_SOURCE
-from asgi_fleet.settings import PROJECT_ROOT
+from asgi_fleet.settings import PACKAGE_DIR, local_path
 
 PIP_CA_BUNDLE = "/etc/asgi-fleet/pip-ca.pem"
-VERIFY_TOOLS_LOCK = PROJECT_ROOT / "requirements" / "verify-tools.lock"
+VERIFY_TOOLS_LOCK = PACKAGE_DIR / "requirements" / "verify-tools.lock"
 VERIFY_TOOLS_VENV = "/opt/asgi-fleet/verify-tools"
 
 
@@ -27,7 +27,7 @@ def package_index(settings, view) -> PipOptions:
     if not settings.pip_ca_bundle:
         return PipOptions(settings.pip_index_url, None)
     operations.file(name="CA bundle for pip", path=PIP_CA_BUNDLE, user="root", group="root",
-                    mode="644", content=(PROJECT_ROOT / settings.pip_ca_bundle).read_bytes(), view=view)
+                    mode="644", content=local_path(settings.pip_ca_bundle).read_bytes(), view=view)
     return PipOptions(settings.pip_index_url, PIP_CA_BUNDLE)
 
 

@@ -17,7 +17,7 @@ from asgi_fleet.record import start_record
 from asgi_fleet.rollout import (FLAG_DIR, KEPT_OUT_FILE, LB_GROUP, NGINX_CONF, Rollout, batches,
                                 failure_budget, lb_apps, short_name)
 from asgi_fleet.settings import InvalidSettings, app_settings, lb_address
-from tasks import changed, render_template
+from asgi_fleet.tasks import changed, render_template
 
 
 def is_lb(some_host) -> bool:
@@ -74,6 +74,7 @@ def activate_batch(state, rollout: Rollout, number: int, plans, venvs, run, view
                 name=step, plan=plan, view=view, halted=lambda: rollout.halted(failed()),
                 venv_changed=lambda venv=venv: venv is not None and changed(venv),
                 record=run.app_step(plan, step=step, batch=number),
+                who={"by": run.run.by, "run_id": run.run_id, "commit": plan.commit},
                 time_limit=activation_time_limit(plan.app),
             )
     if lb:  # first keep the broken out (nginx reloads), then lift the drain

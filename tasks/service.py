@@ -3,7 +3,7 @@
 from pyinfra.api import deploy
 
 from asgi_fleet import operations
-from tasks import changed
+from asgi_fleet.tasks import changed
 
 
 @deploy("Plan the activation")

@@ -207,6 +207,8 @@ def app_state(app: dict, systemctl: str) -> dict:
         "activation": ({"started": float(record[0]), "ended": float(record[1]), "status": int(record[2])}
                        if len(record) == 3 and record[2].lstrip("-").isdigit() else None),
         "health": http_status(app["health"]["bind"], app["health"]["path"]) if app.get("health") else None,
+        **({"deploys": deploy_history(app["deploys"]["path"], app["name"], app["deploys"]["last"])}
+           if app.get("deploys") else {}),
     }
 
 
@@ -757,7 +759,39 @@ def run_activation(request: dict) -> dict:
     status = 0 if result["outcome"] == "activated" else 1
     write_atomically(request["result"], json.dumps(result, sort_keys=True))
     write_atomically(request["record"], f"{int(started)} {int(time.time())} {status}\n")
+    if request.get("audit"):
+        append_audit(request, result, started)
     return result
+
+
+def append_audit(request: dict, result: dict, started: float) -> None:
+    """One line of the host's append-only deploy history (JSON lines): when,
+    who and from which commit (as the controller says), which release of
+    which app, how it was activated and how it ended. Only a repair or an
+    activation writes one; a run that changed nothing on the app does not."""
+    audit = request["audit"]
+    line = {"started": round(started, 3), "ended": round(time.time(), 3), "app": request["app"],
+            "release": request["release_id"], "previous": request["previous"],
+            "activation": request["kind"], "outcome": result["outcome"], **audit["who"]}
+    os.makedirs(os.path.dirname(audit["path"]), exist_ok=True)
+    fd = os.open(audit["path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write of one line: O_APPEND keeps concurrent appends whole
+        os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def deploy_history(path: str, app: str, last: int) -> list[dict]:
+    """The last `last` lines of the deploy history for `app` (a torn or foreign line is skipped)."""
+    lines = []
+    for text in (read_text(path) or "").splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("app") == app:
+            lines.append(line)
+    return lines[-last:] if last else []
 
 
 def activate(request: dict) -> dict:

@@ -24,7 +24,7 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def fleet():
     """The test hosts are running (starting any that are not)."""
-    subprocess.run([sys.executable, "-m", "fleet", "up"], cwd=PROJECT_ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "asgi_fleet.fleet", "up"], cwd=PROJECT_ROOT, check=True)
     return fleet_hosts()
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.settings import PROJECT_ROOT, environment
-from tasks import render_template
+from asgi_fleet.tasks import render_template
 from e2e_helpers import Target, fleet_hosts, infra_of, run_deploy, run_verify
 
 HOST = "@docker/asgi-web2"

@@ -354,11 +354,11 @@ def test_a_controller_killed_mid_activation_leaves_a_host_that_finishes_and_a_ru
 
 def test_eight_hosts_in_batches_of_two_activate_in_inventory_order(deployed, variants, tmp_path):
     spares = ["asgi-web5", "asgi-web6", "asgi-web7", "asgi-web8"]
-    subprocess.run([sys.executable, "-m", "fleet", "up", *spares], cwd=PROJECT_ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "asgi_fleet.fleet", "up", *spares], cwd=PROJECT_ROOT, check=True)
     inventory = tmp_path / "eight.py"
     inventory.write_text(
         "import runpy\n"
-        "from fleet.hosts import SPARE_HOSTS\n"
+        "from asgi_fleet.fleet.hosts import SPARE_HOSTS\n"
         f"_base = runpy.run_path({str(PROJECT_ROOT / 'inventories' / 'docker.py')!r})\n"
         "app = _base['app'] + [_base['_entry'](h) for h in SPARE_HOSTS]\n"
         "lb = _base['lb']\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from asgi_fleet.agent_state import ActivationResult, activation_request
+from asgi_fleet.agent_state import ActivationResult, activation_request, app_entry
 from asgi_fleet.commands import AppPaths
 
 AGENT = Path(__file__).resolve().parents[2] / "asgi_fleet" / "onhost" / "agent.py"
@@ -279,3 +279,25 @@ def test_activate_runs_in_a_unit_of_its_own_and_reports_its_result(host, tmp_pat
     assert failed.outcome == "failed"
     assert failed.cause[:2] == ["the activation unit asgi-fleet-activate-hello.service ended with status 1 "
                                 "and left no result", "Failed to start transient service unit"]
+
+
+def test_each_activation_appends_to_the_hosts_deploy_history_which_state_reads_back(host, tmp_path):
+    paths, root, bin_dir, _ = host
+    history = tmp_path / "state" / "deploys.jsonl"
+    who = {"by": "ops@laptop", "run_id": "3f2a9c0d1e4b", "commit": "0123456789ab+dirty"}
+    for release_id, previous in (("r2", "r1"), ("r3", "r2")):
+        req = request(host, tmp_path, release_id=release_id, previous=previous, kind="reload", who=who)
+        req["audit"]["path"] = str(history)
+        run_activation(req)
+    history.open("a").write('{"torn line\n')  # a line cut short must not hide the others
+    lines = [json.loads(line) for line in history.read_text().splitlines()[:2]]
+    assert [(d["release"], d["previous"], d["activation"], d["outcome"]) for d in lines] == [
+        ("r2", "r1", "reload", "activated"), ("r3", "r2", "reload", "rolled back")]
+    assert all(d["by"] == "ops@laptop" and d["commit"] == "0123456789ab+dirty"
+               and d["ended"] >= d["started"] for d in lines)
+    entry = app_entry(paths, deploys=1) | {"deploys": {"path": str(history), "last": 1}}
+    state = json.loads(subprocess.run(
+        [sys.executable, str(AGENT), "state", json.dumps({"systemctl": str(bin_dir / "systemctl"),
+                                                          "apps": [entry | {"root": str(root)}]})],
+        capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert [d["release"] for d in state["apps"]["hello"]["deploys"]] == ["r3"]  # the last one

@@ -10,7 +10,7 @@ from asgi_fleet.activation import stop_timeout
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.settings import app_settings
 from asgi_fleet.sizing import WorkerPlan
-from tasks import render_template
+from asgi_fleet.tasks import render_template
 
 
 def render(name, **values):
