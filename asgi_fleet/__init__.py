@@ -9,3 +9,11 @@ repository runs it from a thin deploy.py (`asgi-fleet init`).
 from pathlib import Path
 
 DEPLOY_FILE = Path(__file__).resolve().parent / "deploy.py"
+
+
+def run_deploy() -> None:
+    """Run asgi-fleet's deploy for the current host, from a user's deploy.py.
+    pyinfra runs a deploy file once per host by executing it; this executes
+    the packaged one the same way (its operations keep their own names)."""
+    code = compile(DEPLOY_FILE.read_text(), str(DEPLOY_FILE), "exec")
+    exec(code, {"__name__": "asgi_fleet_deploy", "__file__": str(DEPLOY_FILE)})  # noqa: S102

@@ -111,11 +111,15 @@ def own_requirements(root: Path) -> list[str]:
 
 
 def app_name_for(root: Path) -> str:
-    """An app_name from the repository's directory name, or the error that asks for one."""
-    name = re.sub(r"[^a-z0-9-]+", "-", root.resolve().name.lower()).strip("-")[:31]
+    """An app_name from the project's name (pyproject.toml) or else the
+    repository's directory name, or the error that asks for one."""
+    pyproject = root / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text()).get("project", {}) if pyproject.is_file() else {}
+    given = str(project.get("name") or root.resolve().name)
+    name = re.sub(r"[^a-z0-9-]+", "-", given.lower()).strip("-")[:31]
     if not APP_NAME_RE.fullmatch(name):
-        raise InvalidSettings([f"app_name: {root.resolve().name!r} does not make one "
-                               f"({APP_NAME_RE.pattern}); pass --app-name"])
+        raise InvalidSettings([f"app_name: {given!r} does not make one ({APP_NAME_RE.pattern}); "
+                               "pass --app-name"])
     return name
 
 
@@ -148,11 +152,9 @@ The deploy itself is asgi-fleet's (asgi_fleet/deploy.py, in the package);
 the settings are this repository's group_data/all.py and inventories.
 """
 
-from pyinfra import local
+from asgi_fleet import run_deploy
 
-from asgi_fleet import DEPLOY_FILE
-
-local.include(str(DEPLOY_FILE))
+run_deploy()
 '''
 
 PROD_INVENTORY = '''"""Your servers. App hosts in `app`, reached over SSH as a user with sudo;
