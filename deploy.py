@@ -59,9 +59,9 @@ else:
 for plan in plans:
     venvs.append(install_virtualenv(plan, pip, view))
     ship_release(plan, view)
-    stage_files(plan, view)
+    staged = stage_files(plan, view)
     preflight(plan, view)  # a release that fails here never takes traffic
-    plan_activation(plan, view, venvs[-1], run.app(plan))
+    plan_activation(plan, view, venvs[-1], staged, run.app(plan))
 
 # Activate: batch by batch; a failed host is rolled back and stops the rollout.
 for number in host.loop(range(1, len(rollout.batches) + 1)):

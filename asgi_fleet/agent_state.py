@@ -26,22 +26,28 @@ def agent_path(source: str) -> str:
     return f"{AGENT_DIR}/agent-{hashlib.sha256(source.encode()).hexdigest()[:16]}.py"
 
 
-def agent_command(subcommand: str, request: dict) -> str:
+def agent_command(subcommand: str, request: dict, install: bool = True) -> str:
     """Run the agent on a host: the controller's own version, installed on
     first use (its source travels with the command, so there is nothing to
-    ship first and no round trip to check), older versions removed. A host
-    without python3 yet (a bare server before its first deploy) answers `null`.
+    ship first and no round trip to check), older versions removed. Without
+    `install` it runs from its source on stdin and leaves nothing behind (a
+    read before the run executes: --dry changes nothing). A host without
+    python3 yet (a bare server before its first deploy) answers `null`.
     The only value in this text is the request, quoted for the shell here."""
     source = AGENT_SOURCE.read_text()
     assert _END not in source
     path = agent_path(source)
+    quoted = shell(json.dumps(request, sort_keys=True))
+    if not install:
+        return (f"command -v python3 >/dev/null 2>&1 || {{ echo null; exit 0; }}\n"
+                f"exec python3 - {subcommand} {quoted} <<'{_END}'\n{source}{_END}\n")
     return (f"command -v python3 >/dev/null 2>&1 || {{ echo null; exit 0; }}\n"
             f"if [ ! -f {path} ]; then\n"
             f"mkdir -p -m 755 {AGENT_DIR} && cat > {path}.$$ <<'{_END}'\n{source}{_END}\n"
             f"chmod 755 {path}.$$ && mv -f {path}.$$ {path} || exit 1\n"
             f"find {AGENT_DIR} -maxdepth 1 -name 'agent-*.py' ! -name {path.rsplit('/', 1)[1]} -delete\n"
             f"fi\n"
-            f"exec python3 {path} {subcommand} {shell(json.dumps(request, sort_keys=True))}\n")
+            f"exec python3 {path} {subcommand} {quoted}\n")
 
 
 def parse_answer(text: str) -> dict | None:

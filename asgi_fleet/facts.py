@@ -26,10 +26,11 @@ class BeforePlanning(FactBase):
 
 class AgentState(FactBase):
     """What the agent's `state` reads for a request (asgi_fleet/onhost/agent.py),
-    in one round trip; None before python3 is there."""
+    in one round trip; None before python3 is there. Without `install`, the
+    agent is not installed to answer (a read before the run executes)."""
 
-    def command(self, request: str):
-        return agent_command("state", json.loads(request))
+    def command(self, request: str, install: bool = True):
+        return agent_command("state", json.loads(request), install=install)
 
     def process(self, output) -> HostState | None:
         return HostState.parse("\n".join(output))

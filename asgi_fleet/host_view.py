@@ -21,6 +21,7 @@ from pyinfra.api import operation
 
 from asgi_fleet.agent_state import HostState, agent_command, merge_request
 from asgi_fleet.facts import AgentState
+from asgi_fleet.onhost.agent import bare_state
 
 
 # A read this young is as good as a new one to an operation that would read
@@ -47,7 +48,10 @@ class HostView:
         request = json.dumps(self.request, sort_keys=True)
         changes = changes_so_far(host)
         if self._read is None or self._read[:2] != (changes, request):
-            found = host.get_fact(AgentState, request=request)
+            executing = host.state.is_executing
+            found = host.get_fact(AgentState, request=request, install=executing)
+            if found is None and not executing:  # predicting (--dry) on a host without python3 yet
+                found = HostState(bare_state(self.request))
             if found is None:
                 raise RuntimeError(f"{host.name}: python3 is missing, so the agent cannot run; "
                                    "the deploy lock's step installs it before any decision")

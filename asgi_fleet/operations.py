@@ -335,12 +335,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def planned_activation(plan, view: HostView, venv_changed: bool) -> tuple[str, str | None, set[str], AppState]:
+def planned_activation(plan, view: HostView, venv_changed: bool,
+                       will_stage: set[str] = frozenset()) -> tuple[str, str | None, set[str], AppState]:
     """(the activation this host needs for `plan`, the release `current` points at
-    now, what changed: staged files that differ from the live ones, and "venv";
+    now, what changed: staged files that differ from the live ones, those
+    `will_stage` (staged by operations that have not run yet), and "venv";
     the app's state it was decided on)."""
     state = view.state().app(plan.paths)
-    changed = state.staged_changes | ({"venv"} if venv_changed else set())
+    changed = state.staged_changes | set(will_stage) | ({"venv"} if venv_changed else set())
     kind = activation_kind(state.master, venv=plan.venv_dir, release_dir=plan.release_dir,
                            workers=plan.workers.count, changed=changed)
     return kind, state.releases.current, changed, state
@@ -358,22 +360,23 @@ def _app_with_health(plan, **_) -> dict:
 
 
 @view_operation(_app_with_health)
-def plan_activation(plan, view: HostView, venv_changed: Callable[[], bool], record: dict):
+def plan_activation(plan, view: HostView, venv_changed: Callable[[], bool],
+                    will_stage: Callable[[], set[str]], record: dict):
     """
     Record what activating `plan` will take on this host (the load balancer
     drains only hosts that will change). Reads the host, changes nothing.
+    Before the run executes (--dry), it predicts from the host as it is and
+    what the staging operations will change.
 
     + plan: the app's plan (asgi_fleet.plan.AppPlan)
     + view: the host's state (HostView)
-    + venv_changed: whether this run rebuilt the app's virtualenv
+    + venv_changed: whether this run rebuilt (or will build) the app's virtualenv
+    + will_stage: the staged files whose operations will change them and have not run yet
     + record: receives the activation kind and the release running now
     """
-    if host.state.is_executing:
-        kind, current, _, _ = planned_activation(plan, view, venv_changed())
-        record.update(activation=kind, old_release=current)
-        host.noop(f"{plan.paths.app}: {kind} (now on {current})")
-    else:
-        host.noop(f"{plan.paths.app}: decided once the release is staged")
+    kind, current, _, _ = planned_activation(plan, view, venv_changed(), will_stage())
+    record.update(activation=kind, old_release=current)
+    host.noop(f"{plan.paths.app}: {kind} (now on {current})")
     yield from ()  # an operation is a generator, even one that only reads
 
 

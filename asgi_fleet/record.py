@@ -33,9 +33,18 @@ def record_path() -> Path:
     return Path(os.environ.get("ASGI_FLEET_RECORD") or Path.cwd() / ".asgi-fleet" / "last-run.json")
 
 
+def dry_run() -> bool:
+    """Whether pyinfra runs with --dry. pyinfra keeps the option out of its
+    state, and the deploy runs in a greenlet of its own, outside click's
+    context: the command line says it (a flag, never a value: --data
+    takes key=value)."""
+    return "--dry" in sys.argv[1:]
+
+
 class RunRecord(BaseStateCallback):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, dry: bool = False):
         self.path = path
+        self.dry = dry  # --dry: the plan is printed, the last run's record left alone
         self.hosts: dict[str, dict[str, Any]] = {}
         self.rollout: dict[str, Any] = {"batches": [], "halted": None}
         self.steps: dict[tuple[str, str], dict[str, Any]] = {}  # (op name, host) -> app entry
@@ -69,6 +78,8 @@ class RunRecord(BaseStateCallback):
             self.write()
 
     def write(self) -> None:
+        if self.dry:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"run_id": self.run_id, "hosts": self.hosts,
@@ -88,7 +99,9 @@ class RunRecord(BaseStateCallback):
                 if info.get("cause"):
                     lines.append(f"{name} {app}: {info.get('step', 'failed')}:")
                     lines += [f"    {line}" for line in info["cause"]]
-        return "\n".join(["", "--> asgi-fleet summary (" + str(self.path) + ")", *lines])
+        heading = ("--> asgi-fleet plan (--dry: what a run would activate; nothing changed, "
+                   f"{self.path} left alone)" if self.dry else f"--> asgi-fleet summary ({self.path})")
+        return "\n".join(["", heading, *lines])
 
     # Rolling activation steps: timing, progress lines, outcome and cause.
     def operation_host_start(self, state, host, op_hash):
@@ -188,7 +201,7 @@ def start_record(state, app_hosts: list[str], batches: list[list[str]], budget: 
                  targeted: list[str]) -> RunRecord:
     """The run's record, with every host of the run (even one that never
     connected). Its summary is printed when the run ends, however it ends."""
-    run = RunRecord(record_path())
+    run = RunRecord(record_path(), dry=dry_run())
     run.rollout.update(batches=batches, failure_budget=budget, targeted=targeted)
     state.add_callback_handler(run)
     # On stderr, with pyinfra's own progress: stdout is pyinfra's (--json)

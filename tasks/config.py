@@ -14,8 +14,10 @@ from asgi_fleet.tasks import render_template
 
 
 @deploy("Stage configuration")
-def stage_files(plan, view):
+def stage_files(plan, view) -> dict:
+    """Each staged file's operation, by the name the activation knows it by."""
     paths = plan.paths
+    ops = {}
     staged = {name: path for name, (path, _) in paths.staged.items()}
     for path in (paths.etc, paths.candidates):
         operations.directory(name=f"{path}/", path=path, user="root", group=paths.app, mode="750",
@@ -26,6 +28,8 @@ def stage_files(plan, view):
             ("config", "gunicorn.conf.py.j2", paths.app, "640"), ("env", "app.env.j2", paths.app, "640"),
             ("socket_unit", "app.socket.j2", "root", "644"), ("service_unit", "app.service.j2", "root", "644")):
         content = render_template(source, chdir=paths.current, worker_plan=plan.workers, **variables)
-        operations.file(name=staged[name], path=staged[name], content=content.encode(), user="root",
-                        group=group, mode=mode, view=view)
-    operations.secret_file(name=staged["secrets"], paths=paths, content=plan.secrets, view=view)
+        ops[name] = operations.file(name=staged[name], path=staged[name], content=content.encode(),
+                                    user="root", group=group, mode=mode, view=view)
+    ops["secrets"] = operations.secret_file(name=staged["secrets"], paths=paths, content=plan.secrets,
+                                            view=view)
+    return ops

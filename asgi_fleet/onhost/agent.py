@@ -383,6 +383,42 @@ def state(request: dict) -> dict:
     }
 
 
+ABSENT_UNIT = {"load": "not-found", "active": "inactive", "enabled": ""}  # systemctl show, no such unit
+
+
+def bare_state(request: dict) -> dict:
+    """What `state` answers on a host that has none of what `request` asks
+    about: no files, releases, virtualenvs, packages, accounts or units. The
+    controller predicts with it (--dry) on a host the agent cannot run on
+    yet (no python3); tests hold it to `state` on paths that do not exist."""
+    nothing = {"current": None, "history": [], "releases": {}, "venvs": [], "master": None,
+               "activation": None}
+    return {
+        "agent": VERSION,
+        "now": time.time(),
+        "resources": None,
+        "lock": None,
+        "flags": [] if request.get("flag_dir") else None,
+        "apps": {app["name"]: {**nothing, "files": {path: None for path in app.get("files", [])},
+                               "units": {unit: dict(ABSENT_UNIT) for unit in app.get("units", [])},
+                               "health": 0 if app.get("health") else None,
+                               **({"deploys": []} if app.get("deploys") else {})}
+                 for app in request.get("apps", [])},
+        "venvs": {v["path"]: {"built_lock": "", "built_dists": "", "dists": hashlib.sha256().hexdigest(),
+                              "writable": ""} for v in request.get("venvs", [])},
+        "trees": {t["path"]: {"exists": False, "loose": ""} for t in request.get("trees", [])},
+        "digests": {name: hashlib.sha256().hexdigest() for name in request.get("digests", {})},
+        "texts": {path: None for path in request.get("texts", [])},
+        "paths": {path: None for path in request.get("paths", [])},
+        "files": {path: None for path in request.get("files", [])},
+        "packages": {name: False for name in request.get("packages", [])},
+        "accounts": {"users": {name: None for name in request.get("accounts", [])},
+                     "groups": {name: None for name in request.get("accounts", [])}},
+        "mtimes": {path: None for path in request.get("mtimes", [])},
+        "units": {unit: dict(ABSENT_UNIT) for unit in request.get("units", [])},
+    }
+
+
 def _holder_report(request: dict, systemctl: str) -> dict:
     """Who holds the lock, which activations still run, and each app's last words."""
     try:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import textwrap
 
 from asgi_fleet import commands
 from asgi_fleet.plan import plan_host
-from e2e_helpers import Target, fleet_hosts, fleet_targets, infra_of, probe_of, run_deploy
+from asgi_fleet.settings import PROJECT_ROOT
+from e2e_helpers import (INVENTORY, PYINFRA, Target, fleet_hosts, fleet_targets, infra_of, probe_of,
+                         run_deploy)
 
 
 def test_units_are_enabled_active_and_the_socket_listens(deployed, target: Target):
@@ -128,3 +132,29 @@ def test_a_failing_and_an_unreachable_host_do_not_stop_the_others(deployed, tmp_
     assert "[ghost]" in run.output
     assert "health gate failed: want GET http://127.0.0.1:8000/no-such-path to answer 200" in run.output
     assert "it answered 404" in run.output
+
+
+def test_a_dry_run_says_what_each_host_would_activate_and_changes_nothing(deployed, tmp_path):
+    hosts = fleet_hosts()
+    before = {h.name: fingerprint(infra_of(h)) for h in hosts}
+    record = tmp_path / "record.json"
+    # without -y: with it, pyinfra skips the change detection that --dry prints
+    done = subprocess.run([PYINFRA, "--dry", INVENTORY, "deploy.py", "--data", "keepalive=9"],
+                          cwd=PROJECT_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=900, env=os.environ | {"ASGI_FLEET_RECORD": str(record)})
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert not record.exists()  # the last run's record is left alone
+    plan = done.stdout.split("--> asgi-fleet plan (--dry", 1)[1].splitlines()[2:]
+    predicted = {(row.split()[0], row.split()[1]): row.split()[5] for row in plan if row.strip()}
+    # gunicorn.conf.py changes: every app would reload
+    assert predicted == {(t.host.name, t.plan.paths.app): "reload" for t in fleet_targets()}, done.stdout[-3000:]
+    assert {h.name: fingerprint(infra_of(h)) for h in hosts} == before
+
+
+def test_json_output_parses(deployed, tmp_path):
+    done = subprocess.run([PYINFRA, "-y", "--json", INVENTORY, "deploy.py"], cwd=PROJECT_ROOT, text=True,
+                          capture_output=True, timeout=900,
+                          env=os.environ | {"ASGI_FLEET_RECORD": str(tmp_path / "record.json")})
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(done.stdout)  # the summary went to stderr, with pyinfra's progress
+    assert results and "--> asgi-fleet summary" in done.stderr

@@ -154,3 +154,25 @@ def test_requests_merge_so_that_one_read_covers_every_operation():
     assert merged["paths"] == ["/srv", "/etc/hello"]
     assert merged["digests"] == {"a": ["/x"], "b": ["/y"]} and merged["flag_dir"] == "/run/flags"
     assert first["paths"] == ["/srv"]  # the one merged into is left as it was
+
+
+def test_a_bare_hosts_state_is_what_the_agent_reads_where_nothing_exists(tmp_path):
+    """bare_state (the prediction on a host without python3) agrees with `state`
+    on paths that do not exist, but for what depends on the machine."""
+    from asgi_fleet.onhost.agent import bare_state, state
+
+    gone = str(tmp_path / "gone")
+    request = {
+        "systemctl": str(tmp_path / "no-systemctl"), "lock": f"{gone}/lock", "flag_dir": f"{gone}/flags",
+        "apps": [{"name": "hello", "root": f"{gone}/srv/hello", "service": "hello.service", "units": [],
+                  "files": [f"{gone}/etc/hello/env"], "activation_record": f"{gone}/rec",
+                  "health": {"bind": f"unix:{gone}/sock", "path": "/healthz"},
+                  "deploys": {"path": f"{gone}/deploys.jsonl", "last": 3}}],
+        "venvs": [{"path": f"{gone}/venv", "app": "hello"}], "trees": [{"path": f"{gone}/tree", "group": "hello"}],
+        "digests": {"preflight": [f"{gone}/a", f"{gone}/b"]}, "texts": [f"{gone}/t"], "paths": [f"{gone}/p"],
+        "files": [f"{gone}/f"], "mtimes": [f"{gone}/m"],
+    }
+    machine = ("now", "resources", "packages", "accounts", "units")
+    read, bare = state(request), bare_state(request)
+    assert {k: v for k, v in read.items() if k not in machine} == {
+        k: v for k, v in bare.items() if k not in machine}
