@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def git(repo: Path, *args: str) -> None:
     run(["git", "-c", "user.email=ops@example.com", "-c", "user.name=ops", *args], repo)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def host(fleet):
     found = testinfra.get_host(f"docker://{HOST}")
     yield found
@@ -69,14 +70,35 @@ def host(fleet):
               f"userdel {APP}; groupdel {APP}; systemctl daemon-reload")
 
 
-def test_an_operator_deploys_their_own_repository_with_the_package(host, tmp_path):
+@dataclass
+class Shop:
+    """The operator's repository, and the asgi-fleet installed for it."""
+
+    repo: Path
+    bin: Path
+
+    def run(self, *argv, timeout: int = 900) -> str:
+        return run([self.bin / str(argv[0]), *argv[1:]], self.repo, timeout=timeout).stdout
+
+    def deploy(self, *args: str) -> dict:
+        self.run("pyinfra", "-y", "inventories/docker.py", "deploy.py", *args)
+        return json.loads((self.repo / ".asgi-fleet" / "last-run.json").read_text())
+
+    def commit(self, message: str) -> str:
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-qm", message)
+        return run(["git", "rev-parse", "--short=12", "HEAD"], self.repo).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def shop(host, tmp_path_factory) -> Shop:
+    tmp_path = tmp_path_factory.mktemp("own-repository")
     # 1-2. the wheel, in a fresh virtualenv outside this repository
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "wheel", PROJECT_ROOT],
         tmp_path)
     [wheel] = (tmp_path / "wheel").glob("asgi_fleet-*.whl")
     run([sys.executable, "-m", "venv", tmp_path / "venv"], tmp_path)
     run([tmp_path / "venv" / "bin" / "pip", "install", "-q", wheel], tmp_path)
-    bin_dir = tmp_path / "venv" / "bin"
 
     # 3. their repository: a src layout, its own dependency and health path, a .env
     repo = tmp_path / "shop"
@@ -89,41 +111,75 @@ def test_an_operator_deploys_their_own_repository_with_the_package(host, tmp_pat
     (repo / ".env").write_text(f"SHOP_TOKEN={SECRET}\n")
     (repo / "src" / ".env").write_text(f"SHOP_TOKEN={SECRET}\n")
     run(["git", "init", "-q"], repo)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "the shop")
-    init = run([bin_dir / "asgi-fleet", "init", "--port", PORT], repo)
-    assert f"{APP}: {APP}.main:app from src, health /-/ready, port {PORT}" in init.stdout
-    assert sorted(p for p in ("deploy.py", "inventories/prod.py", "inventories/docker.py",
-                              "group_data/all.py", "requirements.in") if (repo / p).is_file()) == sorted(
-        ["deploy.py", "inventories/prod.py", "inventories/docker.py", "group_data/all.py", "requirements.in"])
-    refused = subprocess.run([bin_dir / "asgi-fleet", "init"], cwd=repo, capture_output=True, text=True)
+    shop = Shop(repo, tmp_path / "venv" / "bin")
+    shop.commit("the shop")
+    init = shop.run("asgi-fleet", "init", "--port", PORT)
+    assert f"{APP}: {APP}.main:app from src, health /-/ready, port {PORT}" in init
+    assert all((repo / p).is_file() for p in ("deploy.py", "inventories/prod.py", "inventories/docker.py",
+                                              "group_data/all.py", "requirements.in"))
+    refused = subprocess.run([shop.bin / "asgi-fleet", "init"], cwd=repo, capture_output=True, text=True)
     assert refused.returncode != 0 and "already exist" in refused.stderr  # never overwrites
 
     # 4. the lock, with hashes, for the server stack and the app's own dependency
-    run([bin_dir / "asgi-fleet", "pin"], repo)
+    shop.run("asgi-fleet", "pin")
     lock = (repo / "requirements.lock").read_text()
     assert "humanize==4.12.1" in lock and "uvloop==" in lock and "--hash=sha256:" in lock
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "deploy with asgi-fleet")
-    commit = run(["git", "rev-parse", "--short=12", "HEAD"], repo).stdout.strip()
+    shop.commit("deploy with asgi-fleet")
+    return shop
 
+
+def test_an_operator_deploys_their_own_repository_with_the_package(host, shop):
     # 5. the deploy, to a host that already serves the example app
     before = host.check_output("curl -s localhost:8000/healthz")
-    deployed = run([bin_dir / "pyinfra", "-y", "inventories/docker.py", "deploy.py"], repo)
-    record = json.loads((repo / ".asgi-fleet" / "last-run.json").read_text())
-    assert record["hosts"][f"@docker/{HOST}"]["apps"][APP]["health"] == "healthy", deployed.stdout[-3000:]
+    record = shop.deploy()
+    assert record["hosts"][f"@docker/{HOST}"]["apps"][APP]["health"] == "healthy"
     assert host.check_output(f"curl -s localhost:{PORT}/size/4096") == '{"size":"4.1 kB"}'
     assert host.check_output("curl -s localhost:8000/healthz") == before  # its neighbour untouched
     release = host.check_output(f"readlink -f /srv/{APP}/current")
     assert host.run(f"test -e {release}/{APP}/main.py").rc == 0
     assert host.run(f"grep -rl {SECRET} /srv/{APP} /etc/{APP}").stdout == ""  # no .env shipped
 
-    # 6. verify passes, and the day-2 commands see what was deployed
-    verified = run([bin_dir / "asgi-fleet", "verify", "inventories/docker.py"], repo, timeout=600)
-    assert "ASGI-FLEET OK" in verified.stdout
-    releases = run([bin_dir / "asgi-fleet", "releases", "inventories/docker.py"], repo).stdout
-    assert f"*{Path(release).name}" in releases and commit in releases and "activated" in releases
-    logs = run([bin_dir / "asgi-fleet", "logs", "inventories/docker.py", "-n", "20"], repo).stdout
+    # 6. verify passes; status and the journal see it
+    assert "ASGI-FLEET OK" in shop.run("asgi-fleet", "verify", "inventories/docker.py", timeout=600)
+    assert f"{HOST}  {APP}" in shop.run("asgi-fleet", "status", "inventories/docker.py")
+    logs = shop.run("asgi-fleet", "logs", "inventories/docker.py", APP, "-n", "20")
     assert f"{HOST}/{APP} |" in logs and "Application startup complete" in logs
-    locks = run([bin_dir / "asgi-fleet", "lock", "status", "inventories/docker.py"], repo).stdout
-    assert f"{HOST}  free" in locks
+    assert HOST in shop.run("asgi-fleet", "fleet", "status")
+
+
+def test_three_deploys_are_in_the_history_and_a_named_release_comes_back(host, shop):
+    releases = [host.check_output(f"readlink /srv/{APP}/current").rsplit("/", 1)[1]]
+    commits = []
+    for n in (1, 2):  # two more releases, each its own commit
+        with (shop.repo / "src" / APP / "main.py").open("a") as f:
+            f.write(f"\n# release {n}\n")
+        commits.append(shop.commit(f"release {n}"))
+        shop.deploy()
+        releases.append(host.check_output(f"readlink /srv/{APP}/current").rsplit("/", 1)[1])
+    assert len(set(releases)) == 3
+    listed = shop.run("asgi-fleet", "releases", "inventories/docker.py")
+    history = [line.split() for line in listed.split("when (UTC)", 1)[1].splitlines()[1:] if APP in line]
+    # when (date, time), host, app, release, activation, outcome, by, commit
+    assert [(row[4], row[5], row[6], row[8]) for row in history[-3:]] == [
+        (releases[0], "start", "activated", history[-3][8]),
+        (releases[1], "reload", "activated", commits[0]), (releases[2], "reload", "activated", commits[1])]
+    assert f"*{releases[2]}" in listed
+
+    shop.run("asgi-fleet", "rollback", "inventories/docker.py", releases[0])
+    assert host.check_output(f"readlink /srv/{APP}/current").endswith(f"/{releases[0]}")
+    assert host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' localhost:{PORT}/-/ready") == "200"
+    assert "ASGI-FLEET OK" in shop.run("asgi-fleet", "verify", "inventories/docker.py", timeout=600)
+    refused = subprocess.run([shop.bin / "asgi-fleet", "rollback", "inventories/docker.py", "0123456789ab"],
+                             cwd=shop.repo, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "rollback_to='0123456789ab': not kept on the host" in (
+        refused.stdout + refused.stderr)
+
+
+def test_a_lock_left_by_a_stuck_run_is_shown_and_released(host, shop):
+    stuck = "9f8e7d6c5b4a stuck-laptop 999999 1764626400"  # a run on another machine, gone quiet
+    assert host.run(f"echo '{stuck}' > /run/lock/asgi-fleet.deploy").rc == 0
+    shown = shop.run("asgi-fleet", "lock", "status", "inventories/docker.py")
+    assert f"{HOST}  held  {stuck}" in shown
+    released = shop.run("asgi-fleet", "lock", "release", "inventories/docker.py")
+    assert f"{HOST}: given ({stuck})" in released
+    assert f"{HOST}  free" in shop.run("asgi-fleet", "lock", "status", "inventories/docker.py")

@@ -7,6 +7,8 @@ import os
 import subprocess
 import textwrap
 
+import pytest
+
 from asgi_fleet import commands
 from asgi_fleet.plan import plan_host
 from asgi_fleet.settings import PROJECT_ROOT
@@ -151,10 +153,11 @@ def test_a_dry_run_says_what_each_host_would_activate_and_changes_nothing(deploy
     assert {h.name: fingerprint(infra_of(h)) for h in hosts} == before
 
 
-def test_json_output_parses(deployed, tmp_path):
-    done = subprocess.run([PYINFRA, "-y", "--json", INVENTORY, "deploy.py"], cwd=PROJECT_ROOT, text=True,
+@pytest.mark.parametrize("mode", [["-y"], ["--dry"]])
+def test_json_output_parses(deployed, tmp_path, mode):
+    done = subprocess.run([PYINFRA, *mode, "--json", INVENTORY, "deploy.py"], cwd=PROJECT_ROOT, text=True,
                           capture_output=True, timeout=900,
                           env=os.environ | {"ASGI_FLEET_RECORD": str(tmp_path / "record.json")})
     assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout)  # the summary went to stderr, with pyinfra's progress
-    assert results and "--> asgi-fleet summary" in done.stderr
+    results = json.loads(done.stdout)  # the summary goes to stderr, with pyinfra's progress
+    assert results["plan"] and "--> asgi-fleet" in done.stderr
