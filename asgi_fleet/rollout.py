@@ -184,6 +184,7 @@ class Rollout:
     targeted: list[str]
     load_balancers: list[str]  # those of this run
     record: Any  # record.RunRecord: each host's plan and verdict, as the run goes
+    lb_keepalive: int = 0  # idle connections nginx keeps to each upstream (the lb_keepalive setting)
 
     def title(self, number: int) -> str:
         batch = self.batches[number - 1]

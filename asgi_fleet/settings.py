@@ -307,6 +307,7 @@ RULES: dict[str, Rule] = {
     "memory_reserve_mb": Rule(integer(0, 1048576)),
     "timeout": Rule(integer(1, 3600)),
     "graceful_timeout": Rule(integer(1, 3600)),
+    "websocket_drain_seconds": Rule(integer(0, 3600)),
     "keepalive": Rule(integer(1, 300)),
     "max_requests": Rule(integer(0, 10_000_000)),
     "max_requests_jitter": Rule(integer(0, 10_000_000)),
@@ -332,6 +333,7 @@ RULES: dict[str, Rule] = {
     "break_lock": Rule(matches(RUN_ID_RE, "3f2a9c0d1e4b", optional=True), per_app=False),
     "rollout_max_failures": Rule(count_or_percent(0, 10000), per_app=False),
     "lb_address": Rule(lb_address, per_app=False),
+    "lb_keepalive": Rule(integer(0, 1024), per_app=False),
     # host packages and the package index
     "extra_system_packages": Rule(packages, per_app=False),
     "apt_cache_time": Rule(integer(0, 30 * 86400), per_app=False),
@@ -366,6 +368,7 @@ class Settings:
     memory_reserve_mb: int
     timeout: int
     graceful_timeout: int
+    websocket_drain_seconds: int
     keepalive: int
     max_requests: int
     max_requests_jitter: int
@@ -391,6 +394,7 @@ class Settings:
     break_lock: str | None
     rollout_max_failures: int | str
     lb_address: str | None
+    lb_keepalive: int
     # host packages and the package index
     extra_system_packages: tuple[str, ...]
     apt_cache_time: int
@@ -430,6 +434,12 @@ def _problems(settings: dict[str, Any], where: str) -> list[str]:
             problems.append(
                 f"{prefix}graceful_timeout={settings['graceful_timeout']!r}: must be <= timeout "
                 f"({settings['timeout']}), or a draining worker is killed as hung mid-request"
+            )
+        if settings["websocket_drain_seconds"] and settings["websocket_drain_seconds"] > settings["graceful_timeout"] - 2:
+            problems.append(
+                f"{prefix}websocket_drain_seconds={settings['websocket_drain_seconds']!r}: must be 0 or at "
+                f"most graceful_timeout - 2 ({settings['graceful_timeout'] - 2}), or the worker is "
+                "stopped before its WebSockets are closed cleanly"
             )
         if settings["max_requests_jitter"] > settings["max_requests"]:
             problems.append(

@@ -54,23 +54,35 @@ in-flight requests, and never longer than ``graceful_timeout`` minus one
 second: the worker sets uvicorn's ``timeout_graceful_shutdown`` (unset in the
 stock worker, which waits until Gunicorn SIGKILLs it: at ``graceful_timeout``
 on stop, at ``timeout`` on HUP), then cancels what is left and runs the
-lifespan shutdown. WebSocket connections are
-not HTTP protocols and keep uvicorn's own shutdown (close code 1012).
+lifespan shutdown.
+
+WebSockets
+----------
+Uvicorn closes every open WebSocket at once on shutdown, with close code
+1012 ("service restart"), so each reload cuts every session. This worker
+lets an open WebSocket go on for up to ``$ASGI_FLEET_WEBSOCKET_DRAIN_SECONDS``
+(gunicorn.conf.py sets it from the ``websocket_drain_seconds`` setting,
+below ``graceful_timeout``): a session that ends by then ends as its client
+meant; one still open is closed with 1012 as before, and its client
+reconnects to a new worker. A handshake not completed yet is refused at
+once, as uvicorn does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import Any
 
 import uvicorn_worker
 from gunicorn.arbiter import Arbiter
-from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 from uvicorn.server import Server
 
-__all__ = ["DrainingServer", "DrainingUvicornH11Worker", "DrainingUvicornWorker", "draining_protocol"]
+__all__ = ["DrainingServer", "DrainingUvicornH11Worker", "DrainingUvicornWorker", "draining_protocol",
+           "draining_websocket_protocol"]
 
 # Set on uvicorn's shared ServerState once shutdown has begun.
 _DRAINING = "asgi_fleet_draining"
@@ -155,6 +167,51 @@ def draining_protocol(protocol_class: type) -> type:
     return _PROTOCOL_CACHE[protocol_class]
 
 
+WEBSOCKET_DRAIN = "ASGI_FLEET_WEBSOCKET_DRAIN_SECONDS"
+
+
+class _DrainingWebSocketMixin:
+    """Mixed in before uvicorn's WebSocket protocols (websockets, its sans-io
+    flavour, wsproto): shutdown waits for the client, up to the drain bound."""
+
+    _asgi_fleet_close_later: Any = None
+
+    def _asgi_fleet_open(self) -> bool:
+        if hasattr(self, "handshake_completed_event"):  # websockets_impl
+            return self.handshake_completed_event.is_set()
+        return bool(getattr(self, "handshake_complete", False))  # wsproto, websockets-sansio
+
+    def shutdown(self) -> None:
+        if self._asgi_fleet_close_later is not None:
+            return
+        transport = self.transport  # type: ignore[attr-defined]
+        bound = float(os.environ.get(WEBSOCKET_DRAIN, "0") or 0)
+        if bound <= 0 or transport is None or transport.is_closing() or not self._asgi_fleet_open():
+            super().shutdown()  # type: ignore[misc]
+            return
+        self._asgi_fleet_close_later = asyncio.get_running_loop().call_later(bound, self._asgi_fleet_close)
+
+    def _asgi_fleet_close(self) -> None:
+        if not self.transport.is_closing():  # type: ignore[attr-defined]
+            super().shutdown()  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._asgi_fleet_close_later is not None:
+            self._asgi_fleet_close_later.cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+def draining_websocket_protocol(protocol_class: type | None) -> type | None:
+    """`protocol_class` (one of uvicorn's WebSocket protocols) with a bounded drain."""
+    if protocol_class is None or issubclass(protocol_class, _DrainingWebSocketMixin):
+        return protocol_class
+    if protocol_class not in _PROTOCOL_CACHE:
+        _PROTOCOL_CACHE[protocol_class] = type(
+            "Draining" + protocol_class.__name__, (_DrainingWebSocketMixin, protocol_class),
+            {"__module__": __name__})
+    return _PROTOCOL_CACHE[protocol_class]
+
+
 class DrainingServer(Server):
     """uvicorn Server that flags the drain before it stops accepting."""
 
@@ -173,6 +230,11 @@ class DrainingUvicornWorker(uvicorn_worker.UvicornWorker):
         if isinstance(http, str):
             http = import_from_string(HTTP_PROTOCOLS.get(http, http))
         self.config.http = draining_protocol(http)
+        ws = self.config.ws
+        if isinstance(ws, str):
+            ws = WS_PROTOCOLS.get(ws, ws)
+            ws = import_from_string(ws) if ws else None
+        self.config.ws = draining_websocket_protocol(ws) or "none"
         # Stock uvicorn waits for connections without a limit and relies on
         # Gunicorn's SIGKILL; end the drain ourselves just before
         # graceful_timeout so the app's lifespan shutdown still runs (also on

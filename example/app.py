@@ -7,9 +7,10 @@ health check can tell old code from new.
 
 import hashlib
 import os
+import socket
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
 
 RELEASE = Path("REVISION").read_text().strip() if Path("REVISION").exists() else "unknown"
@@ -32,6 +33,18 @@ async def secret_fingerprint() -> dict:
     """Shows the app can read its API_TOKEN secret, without showing it."""
     token = os.environ.get("API_TOKEN")
     return {"api_token_sha256": hashlib.sha256(token.encode()).hexdigest() if token else None}
+
+
+@app.websocket("/ws/echo")
+async def echo(websocket: WebSocket) -> None:
+    """Echoes each text message, prefixed with the release and host that answered it."""
+    await websocket.accept()
+    host = socket.gethostname()
+    try:
+        while True:
+            await websocket.send_text(f"{RELEASE} {host} {await websocket.receive_text()}")
+    except WebSocketDisconnect:
+        pass
 
 
 class Item(BaseModel):

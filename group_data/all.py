@@ -37,6 +37,7 @@ worker_policy = "cores"
 worker_memory_mb = 256  # memory budget per worker: caps the count on small hosts
 memory_reserve_mb = 256  # memory left to the OS and the master before workers are counted
 timeout = 30  # seconds an event loop may block before the worker is killed (not a request limit)
+websocket_drain_seconds = 10  # an open WebSocket's grace on reload or restart, then close 1012; < graceful_timeout - 1
 graceful_timeout = 25  # seconds an old worker may finish in-flight requests; <= timeout
 keepalive = 5  # seconds an idle keep-alive connection stays open
 # Recycle a worker after this many requests, against leaks (0: never). Off by
@@ -85,6 +86,7 @@ break_lock = None  # --data break_lock=RUN_ID: take over that run's lock now (th
 # nginx from Debian, listening on each app's port, with every app host that runs
 # the app as an upstream server.
 lb_address = None  # this app host's address as the load balancer reaches it; None: its inventory name
+lb_keepalive = 16  # idle connections the load balancer keeps open to each app upstream, per nginx worker; 0: one per request
 
 # --- Host packages and the package index ----------------------------------------
 extra_system_packages = []  # more Debian packages, e.g. ["libpq5"] for the app's wheels

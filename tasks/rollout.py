@@ -50,6 +50,7 @@ def plan_rollout(state) -> Rollout:
             targeted=targeted,
             load_balancers=[h.name for h in state.inventory if is_lb(h) and state.is_host_in_limit(h)],
             record=start_record(state, names, in_batches, budget, targeted),
+            lb_keepalive=first.lb_keepalive if first else 0,
         )
     return rollout
 
@@ -90,5 +91,6 @@ def front_the_fleet(rollout: Rollout, view, name: str, kept_out=lambda recorded:
     out now, asked when this runs)."""
     return operations.lb_config(
         name=name, path=NGINX_CONF, kept_out_file=KEPT_OUT_FILE, kept_out=kept_out, view=view,
-        render=lambda out: render_template("nginx-lb.conf.j2", apps=rollout.lb_config(out)),
+        render=lambda out: render_template("nginx-lb.conf.j2", apps=rollout.lb_config(out),
+                                           keepalive=rollout.lb_keepalive),
     )

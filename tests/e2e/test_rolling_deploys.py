@@ -172,6 +172,91 @@ def test_a_rolling_deploy_through_the_load_balancer_fails_no_request(
     assert "asgi-fleet summary" in run.output and "old release" in run.output
 
 
+class WebSocketSession(threading.Thread):
+    """One WebSocket to the example app's echo, through the load balancer: a
+    message every 0.2 s, each echo checked, until the server closes it, or
+    `talk_seconds` pass and the client closes it; never past `deadline`."""
+
+    def __init__(self, address: str, deadline: float, talk_seconds: float | None = None):
+        super().__init__(daemon=True)
+        self.address, self.deadline, self.talk_seconds = address, deadline, talk_seconds
+        self.host = self.code = self.closed_at = self.error = None
+        self.echoes = 0
+
+    def run(self):
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+
+        try:
+            with connect(f"ws://{self.address}:8000/ws/echo", open_timeout=10, close_timeout=5) as ws:
+                opened = time.time()
+                while time.time() < self.deadline:
+                    if self.talk_seconds and time.time() - opened > self.talk_seconds:
+                        ws.close()
+                        self.code = ws.close_code
+                        break
+                    try:
+                        ws.send(f"m{self.echoes}")
+                        _, self.host, text = ws.recv(timeout=10).split(" ", 2)
+                    except ConnectionClosed as closed:
+                        self.code = closed.rcvd.code if closed.rcvd else 1006  # 1006: no close frame
+                        self.closed_at = time.time()
+                        break
+                    assert text == f"m{self.echoes}", text
+                    self.echoes += 1
+                    time.sleep(0.2)
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            self.error = repr(error)
+
+
+def test_open_websockets_through_the_load_balancer_get_the_drain_bound_then_1012(
+        hosts, lb_address, variants, tmp_path):
+    """A rolling reload: a session open on a host is served for
+    websocket_drain_seconds after its host's reload, then closed with 1012
+    (service restart), never dropped; one that ends sooner is not cut."""
+    drain = 10  # group_data/all.py websocket_drain_seconds
+    base = deploy(tmp_path, f"app_source={variants['code-a']}")
+    assert base.returncode == 0, base.output[-5000:]
+    deadline = time.time() + 300
+    held = [WebSocketSession(lb_address, deadline) for _ in range(8)]
+    for session in held:
+        session.start()
+    for _ in range(60):  # until all 8 answer (30 s at most)
+        if all(s.echoes for s in held):
+            break
+        time.sleep(0.5)
+    assert all(s.echoes for s in held), [vars(s) for s in held]
+    short = []
+
+    def open_short_sessions():  # 3 s each, one every 1.5 s while the rollout runs
+        for _ in range(12):
+            session = WebSocketSession(lb_address, deadline, talk_seconds=3)
+            session.start()
+            short.append(session)
+            time.sleep(1.5)
+
+    opener = threading.Thread(target=open_short_sessions, daemon=True)
+    opener.start()
+    run = deploy(tmp_path, f"app_source={variants['code-b']}")
+    assert run.returncode == 0, run.output[-5000:]
+    opener.join(timeout=60)
+    for session in held + short:
+        session.join(timeout=max(1, deadline - time.time()))
+
+    by_host = {name.rsplit("/", 1)[-1]: run.host(name)["apps"]["hello"] for name in APP_HOSTS}
+    waits = []
+    for session in held:
+        assert session.error is None and session.code == 1012, vars(session)
+        activation = by_host[session.host]  # the HUP came between its start and its end
+        waits.append(session.closed_at - activation["started"])
+        assert activation["started"] + drain - 1 <= session.closed_at <= activation["ended"] + drain + 5, (
+            vars(session), activation)
+    for session in short:
+        assert session.error is None and session.code == 1000 and session.echoes >= 10, vars(session)
+    print(f"WebSockets closed with 1012 {min(waits):.1f}-{max(waits):.1f} s after their host's "
+          f"activation began (websocket_drain_seconds={drain}); {len(short)} short sessions untouched")
+
+
 def test_a_release_sick_on_its_first_host_is_rolled_back_there_and_goes_no_further(
         hosts, lb_address, variants, tmp_path):
     base = deploy(tmp_path, f"app_source={variants['code-b']}", SIX_LOCK)

@@ -35,7 +35,7 @@ def test_subclasses_the_uvicorn_worker_package():
 
 def test_module_is_self_contained():
     """It is copied alone into a host venv: no asgi_fleet imports allowed."""
-    allowed = {"__future__", "asyncio", "sys", "typing", "gunicorn", "uvicorn", "uvicorn_worker"}
+    allowed = {"__future__", "asyncio", "os", "sys", "typing", "gunicorn", "uvicorn", "uvicorn_worker"}
     tree = ast.parse(WORKER_PY.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -116,12 +116,13 @@ async def hello_app(scope, receive, send):
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
-async def _start(server_class, protocol, keep_alive=5.0):
+async def _start(server_class, protocol, keep_alive=5.0, ws="auto"):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    config = Config(app=hello_app, http=protocol, lifespan="off", log_config=None, timeout_keep_alive=keep_alive)
+    config = Config(app=hello_app, http=protocol, ws=ws, lifespan="off", log_config=None,
+                    timeout_keep_alive=keep_alive)
     server = server_class(config=config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(200):
@@ -295,3 +296,91 @@ def test_websocket_still_upgrades_and_gets_1012_on_shutdown(protocol):
         return code
 
     assert asyncio.run(run()) == 1012
+
+
+async def ws_echo(scope, receive, send):
+    assert scope["type"] == "websocket"
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": "pong"})
+
+
+@pytest.mark.parametrize("ws_impl", ["websockets", "websockets-sansio", "wsproto"])
+def test_an_open_websocket_is_served_for_the_drain_bound_then_closed_with_1012(ws_impl, monkeypatch):
+    """With the drain bound set (gunicorn.conf.py's raw_env), shutdown leaves
+    an open WebSocket working until the bound, then closes it as uvicorn does;
+    a session that ends first ends as its client meant."""
+    from uvicorn.config import WS_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    if ws_impl == "wsproto":
+        pytest.importorskip("wsproto")
+    websockets_client = pytest.importorskip("websockets.asyncio.client")
+    from websockets.exceptions import ConnectionClosed
+
+    monkeypatch.setenv(fleet_worker.WEBSOCKET_DRAIN, "1.5")
+    ws_class = fleet_worker.draining_websocket_protocol(import_from_string(WS_PROTOCOLS[ws_impl]))
+
+    async def run():
+        server, task, port = await _start(fleet_worker.DrainingServer,
+                                          fleet_worker.draining_protocol(HttpToolsProtocol), ws=ws_class)
+        server.config.loaded_app = ws_echo
+        loop = asyncio.get_running_loop()
+        async with websockets_client.connect(f"ws://127.0.0.1:{port}/ws") as short, \
+                websockets_client.connect(f"ws://127.0.0.1:{port}/ws") as long:
+            for ws in (short, long):
+                await ws.send("ping")
+                assert await asyncio.wait_for(ws.recv(), 5) == "pong"
+            server.should_exit = True
+            began = loop.time()
+            await asyncio.sleep(0.5)
+            for ws in (short, long):  # both still served during the drain
+                await ws.send("ping")
+                assert await asyncio.wait_for(ws.recv(), 5) == "pong"
+            await short.close()  # this session ends by itself: a normal close
+            short_code = short.close_code
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(long.recv(), 5)
+            waited = loop.time() - began
+        await asyncio.wait_for(task, 10)
+        return short_code, closed.value.rcvd.code if closed.value.rcvd else None, waited
+
+    short_code, long_code, waited = asyncio.run(run())
+    assert short_code == 1000 and long_code == 1012
+    assert 1.4 <= waited < 4, waited  # the bound, then the close
+
+
+def test_without_a_drain_bound_an_open_websocket_is_closed_at_once(monkeypatch):
+    websockets_client = pytest.importorskip("websockets.asyncio.client")
+    from websockets.exceptions import ConnectionClosed
+
+    monkeypatch.delenv(fleet_worker.WEBSOCKET_DRAIN, raising=False)
+    from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
+
+    async def run():
+        server, task, port = await _start(fleet_worker.DrainingServer, fleet_worker.draining_protocol(HttpToolsProtocol),
+                                          ws=fleet_worker.draining_websocket_protocol(WebSocketProtocol))
+        server.config.loaded_app = ws_echo
+        loop = asyncio.get_running_loop()
+        async with websockets_client.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            server.should_exit = True
+            began = loop.time()
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            waited = loop.time() - began
+        await asyncio.wait_for(task, 10)
+        return closed.value.rcvd.code, waited
+
+    code, waited = asyncio.run(run())
+    assert code == 1012 and waited < 1
+
+
+def test_the_worker_wraps_the_websocket_protocol_it_would_use():
+    w = _make_worker(fleet_worker.DrainingUvicornWorker)
+    assert issubclass(w.config.ws, fleet_worker._DrainingWebSocketMixin)
+    w.config.load()
+    assert w.config.ws_protocol_class is w.config.ws
