@@ -7,7 +7,7 @@ from .util import FleetError, log
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m asgi_fleet.fleet", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("build", help="build the host images asgi-fleet-host:<dist>")
     p.add_argument("--rebuild", action="store_true", help="rebuild images that already exist")

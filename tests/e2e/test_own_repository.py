@@ -144,6 +144,7 @@ def test_an_operator_deploys_their_own_repository_with_the_package(host, shop):
     assert f"{HOST}  {APP}" in shop.run("asgi-fleet", "status", "inventories/docker.py")
     logs = shop.run("asgi-fleet", "logs", "inventories/docker.py", APP, "-n", "20")
     assert f"{HOST}/{APP} |" in logs and "Application startup complete" in logs
+    assert f"{HOST}: running, left alone" in shop.run("asgi-fleet", "fleet", "up", HOST)  # idempotent
     assert HOST in shop.run("asgi-fleet", "fleet", "status")
 
 
