@@ -46,6 +46,16 @@ def ask_agent(host: InventoryHost, subcommand: str, request: dict) -> dict | Non
     return parse_answer(ran.stdout) if ran.stdout.strip() else None
 
 
+def configured_worker_class() -> str:
+    """worker_class as this repository's group_data/all.py sets it ("" if it does not)."""
+    path = Path("group_data/all.py")
+    if not path.is_file():
+        return ""
+    import runpy
+
+    return str(runpy.run_path(str(path)).get("worker_class", ""))
+
+
 def short(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
@@ -120,7 +130,7 @@ def pin(source: Path, lock: Path, python_version: str):
     if compiled.returncode != 0:
         candidate.unlink(missing_ok=True)
         raise click.ClickException(f"uv pip compile failed on {source} (exit {compiled.returncode})")
-    problems = lock_problems(candidate.read_text(), str(lock))
+    problems = lock_problems(candidate.read_text(), str(lock), configured_worker_class())
     if problems:
         candidate.unlink()
         raise click.ClickException("the lock would not deploy; nothing written:\n  " + "\n  ".join(problems))

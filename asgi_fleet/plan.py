@@ -86,7 +86,7 @@ def _local(path: str) -> Path:
 def plan_app(app: Settings, where: str = "") -> AppPlan:
     lock_file = _local(app.app_lock)
     lock_text = lock_file.read_text()
-    problems = release.lock_problems(lock_text, app.app_lock)
+    problems = release.lock_problems(lock_text, app.app_lock, app.worker_class)
     if problems:
         raise InvalidSettings([f"{where}: {p}" for p in problems])
     app_dir = _local(app.app_source)

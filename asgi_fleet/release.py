@@ -38,6 +38,14 @@ REQUIRED_IN_LOCK = {
     "setproctitle": "readable process titles (gunicorn: master [APP])",
 }
 
+# With gunicorn's own ASGI worker (worker_class = "asgi"), what its lock needs.
+REQUIRED_FOR_GUNICORN_ASGI = {
+    "gunicorn": "the process manager and, since 25.1, its stable ASGI worker",
+    "uvloop": "the fast event loop the worker runs (asgi_loop)",
+    "setproctitle": "readable process titles (gunicorn: master [APP])",
+}
+GUNICORN_ASGI_SINCE = (25, 1)
+
 _LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
 
 
@@ -137,13 +145,19 @@ def locked_versions(lock_text: str) -> dict[str, str]:
     return versions
 
 
-def lock_problems(lock_text: str, lock_name: str) -> list[str]:
-    """What is wrong with a lock file for asgi-fleet (empty when fine)."""
+def lock_problems(lock_text: str, lock_name: str, worker_class: str = "") -> list[str]:
+    """What is wrong with a lock file for asgi-fleet and `worker_class` (empty when fine)."""
     problems = []
     versions = locked_versions(lock_text)
-    for name, why in REQUIRED_IN_LOCK.items():
+    gunicorn_asgi = worker_class == "asgi"
+    for name, why in (REQUIRED_FOR_GUNICORN_ASGI if gunicorn_asgi else REQUIRED_IN_LOCK).items():
         if name not in versions:
             problems.append(f"app_lock={lock_name!r}: does not pin {name} ({why})")
+    if gunicorn_asgi and "gunicorn" in versions:
+        numbers = re.findall(r"\d+", versions["gunicorn"])[:2]
+        if tuple(int(n) for n in numbers) < GUNICORN_ASGI_SINCE:
+            problems.append(f"app_lock={lock_name!r}: pins gunicorn {versions['gunicorn']}; worker_class "
+                            f"'asgi' needs gunicorn {'.'.join(map(str, GUNICORN_ASGI_SINCE))} or later")
     if "--hash=" not in lock_text:
         problems.append(f"app_lock={lock_name!r}: has no --hash lines; generate it with hashes (make lock)")
     return problems

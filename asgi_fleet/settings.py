@@ -65,8 +65,17 @@ PORT_RE = re.compile(r"[1-9][0-9]{0,4}", re.ASCII)
 # group, APP.service, APP.socket, /srv/APP, /etc/APP): an app may not be
 # called what another app's derived name is.
 DERIVED_SUFFIXES = ("-preflight",)
-# Gunicorn's own short worker names: all of them serve WSGI, not ASGI.
+# Gunicorn's own short worker names: these serve WSGI, not ASGI.
 GUNICORN_WSGI_WORKERS = {"sync", "gthread", "eventlet", "gevent", "tornado"}
+# ...and gunicorn's own ASGI worker (beta in 24.0, stable since 25.1): its own
+# HTTP parser (pure Python), uvloop as its loop (gunicorn.conf.py: asgi_loop).
+GUNICORN_ASGI_WORKER = "asgi"
+GUNICORN_WORKER_PATHS = {GUNICORN_ASGI_WORKER: "gunicorn.workers.gasgi.ASGIWorker"}
+
+
+def worker_class_path(worker_class: str) -> str:
+    """A worker class's dotted path, gunicorn's short names resolved."""
+    return GUNICORN_WORKER_PATHS.get(worker_class, worker_class)
 
 
 class InvalidSettings(PyinfraError):
@@ -231,14 +240,17 @@ def bind_address(value) -> str | None:
 
 
 def worker_class(value) -> str | None:
+    if value == GUNICORN_ASGI_WORKER:
+        return None
     if isinstance(value, str) and value in GUNICORN_WSGI_WORKERS:
         return (
             f"{value!r} is one of gunicorn's WSGI workers and answers every ASGI request "
-            "with 500; must be the dotted path of an ASGI worker class, "
-            "such as 'uvicorn_worker.UvicornWorker'"
+            "with 500; must be 'asgi' (gunicorn's ASGI worker) or the dotted path of an ASGI "
+            "worker class, such as 'uvicorn_worker.UvicornWorker'"
         )
     if not isinstance(value, str) or not DOTTED_PATH_RE.fullmatch(value):
-        return "must be the dotted path of a worker class, such as 'uvicorn_worker.UvicornWorker'"
+        return ("must be 'asgi' (gunicorn's ASGI worker) or the dotted path of a worker class, "
+                "such as 'uvicorn_worker.UvicornWorker'")
     return None
 
 

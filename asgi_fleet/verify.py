@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from asgi_fleet import commands
 from asgi_fleet.activation import parse_running_master
 from asgi_fleet.doctor import SAMPLE_RATE, LoopReport, analyse
+from asgi_fleet.settings import GUNICORN_ASGI_WORKER, worker_class_path
 from asgi_fleet.sizing import RESOURCES_PROBE, app_worker_plan, parse_resources
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ KNOWN_WORKERS = {
     "/gunicorn/workers/sync.py": "gunicorn's sync worker",
     "/gunicorn/workers/gthread.py": "gunicorn's gthread worker",
     "/uvicorn/workers.py": "the deprecated uvicorn.workers.UvicornWorker",
+    "/gunicorn/workers/gasgi.py": "gunicorn's ASGI worker",
 }
 
 # In `py-spy dump --locals`: the worker's run() frame and the class of its self.
@@ -93,6 +95,7 @@ def worker_in_stack(dump: str, worker_class: str) -> bool:
     if not found:
         return False
     defining, path, instance = found
+    worker_class = worker_class_path(worker_class)
     wanted = worker_class.rsplit(".", 1)[1]
     if instance != wanted:
         return False
@@ -118,6 +121,44 @@ def fast_stack(maps: str) -> dict[str, bool]:
         "uvloop": bool(re.search(r"/uvloop/loop\.cpython-[^/\s]*\.so", maps)),
         "httptools": bool(re.search(r"/httptools/parser/parser\.cpython-[^/\s]*\.so", maps)),
     }
+
+
+def masters_view(control: dict) -> str:
+    """What the master's control socket says about its workers, for the table."""
+    workers = control.get("workers")
+    if workers is None:
+        return "no answer"
+    booted = sum(1 for w in workers if w.get("booted") and not w.get("aborted"))
+    return f"{len(workers)} workers, {booted} booted"
+
+
+def masters_view_disagrees(control: dict, pids: list[int]) -> str | None:
+    """Why the master's own list of workers (gunicornc `show workers`) and
+    the worker processes found on the host disagree, or None when they agree."""
+    workers = control.get("workers")
+    if workers is None:
+        return "the master does not answer `show workers` on its control socket"
+    listed = {w["pid"] for w in workers}
+    problems = []
+    if listed != set(pids):
+        problems.append(f"it lists workers {sorted(listed)} but its children are {sorted(pids)}")
+    unbooted = sorted(w["pid"] for w in workers if not w.get("booted") or w.get("aborted"))
+    if unbooted:
+        problems.append(f"workers {unbooted} have not booted or were aborted")
+    return "; ".join(problems) or None
+
+
+def fast_stack_needed(worker_class: str) -> tuple[str, ...]:
+    """The compiled extensions a worker class should run with: gunicorn's ASGI
+    worker parses HTTP itself (pure Python), so only its loop is uvloop."""
+    return ("uvloop",) if worker_class == GUNICORN_ASGI_WORKER else ("uvloop", "httptools")
+
+
+def http_parser(worker_class: str, fast: list[dict[str, bool]]) -> str:
+    """Which HTTP parser the workers run, for the table."""
+    if worker_class == GUNICORN_ASGI_WORKER:
+        return "gunicorn"
+    return "httptools" if fast and all(f["httptools"] for f in fast) else "h11"
 
 
 @dataclass(frozen=True)
@@ -335,6 +376,17 @@ class AppProbe:
             return {}
 
     @cached_property
+    def control_workers(self) -> dict:
+        """The master's own view of its workers (gunicornc `show workers`:
+        pid, age, booted, aborted, last heartbeat), {} if it does not answer."""
+        venv = self.master.venv if self.master else f"{self.paths.current}/.venv"
+        out = self.run(f"{venv}/bin/gunicornc -s {self.paths.control_socket} -j -c 'show workers'")
+        try:
+            return json.loads(out)
+        except ValueError:
+            return {}
+
+    @cached_property
     def timeout_stop_seconds(self) -> float:
         return seconds(self.unit_properties(self.paths.service, "TimeoutStopUSec")["TimeoutStopUSec"])
 
@@ -421,7 +473,8 @@ class AppProbe:
             "workers": f"{self.expected_workers}/{len(self.workers)}",
             "worker class": ", ".join(classes),
             "loop": "uvloop" if fast and all(f["uvloop"] for f in fast) else "asyncio",
-            "http parser": "httptools" if fast and all(f["httptools"] for f in fast) else "h11",
+            "http parser": http_parser(self.app.worker_class, fast),
+            "master says": masters_view(self.control_workers),
             "health": self.health["status"],
             "exposure": self.exposure if self.exposure is not None else "-",
         }

@@ -72,9 +72,10 @@ def check_app(spec: str) -> str:
 
 
 def check_worker(dotted: str) -> None:
-    worker = import_attribute(dotted, "worker_class")
+    from gunicorn.workers import SUPPORTED_WORKERS
     from gunicorn.workers.base import Worker
 
+    worker = import_attribute(SUPPORTED_WORKERS.get(dotted, dotted), "worker_class")
     if not (inspect.isclass(worker) and issubclass(worker, Worker)):
         fail(f"worker_class {dotted!r} is not a gunicorn worker class")
 

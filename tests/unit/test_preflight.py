@@ -38,6 +38,11 @@ def test_a_good_app_passes(tmp_path, spec, interface):
     assert f"is an {interface} app" in result.stdout
 
 
+def test_gunicorns_short_name_for_its_asgi_worker_is_known(tmp_path):
+    result = preflight(tmp_path, "app:app", "asgi")
+    assert result.returncode == 0 and "asgi imports" in result.stdout, result.stderr
+
+
 @pytest.mark.parametrize("spec, worker, message", [
     ("factory:create_app", "uvicorn_worker.UvicornWorker",
      "looks like an app factory (a function with no arguments); set app_module to 'factory:create_app()'"),

@@ -160,3 +160,15 @@ def test_a_rollback_never_goes_back_to_a_release_that_was_rolled_back_from():
     assert state.failed == {"r2"} and state.history == ["r1", "r2", "r1"]
     # deployed again later and healthy: no longer a failed release
     assert failed_releases(text + "300 r2\n") == set()
+
+
+def test_gunicorns_asgi_worker_needs_its_loop_and_a_gunicorn_that_has_it():
+    hashed = "  --hash=sha256:00\n"
+    stack = "".join(f"{line}\n{hashed}" for line in ("gunicorn==27.0.1", "uvloop==0.21.0", "setproctitle==1.3.8"))
+    assert lock_problems(stack, "app.lock", "asgi") == []  # no uvicorn, no httptools: its own parser
+    assert any("does not pin uvicorn" in p for p in lock_problems(stack, "app.lock"))  # uvicorn's worker
+    old = stack.replace("gunicorn==27.0.1", "gunicorn==24.1.1")
+    assert lock_problems(old, "app.lock", "asgi") == [
+        "app_lock='app.lock': pins gunicorn 24.1.1; worker_class 'asgi' needs gunicorn 25.1 or later"]
+    no_loop = stack.replace("uvloop==0.21.0", "anyio==4.0")
+    assert any("does not pin uvloop" in p for p in lock_problems(no_loop, "app.lock", "asgi"))

@@ -34,7 +34,7 @@ def test_every_tunable_has_a_rule_a_typed_field_and_a_commented_default(defaults
     ("workers", True, "must be None or an integer from 1 to 256"),
     ("worker_policy", "lots", "must be one of 'cores', 'cores+1', '2*cores+1'"),
     ("worker_class", "sync", "one of gunicorn's WSGI workers"),
-    ("worker_class", "uvicorn_worker", "must be the dotted path of a worker class"),
+    ("worker_class", "uvicorn_worker", "or the dotted path of a worker class"),
     ("bind", "localhost:8000", "must be HOST:PORT"),
     ("bind", "0.0.0.0:70000", "must be HOST:PORT"),
     ("app_name", "Shop App", "must be a string made of"),
@@ -94,3 +94,12 @@ def test_host_wide_and_unknown_keys_are_not_per_app(defaults):
 def test_apps_must_be_a_list_of_named_dicts(defaults):
     [problem] = problems(defaults | {"apps": [{"bind": "0.0.0.0:1"}]})
     assert problem.startswith("web1: apps=")
+
+
+def test_gunicorns_asgi_worker_is_a_worker_class_its_wsgi_ones_are_not(defaults):
+    from asgi_fleet.settings import worker_class_path
+
+    [app] = app_settings(defaults | {"worker_class": "asgi"}, "web1")
+    assert worker_class_path(app.worker_class) == "gunicorn.workers.gasgi.ASGIWorker"
+    with pytest.raises(InvalidSettings, match="'gthread' is one of gunicorn's WSGI workers"):
+        app_settings(defaults | {"worker_class": "gthread"}, "web1")

@@ -30,6 +30,22 @@ def unit(text):
     return parser
 
 
+def test_gunicorns_asgi_worker_runs_uvloop_as_its_loop(app, tmp_path):
+    paths = AppPaths("hello", str(tmp_path))
+    (tmp_path / "hello" / "current").mkdir(parents=True)
+    text = render("gunicorn.conf.py.j2", app=replace(app, worker_class="asgi"), paths=paths,
+                  chdir=paths.current, worker_plan=WorkerPlan(2, "x"))
+    namespace = {}
+    exec(compile(text, "gunicorn.conf.py", "exec"), namespace)
+    config = Config()
+    for key, value in namespace.items():
+        if not key.startswith("_"):
+            config.set(key, value)
+    assert (config.worker_class_str, config.asgi_loop) == ("asgi", "uvloop")
+    assert "asgi_loop" not in render("gunicorn.conf.py.j2", app=app, paths=paths, chdir=paths.current,
+                                     worker_plan=WorkerPlan(2, "x"))  # uvicorn's workers: not theirs
+
+
 def test_gunicorn_conf_is_a_valid_gunicorn_config(app, tmp_path):
     paths = AppPaths("hello", str(tmp_path))
     (tmp_path / "hello" / "current").mkdir(parents=True)  # gunicorn checks chdir exists

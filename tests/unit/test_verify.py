@@ -157,3 +157,31 @@ def test_the_last_activation_record():
 @pytest.mark.parametrize("text, value", [("40s", 40), ("1min 30s", 90), ("500ms", 0.5), ("infinity", float("inf"))])
 def test_systemd_durations(text, value):
     assert seconds(text) == value
+
+
+def test_the_masters_view_agrees_only_when_it_lists_the_children_all_booted():
+    from asgi_fleet.verify import masters_view, masters_view_disagrees
+
+    view = {"workers": [{"pid": 11, "booted": True, "aborted": False},
+                        {"pid": 12, "booted": True, "aborted": False}], "count": 2}
+    assert masters_view_disagrees(view, [12, 11]) is None
+    assert masters_view(view) == "2 workers, 2 booted"
+    assert masters_view_disagrees(view, [11, 13]) == "it lists workers [11, 12] but its children are [11, 13]"
+    view["workers"][1]["booted"] = False
+    assert masters_view_disagrees(view, [11, 12]) == "workers [12] have not booted or were aborted"
+    assert "does not answer" in masters_view_disagrees({}, [11])
+    assert masters_view({}) == "no answer"
+
+
+def test_gunicorns_asgi_worker_is_found_by_its_short_name_and_runs_its_own_parser():
+    from asgi_fleet.verify import fast_stack_needed, http_parser
+
+    dump = ("Thread 1 (idle): \"MainThread\"\n"
+            "    run (gunicorn/workers/gasgi.py:120)\n"
+            "    ASGIWorker.run (/srv/x/venv/lib/python3.11/site-packages/gunicorn/workers/gasgi.py:120)\n"
+            "        Arguments:\n            self: <ASGIWorker at 0x7f>\n"
+            "    Worker.init_process (/srv/x/venv/lib/python3.11/site-packages/gunicorn/workers/base.py:150)\n")
+    assert worker_in_stack(dump, "asgi") and not worker_in_stack(dump, "uvicorn_worker.UvicornWorker")
+    assert recognised_worker(dump) == "gunicorn's ASGI worker"
+    assert fast_stack_needed("asgi") == ("uvloop",)
+    assert http_parser("asgi", []) == "gunicorn" and http_parser("x.Y", [{"httptools": True}]) == "httptools"

@@ -10,7 +10,8 @@ import pytest
 from asgi_fleet import commands
 
 from asgi_fleet.doctor import FIX, describe_site
-from asgi_fleet.verify import AppProbe, fast_stack, recognised_worker, worker_in_stack
+from asgi_fleet.verify import (AppProbe, fast_stack, fast_stack_needed, masters_view_disagrees,
+                               recognised_worker, worker_in_stack)
 from verify_session import connect, short
 
 
@@ -76,15 +77,18 @@ def test_workers_run_the_configured_worker_class(probe: AppProbe):
 
 
 def test_workers_run_uvloop_and_httptools(probe: AppProbe):
+    """uvloop and httptools for uvicorn's workers; uvloop for gunicorn's ASGI
+    worker, whose HTTP parser is its own (the table says which runs)."""
+    needed = fast_stack_needed(probe.app.worker_class)
     missing = {}
     for pid, maps in probe.maps.items():
         for name, loaded in fast_stack(maps).items():
-            if not loaded:
+            if not loaded and name in needed:
                 missing.setdefault(name, []).append(pid)
     assert not missing, (
         f"{probe.label}: workers run without "
         + "; ".join(f"{name} (pids {', '.join(map(str, pids))})" for name, pids in missing.items())
-        + ": uvicorn silently fell back to asyncio/h11 because the virtualenv lacks "
+        + ": the worker silently fell back to asyncio/h11 because the virtualenv lacks "
         "uvicorn[standard]'s extras; lock uvicorn[standard] (not plain uvicorn) and redeploy")
 
 
@@ -113,6 +117,15 @@ def test_workers_run_the_release_current_points_to(probe: AppProbe):
         assert reported == current.rsplit("/", 1)[-1], (
             f"{probe.label}: the health endpoint reports release {reported} but current is "
             f"{current}: workers serve old code; reload or redeploy")
+
+
+def test_the_masters_own_view_of_its_workers_matches_the_processes(probe: AppProbe):
+    """gunicorn's control socket (`gunicornc -j show workers`) against the
+    processes: a worker the master lost track of, or one it still counts
+    after it died, is a finding."""
+    why = masters_view_disagrees(probe.control_workers, [w.pid for w in probe.workers])
+    assert why is None, (f"{probe.label}: gunicorn's master and the host disagree: {why}; "
+                         f"`systemctl reload {probe.paths.service}`, or restart it if that persists")
 
 
 def test_configuration_is_coherent(probe: AppProbe):
