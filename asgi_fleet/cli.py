@@ -8,6 +8,7 @@ the directory it runs from) and reaches each host the way the deploy does.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,12 @@ def configured_worker_class() -> str:
     import runpy
 
     return str(runpy.run_path(str(path)).get("worker_class", ""))
+
+
+def data_arg(key: str, value) -> str:
+    """A `--data` argument that pyinfra reads back as `value` (it reads digits
+    as a number: a release id like 382435980864 goes as a JSON string)."""
+    return f"{key}={json.dumps(value)}"
 
 
 def short(name: str) -> str:
@@ -259,7 +266,7 @@ def rollback(inventory: str, release: str | None, pyinfra_args: tuple[str, ...])
                                    "as `asgi-fleet releases` lists them")
     if not Path("deploy.py").is_file():
         raise click.ClickException(f"no deploy.py in {Path.cwd()}: run asgi-fleet init first")
-    data = ["--data", "rollback=True", *(["--data", f"rollback_to={release}"] if release else [])]
+    data = ["--data", "rollback=True", *(["--data", data_arg("rollback_to", release)] if release else [])]
     sys.exit(subprocess.run([sys.executable, "-m", "pyinfra", "-y", inventory, "deploy.py", *data,
                              *pyinfra_args]).returncode)
 

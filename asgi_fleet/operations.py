@@ -298,7 +298,7 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
     message = (f"another deploy holds this host's lock ({commands.DEPLOY_LOCK}): {held}{still}. "
                "Nothing was changed. " + (
                    "Wait until its activation ends, then deploy again." if answer.activating else
-                   f"If that run is gone, deploy again with --data break_lock={holder.run_id}, or "
+                   f"If that run is gone, deploy again with --data 'break_lock=\"{holder.run_id}\"', or "
                    f"wait until the lock is older than deploy_lock_max_age ({max_age} s)." if holder else
                    f"Remove {commands.DEPLOY_LOCK} on the host if no deploy runs."))
     yield f"echo {commands.q(message)} >&2; exit 1"

@@ -135,6 +135,18 @@ def matches(pattern: re.Pattern, example: str, optional: bool = False) -> Check:
     return check
 
 
+def hex_id(pattern: re.Pattern, example: str) -> Check:
+    """A run's or a release's id: a string (pyinfra's --data reads an id of
+    digits only as a number, which has lost any leading zero)."""
+    def check(value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (f"must be a string made of {pattern.pattern}, not a number: --data reads an id "
+                    f"of digits as one; quote it, --data 'KEY=\"{example}\"'")
+        return matches(pattern, example, optional=True)(value)
+
+    return check
+
+
 def app_name(value) -> str | None:
     allowed = matches(APP_NAME_RE, "shop")(value)
     if allowed:
@@ -338,11 +350,11 @@ RULES: dict[str, Rule] = {
     "srv_root": Rule(absolute_path),
     "keep_releases": Rule(integer(2, 100)),
     "rollback": Rule(one_of(False, True), per_app=False),
-    "rollback_to": Rule(matches(RELEASE_ID_RE, "5f6c0530effe", optional=True), per_app=False),
+    "rollback_to": Rule(hex_id(RELEASE_ID_RE, "382435980864"), per_app=False),
 
     "rollout_batch": Rule(count_or_percent(1, 10000), per_app=False),
     "deploy_lock_max_age": Rule(integer(60, 7 * 86400), per_app=False),
-    "break_lock": Rule(matches(RUN_ID_RE, "3f2a9c0d1e4b", optional=True), per_app=False),
+    "break_lock": Rule(hex_id(RUN_ID_RE, "3f2a9c0d1e4b"), per_app=False),
     "rollout_max_failures": Rule(count_or_percent(0, 10000), per_app=False),
     "lb_address": Rule(lb_address, per_app=False),
     "lb_keepalive": Rule(integer(0, 1024), per_app=False),

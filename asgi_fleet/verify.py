@@ -128,13 +128,16 @@ def masters_view(control: dict) -> str:
     workers = control.get("workers")
     if workers is None:
         return "no answer"
-    booted = sum(1 for w in workers if w.get("booted") and not w.get("aborted"))
-    return f"{len(workers)} workers, {booted} booted"
+    beats = [w["last_heartbeat"] for w in workers if w.get("last_heartbeat") is not None]
+    return f"{len(workers)} workers" + (f", beat {max(beats):.0f} s ago" if beats else "")
 
 
-def masters_view_disagrees(control: dict, pids: list[int]) -> str | None:
+def masters_view_disagrees(control: dict, pids: list[int], timeout: float) -> str | None:
     """Why the master's own list of workers (gunicornc `show workers`) and
-    the worker processes found on the host disagree, or None when they agree."""
+    the worker processes found on the host disagree, or None when they agree.
+    A worker whose last heartbeat is older than `timeout` is one the master
+    is about to kill as hung. (`booted` and `aborted` are the workers' own
+    flags: the master's copies never change, so they say nothing here.)"""
     workers = control.get("workers")
     if workers is None:
         return "the master does not answer `show workers` on its control socket"
@@ -142,9 +145,10 @@ def masters_view_disagrees(control: dict, pids: list[int]) -> str | None:
     problems = []
     if listed != set(pids):
         problems.append(f"it lists workers {sorted(listed)} but its children are {sorted(pids)}")
-    unbooted = sorted(w["pid"] for w in workers if not w.get("booted") or w.get("aborted"))
-    if unbooted:
-        problems.append(f"workers {unbooted} have not booted or were aborted")
+    silent = sorted(w["pid"] for w in workers
+                    if w.get("last_heartbeat") is not None and w["last_heartbeat"] > timeout)
+    if silent:
+        problems.append(f"workers {silent} sent no heartbeat for over timeout ({timeout:g} s): hung")
     return "; ".join(problems) or None
 
 

@@ -8,6 +8,8 @@ import shlex
 import textwrap
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asgi_fleet import scaffold
 from asgi_fleet.inventory import InventoryHost
@@ -78,3 +80,22 @@ def test_a_command_for_a_host_keeps_each_word_whole(word):
     assert ssh[:2] == ["ssh", "-o"] and ssh[-3:-1] == ["deploy@127.0.0.1", "--"]
     assert shlex.split(ssh[-1]) == ["sudo", "-n", "journalctl", word]  # the remote shell's words
     assert os.path.basename(ssh[0]) == "ssh"
+
+
+@given(st.from_regex(r"[0-9a-f]{12}", fullmatch=True))
+def test_a_release_id_reaches_the_deploy_as_the_string_it_is(release):
+    """pyinfra reads --data digits as a number (382435980864, or 12345 from
+    000000012345): the CLI sends the id as a JSON string, read back whole."""
+    from pyinfra_cli.util import parse_cli_arg
+
+    from asgi_fleet.cli import data_arg
+
+    key, _, value = data_arg("rollback_to", release).partition("=")
+    assert (key, parse_cli_arg(value)) == ("rollback_to", release)
+
+
+def test_an_id_that_reached_the_settings_as_a_number_says_how_to_quote_it(defaults):
+    from asgi_fleet.settings import InvalidSettings
+
+    with pytest.raises(InvalidSettings, match=r"rollback_to=382435980864: must be a string .* not a number"):
+        app_settings(defaults | {"rollback_to": 382435980864}, "web2")

@@ -159,17 +159,21 @@ def test_systemd_durations(text, value):
     assert seconds(text) == value
 
 
-def test_the_masters_view_agrees_only_when_it_lists_the_children_all_booted():
+def test_the_masters_view_agrees_only_when_it_lists_the_children_all_beating():
     from asgi_fleet.verify import masters_view, masters_view_disagrees
 
-    view = {"workers": [{"pid": 11, "booted": True, "aborted": False},
-                        {"pid": 12, "booted": True, "aborted": False}], "count": 2}
-    assert masters_view_disagrees(view, [12, 11]) is None
-    assert masters_view(view) == "2 workers, 2 booted"
-    assert masters_view_disagrees(view, [11, 13]) == "it lists workers [11, 12] but its children are [11, 13]"
-    view["workers"][1]["booted"] = False
-    assert masters_view_disagrees(view, [11, 12]) == "workers [12] have not booted or were aborted"
-    assert "does not answer" in masters_view_disagrees({}, [11])
+    # as gunicorn 27's control socket answers: `booted` is the worker's own flag, false in the master
+    view = {"workers": [{"pid": 11, "age": 1, "booted": False, "aborted": False, "last_heartbeat": 12.7},
+                        {"pid": 12, "age": 2, "booted": False, "aborted": False, "last_heartbeat": 3.1}],
+            "count": 2}
+    assert masters_view_disagrees(view, [12, 11], timeout=30) is None
+    assert masters_view(view) == "2 workers, beat 13 s ago"
+    assert masters_view_disagrees(view, [11, 13], timeout=30) == (
+        "it lists workers [11, 12] but its children are [11, 13]")
+    view["workers"][1]["last_heartbeat"] = 31.0
+    assert masters_view_disagrees(view, [11, 12], timeout=30) == (
+        "workers [12] sent no heartbeat for over timeout (30 s): hung")
+    assert "does not answer" in masters_view_disagrees({}, [11], timeout=30)
     assert masters_view({}) == "no answer"
 
 

@@ -167,7 +167,7 @@ def _crash_message(test_report) -> str:
     return text.split("\nassert ", 1)[0].strip()
 
 
-TABLE_COLUMNS = ["host", "app", "release", "workers", "worker class", "loop", "http parser",
+TABLE_COLUMNS = ["host", "app", "release", "workers", "worker class", "loop", "http parser", "master says",
                  "health", "exposure"]
 
 

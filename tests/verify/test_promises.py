@@ -123,7 +123,7 @@ def test_the_masters_own_view_of_its_workers_matches_the_processes(probe: AppPro
     """gunicorn's control socket (`gunicornc -j show workers`) against the
     processes: a worker the master lost track of, or one it still counts
     after it died, is a finding."""
-    why = masters_view_disagrees(probe.control_workers, [w.pid for w in probe.workers])
+    why = masters_view_disagrees(probe.control_workers, [w.pid for w in probe.workers], probe.app.timeout)
     assert why is None, (f"{probe.label}: gunicorn's master and the host disagree: {why}; "
                          f"`systemctl reload {probe.paths.service}`, or restart it if that persists")
 
