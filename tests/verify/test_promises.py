@@ -88,8 +88,10 @@ def test_workers_run_uvloop_and_httptools(probe: AppProbe):
     assert not missing, (
         f"{probe.label}: workers run without "
         + "; ".join(f"{name} (pids {', '.join(map(str, pids))})" for name, pids in missing.items())
-        + ": the worker silently fell back to asyncio/h11 because the virtualenv lacks "
-        "uvicorn[standard]'s extras; lock uvicorn[standard] (not plain uvicorn) and redeploy")
+        + (": gunicorn's ASGI worker runs asyncio because the virtualenv lacks uvloop; "
+           "lock uvloop and redeploy" if needed == ("uvloop",) else
+           ": uvicorn silently fell back to asyncio/h11 because the virtualenv lacks "
+           "uvicorn[standard]'s extras; lock uvicorn[standard] (not plain uvicorn) and redeploy"))
 
 
 def test_health_endpoint_answers_through_the_bind(probe: AppProbe):
