@@ -158,6 +158,14 @@ def fast_stack_needed(worker_class: str) -> tuple[str, ...]:
     return ("uvloop",) if worker_class == GUNICORN_ASGI_WORKER else ("uvloop", "httptools")
 
 
+def serves_as(worker_class: str, server_header: str) -> bool:
+    """Whether an answer's Server header is that of the configured worker's
+    server: uvicorn's, or gunicorn's own ASGI worker ("gunicorn/asgi")."""
+    if worker_class == GUNICORN_ASGI_WORKER:
+        return server_header.startswith("gunicorn")
+    return server_header == "uvicorn"
+
+
 def http_parser(worker_class: str, fast: list[dict[str, bool]]) -> str:
     """Which HTTP parser the workers run, for the table."""
     if worker_class == GUNICORN_ASGI_WORKER:

@@ -189,3 +189,7 @@ def test_gunicorns_asgi_worker_is_found_by_its_short_name_and_runs_its_own_parse
     assert recognised_worker(dump) == "gunicorn's ASGI worker"
     assert fast_stack_needed("asgi") == ("uvloop",)
     assert http_parser("asgi", []) == "gunicorn" and http_parser("x.Y", [{"httptools": True}]) == "httptools"
+    from asgi_fleet.verify import serves_as
+
+    assert serves_as("asgi", "gunicorn/asgi") and not serves_as("asgi", "uvicorn")
+    assert serves_as("uvicorn_worker.UvicornWorker", "uvicorn") and not serves_as("x.Y", "nginx")
