@@ -398,6 +398,13 @@ class AppProbe:
         except ValueError:
             return {}
 
+    def masters_view_again(self) -> tuple[dict, list[int]]:
+        """The master's view and its children, read afresh (a worker that a
+        reload retired may exit between the two reads)."""
+        for name in ("_master_report", "master", "workers", "control_workers"):
+            self.__dict__.pop(name, None)
+        return self.control_workers, [w.pid for w in self.workers]
+
     @cached_property
     def timeout_stop_seconds(self) -> float:
         return seconds(self.unit_properties(self.paths.service, "TimeoutStopUSec")["TimeoutStopUSec"])
