@@ -22,6 +22,7 @@ from asgi_fleet.agent_state import agent_command, app_entry, lock_request, parse
 from asgi_fleet.commands import AppPaths
 from asgi_fleet.inventory import InventoryError, InventoryHost, app_hosts_of, load_inventory
 from asgi_fleet.release import lock_problems
+from asgi_fleet.rollout import short_name
 from asgi_fleet.settings import PACKAGE_DIR, RELEASE_ID_RE, InvalidSettings, app_settings
 from asgi_fleet.verify import format_table
 
@@ -63,8 +64,9 @@ def data_arg(key: str, value) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def short(name: str) -> str:
-    return name.rsplit("/", 1)[-1]
+def chosen(host: InventoryHost, only: tuple[str, ...]) -> bool:
+    """Whether --host (by name or short name) picks `host` (none given: every host)."""
+    return not only or host.name in only or short_name(host.name) in only
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -188,14 +190,14 @@ def logs(inventory: str, app: str | None, only: tuple[str, ...], since: str | No
     """The journal of each app's service, gathered from every host and labelled."""
     streams = []
     for host in hosts_of(inventory):
-        if only and host.name not in only and short(host.name) not in only:
+        if not chosen(host, only):
             continue
         for paths in apps_of(host):
             if app and paths.app != app:
                 continue
             argv = ["journalctl", "--no-pager", "-o", "short-iso", "-u", paths.service,
                     "-n", str(lines), *(["--since", since] if since else []), *(["-f"] if follow else [])]
-            streams.append((f"{short(host.name)}/{paths.app}", host.argv(argv)))
+            streams.append((f"{short_name(host.name)}/{paths.app}", host.argv(argv)))
     if not streams:
         raise click.ClickException(f"no app{f' {app!r}' if app else ''} on the hosts chosen in {inventory}")
     width = max(len(label) for label, _ in streams)
@@ -240,11 +242,11 @@ def releases(inventory: str, last: int):
         for p in paths:
             app = (found or {}).get("apps", {}).get(p.app) or {}
             names = sorted(app.get("releases", {}), key=lambda r: r != app.get("current"))
-            kept.append([short(host.name), p.app,
+            kept.append([short_name(host.name), p.app,
                          " ".join(f"*{r}" if r == app.get("current") else r for r in names) or "-"])
             for deploy in app.get("deploys", []):
                 when = datetime.datetime.fromtimestamp(deploy["ended"], datetime.timezone.utc)
-                history.append([when.strftime("%Y-%m-%d %H:%M:%S"), short(host.name), p.app,
+                history.append([when.strftime("%Y-%m-%d %H:%M:%S"), short_name(host.name), p.app,
                                 deploy["release"], deploy["activation"], deploy["outcome"],
                                 deploy.get("by") or "-", deploy.get("commit") or "-"])
     click.echo("\n".join(format_table(kept)))
@@ -283,7 +285,7 @@ def lock_status(inventory: str):
     rows = [["host", "lock", "holder", "activating"]]
     for host in hosts_of(inventory, load_balancers=True):
         answer = ask_agent(host, "lock", lock_request("status")) or {"outcome": "no agent yet"}
-        rows.append([short(host.name), answer["outcome"], answer.get("holder") or "-",
+        rows.append([short_name(host.name), answer["outcome"], answer.get("holder") or "-",
                      ", ".join(answer.get("activating", [])) or "-"])
     click.echo("\n".join(format_table(rows)))
 
@@ -296,17 +298,17 @@ def lock_release(inventory: str, only: tuple[str, ...]):
     still runs keeps its lock (it finishes or rolls back by itself)."""
     refused = []
     for host in hosts_of(inventory, load_balancers=True):
-        if only and host.name not in only and short(host.name) not in only:
+        if not chosen(host, only):
             continue
         answer = ask_agent(host, "lock", lock_request("status")) or {}
         holder = answer.get("holder")
         if not holder:
             continue
         if answer.get("activating"):
-            refused.append(f"{short(host.name)} (still activating {', '.join(answer['activating'])})")
+            refused.append(f"{short_name(host.name)} (still activating {', '.join(answer['activating'])})")
             continue
         given = ask_agent(host, "lock", lock_request("give", run_id=holder.split(" ", 1)[0]))
-        click.echo(f"{short(host.name)}: {given.get('outcome') if given else 'no answer'} ({holder})")
+        click.echo(f"{short_name(host.name)}: {given.get('outcome') if given else 'no answer'} ({holder})")
     if refused:
         raise click.ClickException("lock kept on " + "; ".join(refused))
 

@@ -35,8 +35,8 @@ class HostView:
 
     def __init__(self, request: dict | None = None):
         self.request: dict = request or {}
-        self._read: tuple[int, str, HostState] | None = None  # (changes then, request then, state)
-        self._read_at = float("-inf")  # time.monotonic() of the last read
+        # ((changes then, request then), the state, time.monotonic() then)
+        self._read: tuple[tuple[int, str], HostState, float] | None = None
 
     def watch(self, **needs) -> None:
         """Add to what the next read covers (agent_state.merge_request)."""
@@ -45,31 +45,35 @@ class HostView:
     def state(self) -> HostState:
         """The host's state: the last read, unless an operation changed the
         host or the request grew since."""
-        request = json.dumps(self.request, sort_keys=True)
-        changes = changes_so_far(host)
-        if self._read is None or self._read[:2] != (changes, request):
+        key = self._key()
+        if self._read is None or self._read[0] != key:
             executing = host.state.is_executing
-            found = host.get_fact(AgentState, request=request, install=executing)
+            found = host.get_fact(AgentState, request=key[1], install=executing)
             if found is None and not executing:  # predicting (--dry) on a host without python3 yet
                 found = HostState(bare_state(self.request))
             if found is None:
                 raise RuntimeError(f"{host.name}: python3 is missing, so the agent cannot run; "
                                    "the deploy lock's step installs it before any decision")
-            self._read, self._read_at = (changes, request, found), time.monotonic()
-        return self._read[2]
+            self._keep(found, key)
+        return self._read[1]
+
+    def _key(self) -> tuple[int, str]:
+        """What a read holds for: the host's changes so far, and the request."""
+        return changes_so_far(host), json.dumps(self.request, sort_keys=True)
+
+    def _keep(self, found: HostState, key: tuple[int, str] | None = None) -> None:
+        self._read = (key or self._key(), found, time.monotonic())
 
     def read_with(self, doc: dict) -> None:
         """Take `doc`, the agent's state for this view's request read by
         another call (the deploy lock's), as this view's read."""
-        self._read = (changes_so_far(host), json.dumps(self.request, sort_keys=True), HostState(doc))
-        self._read_at = time.monotonic()
+        self._keep(HostState(doc))
 
     def recent(self) -> bool:
         """Whether the last read still holds (no change, the same request) and
         is under RECENT_SECONDS old."""
-        current = (changes_so_far(host), json.dumps(self.request, sort_keys=True))
-        return (self._read is not None and self._read[:2] == current
-                and time.monotonic() - self._read_at < RECENT_SECONDS)
+        return (self._read is not None and self._read[0] == self._key()
+                and time.monotonic() - self._read[2] < RECENT_SECONDS)
 
     def read_now(self, time_limit: int) -> HostState | None:
         """Read the state afresh, within `time_limit` (None: no answer in time).
@@ -85,8 +89,7 @@ class HostView:
             return None
         found = HostState.parse("\n".join(output.stdout_lines)) if answered else None
         if found is not None:
-            self._read = (changes_so_far(host), json.dumps(self.request, sort_keys=True), found)
-            self._read_at = time.monotonic()
+            self._keep(found)
         return found
 
 

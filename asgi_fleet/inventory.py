@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asgi_fleet.rollout import LB_GROUP
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class InventoryHost:
 
     @property
     def is_lb(self) -> bool:  # a load balancer (group `lb`), not an app host
-        return "lb" in self.groups
+        return LB_GROUP in self.groups
 
     @property
     def testinfra_spec(self) -> str:

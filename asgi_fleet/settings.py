@@ -11,6 +11,8 @@ allowed.
 
 from __future__ import annotations
 
+import copy
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, fields
@@ -38,7 +40,13 @@ def local_path(value: str) -> Path:
 
 def defaults() -> dict[str, Any]:
     """Every setting's default (group_data/all.py, as pyinfra loads it): a
-    user's own group_data only overrides."""
+    user's own group_data only overrides. The file is read once per run;
+    each caller gets its own copy."""
+    return copy.deepcopy(_defaults_file())
+
+
+@functools.cache
+def _defaults_file() -> dict[str, Any]:
     import runpy
 
     loaded = runpy.run_path(str(DEFAULTS_FILE))

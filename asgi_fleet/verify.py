@@ -377,26 +377,26 @@ class AppProbe:
             data = {}
         return {"status": status, "server": headers.get("server", ""), "body": data}
 
-    @cached_property
-    def effective_config(self) -> dict:
-        """The running master's configuration, from gunicorn's control socket."""
+    def ask_master(self, command: str) -> dict:
+        """The running master's JSON answer to a gunicornc command on its
+        control socket ({} if it does not answer)."""
         venv = self.master.venv if self.master else f"{self.paths.current}/.venv"
-        out = self.run(f"{venv}/bin/gunicornc -s {self.paths.control_socket} -j -c 'show config'")
+        out = self.run(f"{venv}/bin/gunicornc -s {self.paths.control_socket} -j -c {shlex.quote(command)}")
         try:
             return json.loads(out)
         except ValueError:
             return {}
 
     @cached_property
+    def effective_config(self) -> dict:
+        """The running master's configuration, from gunicorn's control socket."""
+        return self.ask_master("show config")
+
+    @cached_property
     def control_workers(self) -> dict:
-        """The master's own view of its workers (gunicornc `show workers`:
-        pid, age, booted, aborted, last heartbeat), {} if it does not answer."""
-        venv = self.master.venv if self.master else f"{self.paths.current}/.venv"
-        out = self.run(f"{venv}/bin/gunicornc -s {self.paths.control_socket} -j -c 'show workers'")
-        try:
-            return json.loads(out)
-        except ValueError:
-            return {}
+        """The master's own view of its workers (`show workers`: pid, age,
+        booted, aborted, last heartbeat), {} if it does not answer."""
+        return self.ask_master("show workers")
 
     def masters_view_again(self) -> tuple[dict, list[int]]:
         """The master's view and its children, read afresh (a worker that a
