@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 docker-engine:
 	./fleet/docker-engine.sh
 
-fleet-build fleet-up fleet-down fleet-status: venv docker-engine
+fleet-build fleet-up fleet-fresh fleet-down fleet-status: venv docker-engine
 
 demo: venv docker-engine fleet deploy status
 
@@ -34,7 +34,7 @@ status: venv
 verify: venv
 	$(VENV)/bin/pytest tests/verify --inventory $(INVENTORY)
 
-test: venv docker-engine fleet
+test: venv docker-engine fleet-fresh
 	$(VENV)/bin/pytest -ra tests/unit tests/e2e
 
 # Every benchmark on the local fleet, one after the other (24-26 minutes on a

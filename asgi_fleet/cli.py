@@ -150,11 +150,14 @@ def pin(source: Path, lock: Path, python_version: str):
 @main.command()
 @click.argument("action", type=click.Choice(["build", "up", "down", "status"]))
 @click.argument("names", nargs=-1)
-def fleet(action: str, names: tuple[str, ...]):
-    """The local test fleet: Docker containers running systemd (build, up [NAMES], down, status)."""
+@click.option("--fresh", is_flag=True, help="up: recreate the hosts from their image (bare servers again)")
+def fleet(action: str, names: tuple[str, ...], fresh: bool):
+    """The local test fleet: Docker containers running systemd (build, up [--fresh] [NAMES], down, status)."""
     from asgi_fleet.fleet.__main__ import main as fleet_main
 
-    sys.exit(fleet_main([action, *names]))
+    if fresh and action != "up":
+        raise click.UsageError("--fresh goes with up")
+    sys.exit(fleet_main([action, *(["--fresh"] if fresh else []), *names]))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

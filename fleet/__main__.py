@@ -1,4 +1,4 @@
-"""CLI: python -m asgi_fleet.fleet {build [--rebuild] [--dist D] | up [NAMES] | down | status}."""
+"""CLI: python -m asgi_fleet.fleet {build [--rebuild] [--dist D] | up [--fresh] [NAMES] | down | status}."""
 
 import argparse
 import sys
@@ -14,6 +14,8 @@ def main(argv=None) -> int:
     p.add_argument("--dist", action="append", help="only this dist (repeatable)")
     p = sub.add_parser("up", help="start missing/stopped test hosts and wait until usable")
     p.add_argument("names", nargs="*", help="host names (default: all)")
+    p.add_argument("--fresh", action="store_true",
+                   help="recreate the hosts from their image, dropping whatever is on them")
     sub.add_parser("down", help="remove every container labelled as a test host")
     sub.add_parser("status", help="one line per test host")
     args = parser.parse_args(argv)
@@ -25,7 +27,7 @@ def main(argv=None) -> int:
         else:
             from . import hostctl
             if args.cmd == "up":
-                hostctl.up(args.names)
+                hostctl.up(args.names, fresh=args.fresh)
             else:
                 getattr(hostctl, args.cmd)()
     except (FleetError, KeyError) as exc:

@@ -6,9 +6,13 @@ controller has no registry, only the Debian mirror).  fleet/image-setup.sh then
 turns the base into a bare server (systemd, sshd, sudo, CA trust, user deploy)
 inside a throw-away container, which is committed, verified and only then
 tagged: a half-built or wrong image never carries the final name, so re-runs
-are safe and `build` without --rebuild can trust an existing image.
+are safe.  Each image carries the digest of what it was built from (this
+file's lists and image-setup.sh): `build` without --rebuild trusts an
+existing image only when that digest is still today's.
 """
 
+import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -35,10 +39,22 @@ COMMIT_CHANGES = (
     "ENV container=docker",
     "LABEL asgi-fleet.image=1",
 )
+INPUTS_LABEL = "asgi-fleet.image-inputs"
 
 
-def image_exists(ref: str) -> bool:
-    return ok(["docker", "image", "inspect", ref])
+def inputs_digest() -> str:
+    """What an image is built from: a change to any of it means a rebuild."""
+    inputs = json.dumps([REQUIRED, FORBIDDEN, COMMIT_CHANGES, DEPLOY_USER, MIRROR]).encode()
+    return hashlib.sha256(inputs + SETUP_SCRIPT.read_bytes()).hexdigest()[:16]
+
+
+def image_inputs(ref: str):
+    """The inputs digest an existing image was built from ("" if unlabelled), or None if absent."""
+    out = run(["docker", "image", "inspect", "-f", "{{json .Config.Labels}}", ref],
+              check=False, capture=True, quiet=True).strip()
+    if not out:
+        return None
+    return (json.loads(out) or {}).get(INPUTS_LABEL, "")
 
 
 def build(dists=None, rebuild=False) -> None:
@@ -47,10 +63,13 @@ def build(dists=None, rebuild=False) -> None:
     todo = []
     for dist in dists or DISTS:
         image = IMAGE_PATTERN.format(dist=dist)
-        if image_exists(image) and not rebuild:
-            log(f"{image} exists, skipping (use --rebuild to rebuild)")
-        else:
-            todo.append((dist, image))
+        built_from = image_inputs(image)
+        if built_from == inputs_digest() and not rebuild:
+            log(f"{image} exists, built from today's inputs, skipping (use --rebuild to rebuild)")
+            continue
+        if built_from is not None and not rebuild:
+            log(f"{image} was built from other inputs ({built_from or 'unlabelled'}): rebuilding")
+        todo.append((dist, image))
     if not todo:
         return
     # Side by side: each build waits mostly on the Debian mirror and on dpkg's
@@ -85,7 +104,8 @@ def build_one(dist: str, image: str) -> None:
                        capture=True, quiet=True).strip()
             if code != "0":
                 raise FleetError(f"image-setup.sh failed in {workname} (exit {code})")
-            changes = [a for c in COMMIT_CHANGES for a in ("--change", c)]
+            labels = COMMIT_CHANGES + (f"LABEL {INPUTS_LABEL}={inputs_digest()}",)
+            changes = [a for c in labels for a in ("--change", c)]
             run(["docker", "commit", *changes, workname, candidate])
         with timed(f"{dist}: verify"):
             verify(candidate, dist)

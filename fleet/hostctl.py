@@ -3,6 +3,8 @@
 systemd runs as PID 1 with the flags that work on this kind of machine
 (`--privileged` fails: the bounding set lacks CAP_SYS_RESOURCE).  `up` is
 idempotent: running hosts are never restarted or recreated, only checked.
+`up --fresh` recreates them from their image: a test run then starts from
+bare servers, whatever an earlier, interrupted run left on them.
 SSH hosts get the controller's key in authorized_keys, and their host keys are
 read through `docker exec` (a trusted channel) into .fleet/known_hosts, so
 clients do strict host-key checking instead of trust-on-first-use.
@@ -54,11 +56,13 @@ def ensure_key() -> str:
     return SSH_KEY.with_suffix(".pub").read_text().strip()
 
 
-def up(names=None) -> None:
+def up(names=None, fresh=False) -> None:
     hosts = [get_host(n) for n in names] if names else TEST_HOSTS
     pubkey = ensure_key()
     for host in hosts:
         with timed(f"up {host.name}"):
+            if fresh:
+                remove(host)
             start(host)
             wait_booted(host)
             if host.connector == "ssh":
@@ -66,10 +70,22 @@ def up(names=None) -> None:
     write_ssh_config()
 
 
-def start(host: TestHost) -> None:
+def owned_state(host: TestHost):
+    """container_state, refusing a container of that name that is not a test host."""
     state = container_state(host.name)
     if state and state[1].get(LABEL_KEY) != LABEL.split("=", 1)[1]:
         raise FleetError(f"container {host.name} exists but is not a test host (no label {LABEL})")
+    return state
+
+
+def remove(host: TestHost) -> None:
+    if owned_state(host):
+        log(f"{host.name}: removing it, to start it fresh from {host.image}")
+        run(["docker", "rm", "-f", host.name], capture=True)
+
+
+def start(host: TestHost) -> None:
+    state = owned_state(host)
     if state and state[0] == "running":
         log(f"{host.name}: running, left alone")
         return

@@ -325,6 +325,7 @@ def test_a_limited_deploy_activates_only_its_hosts_and_the_load_balancer_still_f
 def test_a_host_that_cannot_roll_back_stays_out_of_rotation_until_a_deploy_finds_it_healthy(
         hosts, variants, tmp_path):
     lb, web1 = hosts[f"@docker/{LB}"], hosts[FIRST]
+    web1.run_test(f"rm -f {SICK_FLAG}")  # an interrupted run of this test may have left it
     base = deploy(tmp_path, f"app_source={variants['sick-if-flagged-a']}")
     assert base.returncode == 0, base.output[-5000:]
     web1.run_test(f"touch {SICK_FLAG}")
@@ -439,7 +440,8 @@ def test_a_controller_killed_mid_activation_leaves_a_host_that_finishes_and_a_ru
 
 def test_eight_hosts_in_batches_of_two_activate_in_inventory_order(deployed, variants, tmp_path):
     spares = ["asgi-web5", "asgi-web6", "asgi-web7", "asgi-web8"]
-    subprocess.run([sys.executable, "-m", "asgi_fleet.fleet", "up", *spares], cwd=PROJECT_ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "asgi_fleet.fleet", "up", "--fresh", *spares],
+                   cwd=PROJECT_ROOT, check=True)
     inventory = tmp_path / "eight.py"
     inventory.write_text(
         "import runpy\n"
