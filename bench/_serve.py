@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -102,6 +104,43 @@ def timing(started: float, deploy_s: float, measured_s: float) -> dict:
     """Where a benchmark's own run time went, for its JSON result."""
     return {"deploy_s": round(deploy_s, 1), "measured_s": round(measured_s, 1),
             "lock_wait_s": round(BenchLock.waited, 1), "total_s": round(time.monotonic() - started, 1)}
+
+
+def ensure_wrk() -> str:
+    if not shutil.which("wrk"):
+        log("wrk is missing on the controller: apt-get install -y wrk")
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True, timeout=300)
+    return shutil.which("wrk")
+
+
+WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(out: str) -> dict:
+    def ms(text: str) -> float:
+        number, unit_ = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+        return round(float(number) * WRK_UNITS[unit_], 3)
+    result = {"rps": None, "requests": None, "errors": 0, "non_2xx": 0}
+    for line in out.splitlines():
+        s = line.strip()
+        if m := re.match(r"Requests/sec:\s+([\d.]+)", s):
+            result["rps"] = float(m.group(1))
+        elif m := re.match(r"(\d+) requests in", s):
+            result["requests"] = int(m.group(1))
+        elif m := re.match(r"(50|90|99)%\s+(\S+)", s):
+            result[f"p{m.group(1)}_ms"] = ms(m.group(2))
+        elif s.startswith("Socket errors:"):
+            result["errors"] = sum(int(x) for x in re.findall(r"\d+", s))
+        elif m := re.match(r"Non-2xx or 3xx responses:\s+(\d+)", s):
+            result["non_2xx"] = int(m.group(1))
+    return result
+
+
+def unit_cpu_seconds(container: str, unit: str) -> float:
+    """CPU time of everything a systemd unit ran so far (its cgroup: master,
+    workers, the workers it already reaped), in seconds."""
+    nsec = sh(container, f"systemctl show -p CPUUsageNSec --value {unit}", check=False)
+    return int(nsec) / 1e9 if nsec.isdigit() else 0.0
 
 
 def write_result(name: str, payload: dict, output: str | None = None) -> int:

@@ -9,6 +9,8 @@ appears or after --max-seconds, whichever comes first, and prints JSON:
      "by_mode": {"keepalive": {...}, "close": {...}}, "seconds": S}
 
 --get PATH sends only GET PATH (the async doctor's tests load one endpoint).
+--mode keepalive (or close) runs every client in that mode (bench/peers.py
+counts the two apart); "by_method" counts GET and POST apart.
 Options for latency work (all off by default, so the output above is unchanged):
 --rate R paces every client to R requests per second (an open schedule: a
 client that falls behind sends at once, it never bursts to catch up);
@@ -31,6 +33,7 @@ import threading
 import time
 from collections import Counter
 
+MODES = {True: "keepalive", False: "close"}
 POST_BODY = json.dumps({"name": "widget", "quantity": 2}).encode()
 
 
@@ -46,6 +49,7 @@ class Client(threading.Thread):
         self.samples: list[tuple[float, float, int]] = []  # (start epoch, latency s, ok)
         self.requests = 0
         self.errors: Counter[str] = Counter()
+        self.by_method = {"GET": Counter(), "POST": Counter()}  # "requests", "failed"
         self.releases: Counter[str] = Counter()
 
     def stopped(self) -> bool:
@@ -89,10 +93,52 @@ class Client(threading.Thread):
                 self.errors[type(error).__name__] += 1
                 connection.close()
                 connection = None
+            method = self.by_method["POST" if post else "GET"]
+            method["requests"] += 1
+            method["failed"] += 1 - ok
             if self.record:
                 self.samples.append((sent_wall, time.perf_counter() - sent, ok))
         if connection is not None:
             connection.close()
+
+
+class WebSocketSession(threading.Thread):
+    """One WebSocket to the example app's echo: a message every 0.2 s, each
+    echo checked, until the server closes it (`code`, `closed_at`), or
+    `talk_seconds` pass and the client closes it; never past `deadline`
+    (time.time()). Needs the `websockets` package, on the controller only."""
+
+    def __init__(self, url: str, deadline: float, talk_seconds: float | None = None):
+        super().__init__(daemon=True)
+        self.url, self.deadline, self.talk_seconds = url, deadline, talk_seconds
+        self.host = self.code = self.closed_at = self.error = None
+        self.echoes = 0
+
+    def run(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+
+        try:
+            with connect(self.url, open_timeout=10, close_timeout=5) as ws:
+                opened = time.time()
+                while time.time() < self.deadline:
+                    if self.talk_seconds and time.time() - opened > self.talk_seconds:
+                        ws.close()
+                        self.code = ws.close_code
+                        break
+                    try:
+                        ws.send(f"m{self.echoes}")
+                        _, self.host, text = ws.recv(timeout=10).split(" ", 2)
+                    except ConnectionClosed as closed:
+                        self.code = closed.rcvd.code if closed.rcvd else 1006  # 1006: no close frame
+                        self.closed_at = time.time()
+                        break
+                    if text != f"m{self.echoes}":
+                        raise ValueError(f"echo {text!r} for m{self.echoes}")
+                    self.echoes += 1
+                    time.sleep(0.2)
+        except Exception as error:  # noqa: BLE001 - reported by the caller
+            self.error = repr(error)
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -124,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--clients", type=int, default=8, help="per mode (keep-alive, close)")
+    parser.add_argument("--mode", choices=("both", "keepalive", "close"), default="both",
+                        help="which modes run (default: both, --clients each)")
     parser.add_argument("--max-seconds", type=float, default=120)
     parser.add_argument("--stop-file", default="/tmp/loadgen.stop")
     parser.add_argument("--timeout", type=float, default=30)
@@ -140,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     until = start + args.max_seconds
     clients = [Client(args.host, args.port, keepalive, until, args.stop_file, args.timeout,
                       args.rate, record, args.get)
-               for keepalive in (True, False) for _ in range(args.clients)]
+               for keepalive in (True, False) if args.mode in ("both", MODES[keepalive])
+               for _ in range(args.clients)]
     for client in clients:
         client.start()
     for client in clients:
@@ -155,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     result["releases"] = dict(sum((c.releases for c in clients), Counter()))
     result["by_mode"] = {"keepalive": total([c for c in clients if c.keepalive]),
                          "close": total([c for c in clients if not c.keepalive])}
+    result["by_method"] = {method: dict(sum((c.by_method[method] for c in clients), Counter()))
+                           for method in ("GET", "POST")}
     result["seconds"] = round(time.monotonic() - start, 2)
     if args.records:
         with open(args.records + ".tmp", "w") as out:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serve  # noqa: E402
-from _serve import sh  # noqa: E402
+from _serve import ensure_wrk, parse_wrk, sh  # noqa: E402
 from deploylib import BenchLock, command_line, log, median, write_json  # noqa: E402
 
 CONTAINER = "asgi-bench-serve1"
@@ -77,13 +76,6 @@ LABELS = {
     "gunicorn_draining_seccomp": "the same plain process with the unit's SystemCallFilter",
     "fleet_recycling": "asgi-fleet service, N = auto, `max_requests = 10000`, jitter 1000",
 }
-
-
-def ensure_wrk() -> str:
-    if not shutil.which("wrk"):
-        log("wrk is missing on the controller: apt-get install -y wrk")
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True, timeout=300)
-    return shutil.which("wrk")
 
 
 def unit(name: str) -> str:
@@ -137,29 +129,6 @@ def set_fleet(deployed: str, workers: int, **settings: str) -> None:
                            + sh(CONTAINER, "ps -eo pid,ppid,etimes,args", check=False))
     _serve.wait_http(CONTAINER, 8000)
     time.sleep(1)
-
-
-WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def parse_wrk(out: str) -> dict:
-    def ms(text: str) -> float:
-        number, unit_ = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
-        return round(float(number) * WRK_UNITS[unit_], 3)
-    result = {"rps": None, "requests": None, "errors": 0, "non_2xx": 0}
-    for line in out.splitlines():
-        s = line.strip()
-        if m := re.match(r"Requests/sec:\s+([\d.]+)", s):
-            result["rps"] = float(m.group(1))
-        elif m := re.match(r"(\d+) requests in", s):
-            result["requests"] = int(m.group(1))
-        elif m := re.match(r"(50|90|99)%\s+(\S+)", s):
-            result[f"p{m.group(1)}_ms"] = ms(m.group(2))
-        elif s.startswith("Socket errors:"):
-            result["errors"] = sum(int(x) for x in re.findall(r"\d+", s))
-        elif m := re.match(r"Non-2xx or 3xx responses:\s+(\d+)", s):
-            result["non_2xx"] = int(m.group(1))
-    return result
 
 
 def wrk(binary: str, args: argparse.Namespace, url: str, unit_name: str) -> dict:

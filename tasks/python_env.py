@@ -26,6 +26,8 @@ def package_index(settings, view) -> PipOptions:
     """Where pip installs from: a custom index and CA bundle, if set (host-wide)."""
     if not settings.pip_ca_bundle:
         return PipOptions(settings.pip_index_url, None)
+    operations.directory(name="/etc/asgi-fleet/", path=PIP_CA_BUNDLE.rpartition("/")[0], user="root",
+                         group="root", mode="755", view=view)
     operations.file(name="CA bundle for pip", path=PIP_CA_BUNDLE, user="root", group="root",
                     mode="644", content=local_path(settings.pip_ca_bundle).read_bytes(), view=view)
     return PipOptions(settings.pip_index_url, PIP_CA_BUNDLE)

@@ -17,6 +17,9 @@ from asgi_fleet.plan import AppPlan, plan_host
 from asgi_fleet.settings import PROJECT_ROOT
 from asgi_fleet.verify import AppProbe
 
+sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+from loadgen import WebSocketSession  # noqa: E402  (the one load harness, shared with bench/)
+
 INVENTORY = "inventories/docker.py"
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 

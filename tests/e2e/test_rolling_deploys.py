@@ -21,7 +21,8 @@ import pytest
 
 from asgi_fleet.settings import PROJECT_ROOT
 from e2e_helpers import (
-    INVENTORY, PYINFRA, app_variants, fleet_hosts, infra_of, load_balancers, run_deploy, wait_until,
+    INVENTORY, PYINFRA, WebSocketSession, app_variants, fleet_hosts, infra_of, load_balancers, run_deploy,
+    wait_until,
 )
 
 LB = "asgi-lb"
@@ -172,43 +173,6 @@ def test_a_rolling_deploy_through_the_load_balancer_fails_no_request(
     assert "asgi-fleet summary" in run.output and "old release" in run.output
 
 
-class WebSocketSession(threading.Thread):
-    """One WebSocket to the example app's echo, through the load balancer: a
-    message every 0.2 s, each echo checked, until the server closes it, or
-    `talk_seconds` pass and the client closes it; never past `deadline`."""
-
-    def __init__(self, address: str, deadline: float, talk_seconds: float | None = None):
-        super().__init__(daemon=True)
-        self.address, self.deadline, self.talk_seconds = address, deadline, talk_seconds
-        self.host = self.code = self.closed_at = self.error = None
-        self.echoes = 0
-
-    def run(self):
-        from websockets.exceptions import ConnectionClosed
-        from websockets.sync.client import connect
-
-        try:
-            with connect(f"ws://{self.address}:8000/ws/echo", open_timeout=10, close_timeout=5) as ws:
-                opened = time.time()
-                while time.time() < self.deadline:
-                    if self.talk_seconds and time.time() - opened > self.talk_seconds:
-                        ws.close()
-                        self.code = ws.close_code
-                        break
-                    try:
-                        ws.send(f"m{self.echoes}")
-                        _, self.host, text = ws.recv(timeout=10).split(" ", 2)
-                    except ConnectionClosed as closed:
-                        self.code = closed.rcvd.code if closed.rcvd else 1006  # 1006: no close frame
-                        self.closed_at = time.time()
-                        break
-                    assert text == f"m{self.echoes}", text
-                    self.echoes += 1
-                    time.sleep(0.2)
-        except Exception as error:  # noqa: BLE001 - reported by the test
-            self.error = repr(error)
-
-
 def test_open_websockets_through_the_load_balancer_get_the_drain_bound_then_1012(
         hosts, lb_address, variants, tmp_path):
     """A rolling reload: a session open on a host is served for
@@ -218,7 +182,7 @@ def test_open_websockets_through_the_load_balancer_get_the_drain_bound_then_1012
     base = deploy(tmp_path, f"app_source={variants['code-a']}")
     assert base.returncode == 0, base.output[-5000:]
     deadline = time.time() + 300
-    held = [WebSocketSession(lb_address, deadline) for _ in range(8)]
+    held = [WebSocketSession(f"ws://{lb_address}:8000/ws/echo", deadline) for _ in range(8)]
     for session in held:
         session.start()
     for _ in range(60):  # until all 8 answer (30 s at most)
@@ -230,7 +194,8 @@ def test_open_websockets_through_the_load_balancer_get_the_drain_bound_then_1012
 
     def open_short_sessions():  # 3 s each, one every 1.5 s while the rollout runs
         for _ in range(12):
-            session = WebSocketSession(lb_address, deadline, talk_seconds=3)
+            session = WebSocketSession(f"ws://{lb_address}:8000/ws/echo", deadline,
+                                       talk_seconds=3)
             session.start()
             short.append(session)
             time.sleep(1.5)

@@ -1,8 +1,14 @@
 import runpy
 
 import pytest
+from hypothesis import settings
 
 from asgi_fleet.settings import PROJECT_ROOT
+
+# These machines are shared and noisy, and a first example may pay for an import
+# (pyinfra's CLI takes ~0.3 s): a property is about values, never about time.
+settings.register_profile("asgi-fleet", deadline=None)
+settings.load_profile("asgi-fleet")
 
 
 @pytest.fixture
