@@ -30,6 +30,17 @@ from asgi_fleet.onhost.agent import bare_state
 RECENT_SECONDS = 5
 
 
+def predicting() -> bool:
+    """Whether this is pyinfra's prepare pass, not its execution.
+
+    pyinfra runs an operation's body twice: once before anything executes (to
+    say what it would do; all --dry does) and once when it executes. What a
+    rollout learns as it goes (which batch is drained, whether it halted, who
+    failed, which lock it holds, which release is live to prune around) exists
+    only at execution; before it, an operation says what it will decide on."""
+    return not host.state.is_executing
+
+
 class HostView:
     """One host's view (deploy.py makes one per host)."""
 
@@ -47,9 +58,8 @@ class HostView:
         host or the request grew since."""
         key = self._key()
         if self._read is None or self._read[0] != key:
-            executing = host.state.is_executing
-            found = host.get_fact(AgentState, request=key[1], install=executing)
-            if found is None and not executing:  # predicting (--dry) on a host without python3 yet
+            found = host.get_fact(AgentState, request=key[1], install=not predicting())
+            if found is None and predicting():  # predicting (--dry) on a host without python3 yet
                 found = HostState(bare_state(self.request))
             if found is None:
                 raise RuntimeError(f"{host.name}: python3 is missing, so the agent cannot run; "

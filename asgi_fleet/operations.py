@@ -30,7 +30,7 @@ from asgi_fleet.agent_state import (
 )
 from asgi_fleet.commands import PREFLIGHT_SCRIPT
 from asgi_fleet.facts import AgentState
-from asgi_fleet.host_view import HostView, view_operation
+from asgi_fleet.host_view import HostView, predicting, view_operation
 from asgi_fleet.release import ReleasesState, releases_to_prune, venvs_to_prune
 from asgi_fleet.sinks import command, commands_in_order
 
@@ -227,7 +227,7 @@ def prune_releases(paths: commands.AppPaths, keep: int, view: HostView):
     + keep: how many releases to keep
     + view: the host's state (HostView)
     """
-    if not host.state.is_executing:
+    if predicting():
         host.noop("decided once the release is activated")
         return
     state = view.state().app(paths).releases
@@ -261,7 +261,7 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
     + record: this host's entry in the run's record, told about a takeover
     + view: the host's state (HostView), read under the lock as it is taken
     """
-    if not host.state.is_executing:
+    if predicting():
         return
     if not acquire:
         _agent(host, "lock", lock_request("give", run_id=run_id))
@@ -402,7 +402,7 @@ def activate(plan, view: HostView, venv_changed: Callable[[], bool],
     a disabled unit is enabled again; an unhealthy service fails the run
     instead of passing it silently.
     """
-    if not host.state.is_executing:
+    if predicting():
         host.noop(f"{plan.paths.app}: decided when its batch comes")
         return
     reason = halted()
@@ -485,7 +485,7 @@ def lb_rotation(flag_dir: str | None, drained: Callable[[], set[str]], view: Hos
     if flag_dir is None:  # an app host: it takes part only to keep the batches in step
         host.noop("not a load balancer")
         return
-    want = drained() if host.state.is_executing else set()
+    want = set() if predicting() else drained()
     have = set(view.state().flags or ())
     if want == have:
         host.noop(f"in rotation: all but {sorted(want)}" if want else "every server in rotation")
@@ -521,7 +521,7 @@ def lb_config(path: str, kept_out_file: str,
     """
     state = view.state()
     recorded = _kept_out_record(state.text(kept_out_file))
-    out = kept_out(recorded) if host.state.is_executing else recorded
+    out = recorded if predicting() else kept_out(recorded)
     config = render(out)
     live = state.digest(path)
     if out == recorded and live == hashlib.sha256(config.encode()).hexdigest():

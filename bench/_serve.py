@@ -10,7 +10,6 @@ with taskset, and sends traffic only to that container's address.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 import deploylib  # first: it puts the project root on sys.path, for fleet
-from deploylib import PYINFRA, ROOT, BenchLock, log
+from deploylib import ROOT, BenchLock, log
 from asgi_fleet.fleet import hostctl
 from asgi_fleet.fleet.hosts import TestHost
 
@@ -58,14 +57,13 @@ def write_inventory(path: Path, host: TestHost) -> Path:
 
 def deploy(inventory: Path, *data: str, timeout: float = 600, record: Path | None = None) -> float:
     """Run the project's deploy.py with --data overrides; return its wall time in seconds.
-    `record`: where the deploy writes its own record of the run (ASGI_FLEET_RECORD)."""
+    `record`: where the deploy writes its own record of the run (default: next to the inventory)."""
     args = [a for item in data for a in ("--data", item)]
-    env = os.environ | ({"ASGI_FLEET_RECORD": str(record)} if record else {})
     started = time.monotonic()
-    result = subprocess.run([PYINFRA, "-y", str(inventory), "deploy.py", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=timeout, env=env)
-    if result.returncode:
-        raise RuntimeError(f"deploy {data} failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+    run = deploylib.run_deploy(inventory, *args, record=record or inventory.with_suffix(".record.json"),
+                               timeout=timeout)
+    if run.returncode:
+        raise RuntimeError(f"deploy {data} failed:\n{run.output[-5000:]}")
     return time.monotonic() - started
 
 

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,6 +299,37 @@ def _ansible_recap(lines) -> dict:
             recap[m.group(1)] = {"ok": int(m.group(2)), "changed": int(m.group(3)),
                                  "unreachable": int(m.group(4)), "failed": int(m.group(5))}
     return recap
+
+
+@dataclass
+class Run:
+    """A finished `pyinfra INVENTORY deploy.py`: its exit code, its output
+    (stdout and stderr interleaved) and the run's record (asgi_fleet/record.py)."""
+
+    returncode: int
+    output: str
+    record: dict
+
+    def host(self, name: str) -> dict:
+        return self.record["hosts"][name]
+
+    def changed_ops(self) -> dict[str, list[str]]:
+        return {name: [op["name"] for op in host["ops"] if op["changed"]]
+                for name, host in self.record["hosts"].items()}
+
+
+def run_deploy(inventory: str | Path, *args: str, record: Path, cwd: Path = ROOT,
+               timeout: float = 1500, env: dict[str, str] | None = None) -> Run:
+    """`pyinfra -y INVENTORY deploy.py ARGS`, its record written to `record`:
+    the one deploy runner of bench/ and the e2e tests."""
+    record.unlink(missing_ok=True)
+    result = subprocess.run(
+        [PYINFRA, "-y", str(inventory), "deploy.py", *args], cwd=cwd, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+        env=os.environ | (env or {}) | {"ASGI_FLEET_RECORD": str(record)},
+    )
+    data = json.loads(record.read_text()) if record.exists() else {"hosts": {}}
+    return Run(result.returncode, result.stdout, data)
 
 
 def pyinfra_deploy(inventory: Path, workdir: Path, tag: str, data: list[str] = (),

@@ -221,6 +221,11 @@ def analyse(payload: dict) -> str:
         rows.append(f"| {way.label} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
                     f"{spread(ratio)} | {statistics.median(per_cpu):,.0f} | {spread(cpu_ratio)} | "
                     f"{statistics.median(r[name]['p99_ms'] for r in rounds):.1f} |")
+    best_peer = max((n for n in WAYS if n != "asgi-fleet"),
+                    key=lambda n: statistics.median(r[n]["req_per_cpu_s"] for r in rounds))
+    lead = [r["asgi-fleet"]["req_per_cpu_s"] / r[best_peer]["req_per_cpu_s"] for r in rounds]
+    rows += ["", f"asgi-fleet's requests per server CPU-second against the best peer's "
+             f"({WAYS[best_peer].label}), round by round: {spread(lead)} (the lead to keep: at least 0.95)."]
     rows += ["", "Open WebSockets across one HUP (4 sessions, a message every 0.2 s):", "",
              "| way | seconds each lived after the HUP | close codes |", "|---|---|---|"]
     for ws in payload["websockets"]:

@@ -17,5 +17,5 @@ def install_preflight_script(view):
 
 @deploy("Preflight")
 def preflight(plan, view):
-    operations.preflight(name=f"Preflight release {plan.release_id}: import, check-config, canary",
+    operations.preflight(name=f"Preflight release {plan.release_id}: config, import, canary",
                          plan=plan, view=view)

@@ -861,10 +861,11 @@ def preflight(request: dict) -> dict:
     """Check a release with its virtualenv and the candidate config, before
     any switch; nothing here touches the running service.
 
-    1. the preflight script imports the app (an ASGI callable, or a factory
-       called as such) and the worker class;
-    2. `gunicorn --check-config` loads the candidate gunicorn.conf.py;
-    3. a one-worker canary boots from the release on a private unix socket
+    1. the preflight script reads the candidate gunicorn.conf.py with
+       gunicorn's own loader (as `gunicorn --check-config` would), then
+       imports the app (an ASGI callable, or a factory called as such) and
+       the worker class;
+    2. a one-worker canary boots from the release on a private unix socket
        (a transient unit, as the app user, with the candidate environment)
        and must answer the health endpoint with 200 within the deadline.
     Only then is the stamp written (root:APP 0640), with the digest of what
@@ -902,10 +903,6 @@ def preflight(request: dict) -> dict:
         said.extend(words[:-1])
         return failed(words[-1])
     said.append(out)
-    status, out = as_the_app(gunicorn, "--check-config", "-c", conf, "--chdir", release, request["app_module"])
-    if status != 0:
-        said.extend(out.splitlines()[-5:])
-        return failed("preflight failed: gunicorn --check-config refused the candidate config")
     run_dir = f"/run/{unit}"
     sock = f"{run_dir}/canary.sock"
     for verb in ("stop", "reset-failed"):

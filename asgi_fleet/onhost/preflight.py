@@ -3,9 +3,12 @@
     RELEASE/.venv/bin/python preflight.py APP_MODULE WORKER_CLASS [GUNICORN_CONF]
 
 Run as the app user, in the release directory, with the app's environment.
-GUNICORN_CONF, the candidate config, is run first as gunicorn runs it, so the
-app is imported with the candidate secrets it loads (an app that reads a
-secret at import time, as pydantic-settings does, needs them).
+GUNICORN_CONF, the candidate config, is read first by gunicorn's own loader,
+as its master reads it (the file run, every value checked by gunicorn's
+settings: what `gunicorn --check-config` does, without a second interpreter
+and a second import of the app). So the app is imported with the candidate
+secrets it loads (an app that reads a secret at import time, as
+pydantic-settings does, needs them).
 Exits non-zero with one line that says what is wrong and how to fix it.
 Standard library only, plus what the release's own virtualenv provides.
 """
@@ -13,7 +16,6 @@ Standard library only, plus what the release's own virtualenv provides.
 import importlib
 import inspect
 import os
-import runpy
 import sys
 import traceback
 
@@ -80,11 +82,27 @@ def check_worker(dotted: str) -> None:
         fail(f"worker_class {dotted!r} is not a gunicorn worker class")
 
 
+def load_config(conf: str, app_spec: str) -> None:
+    """Read `conf` with gunicorn's loader (its secrets land in os.environ, and
+    its chdir on sys.path, as in gunicorn's master)."""
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    argv, sys.argv = sys.argv, ["gunicorn", "-c", conf, "--chdir", os.getcwd(), app_spec]
+    try:
+        WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]")
+    except (Exception, SystemExit) as error:  # its loader prints what it refused, then exits
+        detail = f": {type(error).__name__}: {error}" if isinstance(error, Exception) else ""
+        fail(f"gunicorn refused the candidate config {conf}{detail}")
+    finally:
+        sys.argv = argv
+
+
 def main() -> None:
     app_spec, worker_class = sys.argv[1:3]
     if len(sys.argv) > 3:
-        runpy.run_path(sys.argv[3])  # its secrets land in os.environ, as in gunicorn's master
-    sys.path.insert(0, os.getcwd())  # as gunicorn's chdir does
+        load_config(sys.argv[3], app_spec)
+    else:
+        sys.path.insert(0, os.getcwd())  # as gunicorn's chdir does
     interface = check_app(app_spec)
     check_worker(worker_class)
     print(f"preflight: {app_spec} is an {interface.upper()} app; {worker_class} imports")

@@ -18,37 +18,19 @@ from asgi_fleet.settings import PROJECT_ROOT
 from asgi_fleet.verify import AppProbe
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
-from loadgen import WebSocketSession  # noqa: E402  (the one load harness, shared with bench/)
+# bench/ holds the one deploy runner and the one load harness, shared with the e2e tests
+import deploylib  # noqa: E402
+from deploylib import PYINFRA, Run  # noqa: E402,F401
+from loadgen import WebSocketSession  # noqa: E402,F401
 
 INVENTORY = "inventories/docker.py"
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
-
-
-@dataclass
-class Run:
-    returncode: int
-    output: str
-    record: dict
-
-    def host(self, name: str) -> dict:
-        return self.record["hosts"][name]
-
-    def changed_ops(self) -> dict[str, list[str]]:
-        return {name: [op["name"] for op in host["ops"] if op["changed"]]
-                for name, host in self.record["hosts"].items()}
 
 
 def run_deploy(tmp_path: Path, *args: str, inventory: str = INVENTORY, timeout: int = 1500,
                env: dict[str, str] | None = None) -> Run:
-    """`pyinfra -y INVENTORY deploy.py ARGS`, with the run's own record."""
+    """`pyinfra -y INVENTORY deploy.py ARGS`, with the run's own record in `tmp_path`."""
     record = tmp_path / f"record-{len(list(tmp_path.glob('record-*')))}.json"
-    result = subprocess.run(
-        [PYINFRA, "-y", inventory, "deploy.py", *args], cwd=PROJECT_ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-        env=os.environ | (env or {}) | {"ASGI_FLEET_RECORD": str(record)},
-    )
-    data = json.loads(record.read_text()) if record.exists() else {"hosts": {}}
-    return Run(result.returncode, result.stdout, data)
+    return deploylib.run_deploy(inventory, *args, record=record, cwd=PROJECT_ROOT, timeout=timeout, env=env)
 
 
 @dataclass(frozen=True)

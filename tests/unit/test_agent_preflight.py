@@ -136,5 +136,6 @@ def test_a_config_that_gunicorn_refuses_fails_before_any_canary(release):
     (release[2] / "gunicorn.conf.py").write_text("workers = 'many'\n")
     status, result = preflight(release)
     assert status == 1 and result["said"][-1] == (
-        "preflight failed: gunicorn --check-config refused the candidate config")
+        f"preflight failed: gunicorn refused the candidate config {release[2] / 'gunicorn.conf.py'}"), result
+    assert "Invalid value for workers: many" in result["said"]  # gunicorn's own words
     assert not (release[3] / f"{release[4]}.service.pid").exists()  # no canary started
