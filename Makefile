@@ -35,7 +35,7 @@ verify: venv
 	$(VENV)/bin/pytest tests/verify --inventory $(INVENTORY)
 
 test: venv docker-engine fleet-fresh
-	$(VENV)/bin/pytest -ra tests/unit tests/e2e
+	$(VENV)/bin/pytest -ra --durations=30 tests/unit tests/e2e
 
 # Every benchmark on the local fleet, one after the other (24-26 minutes on a
 # fresh 2-core machine); rewrites the tables in bench/README.md.

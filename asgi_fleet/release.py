@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pathspec
 
+from asgi_fleet.settings import runs_gunicorns_asgi
+
 # Never part of a release, whatever the source: secrets, dependencies that
 # the virtualenv provides, VCS metadata, caches, build and editor leftovers
 # (gitignore patterns). REVISION is written on the host.
@@ -106,16 +108,20 @@ def release_id(app_dir: Path, lock_file: Path, exclude: tuple[str, ...] = ()) ->
     return digest(app_dir, lock_file, exclude)[:12]
 
 
-# asgi-fleet's worker class, installed into every app virtualenv as a module.
+# asgi-fleet's worker classes, installed into every app virtualenv as modules:
+# uvicorn's worker draining (the default), and gunicorn's own ASGI worker draining.
 WORKER_MODULE = "asgi_fleet_worker"
 WORKER_SOURCE = Path(__file__).resolve().parent / "worker.py"
+WORKER_MODULES = {WORKER_MODULE: WORKER_SOURCE,
+                  "asgi_fleet_gasgi": Path(__file__).resolve().parent / "gasgi_worker.py"}
 
 
 def venv_id(lock_file: Path) -> str:
-    """Virtualenvs are keyed by their lock and asgi-fleet's worker module:
+    """Virtualenvs are keyed by their lock and asgi-fleet's worker modules:
     releases that share both share a virtualenv."""
     sha = hashlib.sha256(lock_file.read_bytes())
-    sha.update(WORKER_SOURCE.read_bytes())
+    for source in WORKER_MODULES.values():
+        sha.update(source.read_bytes())
     return sha.hexdigest()[:12]
 
 
@@ -149,7 +155,7 @@ def lock_problems(lock_text: str, lock_name: str, worker_class: str = "") -> lis
     """What is wrong with a lock file for asgi-fleet and `worker_class` (empty when fine)."""
     problems = []
     versions = locked_versions(lock_text)
-    gunicorn_asgi = worker_class == "asgi"
+    gunicorn_asgi = runs_gunicorns_asgi(worker_class)
     for name, why in (REQUIRED_FOR_GUNICORN_ASGI if gunicorn_asgi else REQUIRED_IN_LOCK).items():
         if name not in versions:
             problems.append(f"app_lock={lock_name!r}: does not pin {name} ({why})")
@@ -157,7 +163,7 @@ def lock_problems(lock_text: str, lock_name: str, worker_class: str = "") -> lis
         numbers = re.findall(r"\d+", versions["gunicorn"])[:2]
         if tuple(int(n) for n in numbers) < GUNICORN_ASGI_SINCE:
             problems.append(f"app_lock={lock_name!r}: pins gunicorn {versions['gunicorn']}; worker_class "
-                            f"'asgi' needs gunicorn {'.'.join(map(str, GUNICORN_ASGI_SINCE))} or later")
+                            f"{worker_class!r} needs gunicorn {'.'.join(map(str, GUNICORN_ASGI_SINCE))} or later")
     if "--hash=" not in lock_text:
         problems.append(f"app_lock={lock_name!r}: has no --hash lines; generate it with hashes (make lock)")
     return problems

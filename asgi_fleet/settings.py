@@ -79,6 +79,15 @@ GUNICORN_WSGI_WORKERS = {"sync", "gthread", "eventlet", "gevent", "tornado"}
 # HTTP parser (pure Python), uvloop as its loop (gunicorn.conf.py: asgi_loop).
 GUNICORN_ASGI_WORKER = "asgi"
 GUNICORN_WORKER_PATHS = {GUNICORN_ASGI_WORKER: "gunicorn.workers.gasgi.ASGIWorker"}
+# asgi-fleet's subclass of it, which drains instead of dropping on reload
+# (asgi_fleet/gasgi_worker.py, installed into every virtualenv).
+DRAINING_GUNICORN_ASGI_WORKER = "asgi_fleet_gasgi.DrainingASGIWorker"
+
+
+def runs_gunicorns_asgi(worker_class: str) -> bool:
+    """Whether a worker class is gunicorn's own ASGI worker (or asgi-fleet's
+    subclass of it): its own HTTP parser, uvloop as its loop, no uvicorn."""
+    return worker_class in (GUNICORN_ASGI_WORKER, DRAINING_GUNICORN_ASGI_WORKER)
 
 
 def worker_class_path(worker_class: str) -> str:
@@ -432,6 +441,10 @@ class Settings:
     apt_cache_time: int
     pip_index_url: str | None
     pip_ca_bundle: str | None
+
+    @property
+    def runs_gunicorns_asgi(self) -> bool:
+        return runs_gunicorns_asgi(self.worker_class)
 
     @classmethod
     def of(cls, merged: dict[str, Any]) -> Settings:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from asgi_fleet import commands
 from asgi_fleet.activation import parse_running_master
 from asgi_fleet.doctor import SAMPLE_RATE, LoopReport, analyse
-from asgi_fleet.settings import GUNICORN_ASGI_WORKER, worker_class_path
+from asgi_fleet.settings import runs_gunicorns_asgi, worker_class_path
 from asgi_fleet.sizing import RESOURCES_PROBE, app_worker_plan, parse_resources
 
 if TYPE_CHECKING:
@@ -155,20 +155,20 @@ def masters_view_disagrees(control: dict, pids: list[int], timeout: float) -> st
 def fast_stack_needed(worker_class: str) -> tuple[str, ...]:
     """The compiled extensions a worker class should run with: gunicorn's ASGI
     worker parses HTTP itself (pure Python), so only its loop is uvloop."""
-    return ("uvloop",) if worker_class == GUNICORN_ASGI_WORKER else ("uvloop", "httptools")
+    return ("uvloop",) if runs_gunicorns_asgi(worker_class) else ("uvloop", "httptools")
 
 
 def serves_as(worker_class: str, server_header: str) -> bool:
     """Whether an answer's Server header is that of the configured worker's
     server: uvicorn's, or gunicorn's own ASGI worker ("gunicorn/asgi")."""
-    if worker_class == GUNICORN_ASGI_WORKER:
+    if runs_gunicorns_asgi(worker_class):
         return server_header.startswith("gunicorn")
     return server_header == "uvicorn"
 
 
 def http_parser(worker_class: str, fast: list[dict[str, bool]]) -> str:
     """Which HTTP parser the workers run, for the table."""
-    if worker_class == GUNICORN_ASGI_WORKER:
+    if runs_gunicorns_asgi(worker_class):
         return "gunicorn"
     return "httptools" if fast and all(f["httptools"] for f in fast) else "h11"
 

@@ -1,4 +1,4 @@
-"""The peers, side by side: four ways of running the example app on one host under systemd.
+"""The peers, side by side: five ways of running the example app on one host under systemd.
 
     .venv/bin/python bench/peers.py                   # defaults: 3 activations a cell, 8 throughput rounds
     .venv/bin/python bench/peers.py --rounds 12 --activations 5
@@ -12,9 +12,11 @@ keep-alive, a 25 s graceful timeout and no access log:
                   its systemd socket and its unit's sandboxing, as a deploy leaves it
   uvicorn-worker  gunicorn -k uvicorn_worker.UvicornWorker (the stock recipe)
   gunicorn-asgi   gunicorn -k asgi --asgi-loop uvloop (gunicorn's own ASGI worker)
+  gunicorn-asgi-draining  the same, with asgi-fleet's draining subclass
+                  (asgi_fleet_gasgi.DrainingASGIWorker, installed with the deploy)
   uvicorn         uvicorn --workers 2 (since 0.51 it restarts its workers one at a time on SIGHUP)
 
-The three peers run as transient systemd units (systemd-run), each on its own port.
+The other four run as transient systemd units (systemd-run), each on its own port.
 
 What is measured, in one run:
   1. failed requests per activation kind (none; hup: SIGHUP to the master;
@@ -79,11 +81,15 @@ WAYS = {way.name: way for way in (
         GUNICORN.format(port=8101) + " -k uvicorn_worker.UvicornWorker app:app"),
     Way("gunicorn-asgi", "gunicorn -k asgi (uvloop)", 8102, "asgi-bench-peer-gunicorn-asgi",
         GUNICORN.format(port=8102) + " -k asgi --asgi-loop uvloop app:app"),
+    Way("gunicorn-asgi-draining", "gunicorn -k asgi_fleet_gasgi.DrainingASGIWorker (uvloop)", 8104,
+        "asgi-bench-peer-gunicorn-asgi-draining",
+        GUNICORN.format(port=8104) + " -k asgi_fleet_gasgi.DrainingASGIWorker --asgi-loop uvloop app:app"),
     Way("uvicorn", "uvicorn --workers 2", 8103, "asgi-bench-peer-uvicorn",
         f"{VENV}/uvicorn --workers {WORKERS} --host 0.0.0.0 --port 8103 --no-access-log "
         f"--timeout-keep-alive {KEEPALIVE} --timeout-graceful-shutdown {GRACEFUL} app:app"),
 )}
 KINDS = ("none", "hup", "restart")
+OURS = ("asgi-fleet", "gunicorn-asgi-draining")  # not peers to keep the lead over
 MODES = ("keepalive", "close")
 
 
@@ -221,7 +227,7 @@ def analyse(payload: dict) -> str:
         rows.append(f"| {way.label} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
                     f"{spread(ratio)} | {statistics.median(per_cpu):,.0f} | {spread(cpu_ratio)} | "
                     f"{statistics.median(r[name]['p99_ms'] for r in rounds):.1f} |")
-    best_peer = max((n for n in WAYS if n != "asgi-fleet"),
+    best_peer = max((n for n in WAYS if n not in OURS),
                     key=lambda n: statistics.median(r[n]["req_per_cpu_s"] for r in rounds))
     lead = [r["asgi-fleet"]["req_per_cpu_s"] / r[best_peer]["req_per_cpu_s"] for r in rounds]
     rows += ["", f"asgi-fleet's requests per server CPU-second against the best peer's "

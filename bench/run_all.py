@@ -41,7 +41,7 @@ BENCHMARKS = [
     ("throughput", "Served throughput on one host", ["--rounds", "2"]),
     ("verify_scale", "Verify at fleet scale: serial against pytest-xdist", []),
     ("doctor_cost", "What the async doctor's sampling costs in throughput", []),
-    ("peers", "The peers: four ways of running the app, side by side", []),
+    ("peers", "The peers: five ways of running the app, side by side", []),
 ]
 
 

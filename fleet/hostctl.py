@@ -13,7 +13,7 @@ clients do strict host-key checking instead of trust-on-first-use.
 import json
 import time
 
-from .hosts import DEPLOY_USER, LABEL, LABEL_KEY, NETWORK, TEST_HOSTS, TestHost, get_host
+from .hosts import DEPLOY_USER, LABEL, LABEL_KEY, NETWORK, PIP_CACHE_VOLUME, TEST_HOSTS, TestHost, get_host
 from .util import KNOWN_HOSTS, SSH_CONFIG, SSH_KEY, STATE_DIR, FleetError, log, ok, run, timed
 
 BOOT_TIMEOUT = 60  # seconds for systemd to finish booting, and again for sshd + sudo
@@ -105,6 +105,8 @@ def start(host: TestHost) -> None:
         cmd += ["--cpus", str(host.cpus)]
     if host.ssh_port is not None:
         cmd += ["-p", f"127.0.0.1:{host.ssh_port}:22"]  # loopback only
+    if host.pip_cache:
+        cmd += ["-v", f"{PIP_CACHE_VOLUME}:/root/.cache/pip"]
     run(cmd + [host.image, "/sbin/init"], capture=True)
 
 

@@ -40,6 +40,11 @@ class TestHost:
     cpus: Optional[float] = None  # docker --cpus, a CFS quota (cpu.cfs_quota_us / cpu.max)
     ssh_port: Optional[int] = None  # published on 127.0.0.1 only, for ssh hosts
     role: str = "app"  # "app" (inventory group `app`) or "lb" (group `lb`: nginx)
+    # root's pip cache on a volume all such hosts share (PIP_CACHE_VOLUME), as a
+    # site's caching proxy would be: N hosts download a wheel once, and pip
+    # still checks every file against the lock's hashes. The benchmarks' hosts
+    # go without it, so that their first provisions stay cold.
+    pip_cache: bool = False
 
     # Not a pytest test class, despite the name.
     __test__ = False
@@ -49,11 +54,13 @@ class TestHost:
         return IMAGE_PATTERN.format(dist=self.dist)
 
 
+PIP_CACHE_VOLUME = "asgi-fleet-pip-cache"
+
 TEST_HOSTS = [
-    TestHost("asgi-web1", "bookworm", "docker"),
-    TestHost("asgi-web2", "bookworm", "docker", cpuset="0"),
-    TestHost("asgi-web3", "bookworm", "ssh", ssh_port=2222),
-    TestHost("asgi-web4", "trixie", "docker", cpus=1.0),
+    TestHost("asgi-web1", "bookworm", "docker", pip_cache=True),
+    TestHost("asgi-web2", "bookworm", "docker", cpuset="0", pip_cache=True),
+    TestHost("asgi-web3", "bookworm", "ssh", ssh_port=2222, pip_cache=True),
+    TestHost("asgi-web4", "trixie", "docker", cpus=1.0, pip_cache=True),
     TestHost("asgi-lb", "bookworm", "docker", role="lb"),
 ]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pyinfra.api import deploy
 
 from asgi_fleet import operations
-from asgi_fleet.release import WORKER_MODULE, WORKER_SOURCE
+from asgi_fleet.release import WORKER_MODULES
 from asgi_fleet.settings import PACKAGE_DIR, local_path
 
 PIP_CA_BUNDLE = "/etc/asgi-fleet/pip-ca.pem"
@@ -59,5 +59,5 @@ def install_virtualenv(plan, pip: PipOptions, view):
         name=f"Virtualenv {plan.venv_id} from {plan.lock_file.name}",
         path=plan.venv_dir, lock_src=str(plan.lock_file), lock_sha256=plan.lock_sha256,
         app=plan.paths.app, view=view, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
-        modules={WORKER_MODULE: str(WORKER_SOURCE)},
+        modules={name: str(source) for name, source in WORKER_MODULES.items()},
     )

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from asgi_fleet import commands, rollout, secrets
 from asgi_fleet.agent_state import activation_request, agent_command, preflight_request
 from asgi_fleet.commands import AppPaths
+from asgi_fleet.rollout import PERCENT_RE
 from asgi_fleet.settings import InvalidSettings, app_settings
 from asgi_fleet.sizing import WorkerPlan
 from test_templates import render
@@ -253,10 +254,23 @@ COVERED = {"app_name", "app_module", "worker_class", "bind", "health_path", "srv
            "extra_system_packages", "pip_index_url", "lb_address", "app_env", "app_secrets"}
 
 
+# Settings whose grammar has a character of NASTY in it: a value of that
+# grammar may be accepted ("0%" is a share of the fleet), nothing else.
+GRAMMARS = {"rollout_batch": PERCENT_RE, "rollout_max_failures": PERCENT_RE}
+
+
 @EXAMPLES
 @given(value=hostile.filter(lambda v: any(c in v for c in NASTY)))
 def test_every_other_setting_refuses_a_hostile_string(defaults, value):
     from asgi_fleet.settings import RULES
 
     for key in sorted(set(RULES) - COVERED):
+        if key in GRAMMARS and GRAMMARS[key].fullmatch(value):
+            continue
         assert outcome(defaults, key, value) is None, f"{key}={value!r} was accepted"
+
+
+@pytest.mark.parametrize("key", sorted(GRAMMARS))
+def test_a_share_of_the_fleet_is_read_as_one(defaults, key):
+    assert getattr(outcome(defaults, key, "25%"), key) == "25%"
+    assert outcome(defaults, key, "25%;") is None

@@ -172,3 +172,7 @@ def test_gunicorns_asgi_worker_needs_its_loop_and_a_gunicorn_that_has_it():
         "app_lock='app.lock': pins gunicorn 24.1.1; worker_class 'asgi' needs gunicorn 25.1 or later"]
     no_loop = stack.replace("uvloop==0.21.0", "anyio==4.0")
     assert any("does not pin uvloop" in p for p in lock_problems(no_loop, "app.lock", "asgi"))
+    draining = "asgi_fleet_gasgi.DrainingASGIWorker"  # asgi-fleet's subclass needs what it needs
+    assert lock_problems(stack, "app.lock", draining) == []
+    assert lock_problems(old, "app.lock", draining) == [
+        f"app_lock='app.lock': pins gunicorn 24.1.1; worker_class {draining!r} needs gunicorn 25.1 or later"]

@@ -30,10 +30,11 @@ def unit(text):
     return parser
 
 
-def test_gunicorns_asgi_worker_runs_uvloop_as_its_loop(app, tmp_path):
+@pytest.mark.parametrize("worker_class", ["asgi", "asgi_fleet_gasgi.DrainingASGIWorker"])
+def test_gunicorns_asgi_worker_runs_uvloop_as_its_loop(app, tmp_path, worker_class):
     paths = AppPaths("hello", str(tmp_path))
     (tmp_path / "hello" / "current").mkdir(parents=True)
-    text = render("gunicorn.conf.py.j2", app=replace(app, worker_class="asgi"), paths=paths,
+    text = render("gunicorn.conf.py.j2", app=replace(app, worker_class=worker_class), paths=paths,
                   chdir=paths.current, worker_plan=WorkerPlan(2, "x"))
     namespace = {}
     exec(compile(text, "gunicorn.conf.py", "exec"), namespace)
@@ -41,7 +42,7 @@ def test_gunicorns_asgi_worker_runs_uvloop_as_its_loop(app, tmp_path):
     for key, value in namespace.items():
         if not key.startswith("_"):
             config.set(key, value)
-    assert (config.worker_class_str, config.asgi_loop) == ("asgi", "uvloop")
+    assert (config.worker_class_str, config.asgi_loop) == (worker_class, "uvloop")
     assert "asgi_loop" not in render("gunicorn.conf.py.j2", app=app, paths=paths, chdir=paths.current,
                                      worker_plan=WorkerPlan(2, "x"))  # uvicorn's workers: not theirs
 
