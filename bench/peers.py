@@ -212,6 +212,11 @@ def analyse(payload: dict) -> str:
                 row.append(f"{c['failed']} / {c['requests']:,} "
                            f"({by['GET'].get('failed', 0)} GET, {by['POST'].get('failed', 0)} POST)")
         rows.append(f"| {way.label} | " + " | ".join(row) + " |")
+    rows += ["", "restart: the four other ways bind their port themselves, as they are run without "
+             "asgi-fleet, so while one restarts its port refuses connections; asgi-fleet's systemd "
+             "socket holds them in its backlog. hup: the uvicorn worker and uvicorn close connections "
+             "they have accepted or kept alive; gunicorn's ASGI worker closes a connection it promised "
+             "keep-alive when told to stop mid-response; the draining subclasses do neither."]
     rounds = payload["throughput"]
     rows += ["", f"Throughput, wrk -t1 -c64 keep-alive GET / for {payload['setup']['duration']} s, "
              f"{len(rounds)} rounds, ways interleaved (order rotated); median (min-max) over the rounds. "
@@ -225,8 +230,9 @@ def analyse(payload: dict) -> str:
         cpu_ratio = [r[name]["req_per_cpu_s"] / r["asgi-fleet"]["req_per_cpu_s"] for r in rounds
                      if r[name]["req_per_cpu_s"] and r["asgi-fleet"]["req_per_cpu_s"]]
         rows.append(f"| {way.label} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
-                    f"{spread(ratio)} | {statistics.median(per_cpu):,.0f} | {spread(cpu_ratio)} | "
-                    f"{statistics.median(r[name]['p99_ms'] for r in rounds):.1f} |")
+                    f"{spread(ratio)} | {statistics.median(per_cpu):,.0f} ({min(per_cpu):,.0f}-{max(per_cpu):,.0f}) | "
+                    f"{spread(cpu_ratio)} | "
+                    f"{spread([r[name]['p99_ms'] for r in rounds])} |")
     best_peer = max((n for n in WAYS if n not in OURS),
                     key=lambda n: statistics.median(r[n]["req_per_cpu_s"] for r in rounds))
     lead = [r["asgi-fleet"]["req_per_cpu_s"] / r[best_peer]["req_per_cpu_s"] for r in rounds]
@@ -293,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             "failures": failures, "throughput": rounds, "websockets": websockets,
             "timing": _serve.timing(started, deploy_s, measured_s),
         }
+        _serve.deploylib.write_json(RESULT, payload)  # the raw data first: --reanalyse can redo the table
         payload["table_md"] = analyse(payload)
     return _serve.write_result("peers", payload)
 

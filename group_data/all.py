@@ -27,6 +27,12 @@ backlog = 2048  # listen backlog: room for the connections that wait during a re
 # virtualenv): on reload or restart it serves every connection it already
 # accepted instead of dropping it (bench/notes-reload.md). The stock class is
 # "uvicorn_worker.UvicornWorker"; never "uvicorn.workers.UvicornWorker" (deprecated).
+# gunicorn's own ASGI worker: "asgi", or asgi-fleet's draining subclass of it,
+# "asgi_fleet_gasgi.DrainingASGIWorker" (the stock one drops a few requests
+# per reload under keep-alive; README, "gunicorn's own ASGI worker").
+# gunicorn's own ASGI worker: "asgi", or asgi-fleet's draining subclass of it,
+# "asgi_fleet_gasgi.DrainingASGIWorker" (the stock one drops a few requests
+# per reload under keep-alive; README, "gunicorn's own ASGI worker").
 worker_class = "asgi_fleet_worker.DrainingUvicornWorker"
 workers = None  # None: sized per host by worker_policy; an integer forces that count
 # "cores": one worker per usable CPU. A Uvicorn worker is one event loop that
