@@ -416,7 +416,7 @@ def ansible_vars(app_dir: Path, path: Path) -> dict:
     cls = type(plan.paths)
     paths = {n: getattr(plan.paths, n) for n in dir(cls) if isinstance(getattr(cls, n), property)}
     paths.update(app=plan.paths.app, srv_root=plan.paths.srv_root)
-    data = {"app": asdict(plan.app), "paths": paths, "release_id": plan.release_id, "venv_id": plan.venv_id,
+    data = {"app": asdict(plan.app) | {"runs_gunicorns_asgi": plan.app.runs_gunicorns_asgi}, "paths": paths, "release_id": plan.release_id, "venv_id": plan.venv_id,
             "lock_src": str(plan.lock_file), "verify_lock_src": str(ROOT / "requirements" / "verify-tools.lock"),
             "worker_src": str(WORKER_SOURCE), "tarball_src": str(plan.tarball),
             "templates_dir": str(ROOT / "templates")}
