@@ -112,8 +112,7 @@ def release_id(app_dir: Path, lock_file: Path, exclude: tuple[str, ...] = ()) ->
 # uvicorn's worker draining (the default), and gunicorn's own ASGI worker draining.
 WORKER_MODULE = "asgi_fleet_worker"
 WORKER_SOURCE = Path(__file__).resolve().parent / "worker.py"
-WORKER_MODULES = {WORKER_MODULE: WORKER_SOURCE,
-                  "asgi_fleet_gasgi": Path(__file__).resolve().parent / "gasgi_worker.py"}
+WORKER_MODULES = {WORKER_MODULE: WORKER_SOURCE, "asgi_fleet_gasgi": WORKER_SOURCE.with_name("gasgi_worker.py")}
 
 
 def venv_id(lock_file: Path) -> str:

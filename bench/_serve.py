@@ -134,34 +134,38 @@ def parse_wrk(out: str) -> dict:
     return result
 
 
-# Summed on the test host: every process of the unit's cgroup (user + system),
-# and what each has reaped (a master's retired workers). Per-unit CPU
-# accounting is not there to ask: the hosts run on cgroup v1 (hybrid) here,
-# where cpuacct stops at the container.
-UNIT_CPU = r"""
-import os, sys
-cgroup = sys.argv[1]
-for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
-    if os.path.exists(root + cgroup + "/cgroup.procs"):
-        break
-ticks = 0
-for pid in open(root + cgroup + "/cgroup.procs").read().split():
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        continue
-    ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-print(ticks / os.sysconf("SC_CLK_TCK"))
-"""
+def unit_cpu_seconds(container: str, unit: str, also: tuple[str, ...] = ()) -> float:
+    """CPU time (user+sys) of a unit's master and live children, plus the
+    master's reaped children (retired or recycled workers), plus the processes
+    named in `also` (e.g. systemd-journald, the access log's other half)."""
+    main = sh(container, f"systemctl show -p MainPID --value {unit}", check=False) or "0"
+    if main == "0":
+        return 0.0
+    pids = [main, *sh(container, f"pgrep -P {main} || true", check=False).split()]
+    script = ("t=0; for p in " + " ".join(pids) + "".join(f" $(pidof {name})" for name in also) + "; do "
+              "set -- $(cut -d')' -f2 /proc/$p/stat 2>/dev/null); "
+              "[ $# -gt 15 ] && t=$((t + ${12} + ${13} + ${14} + ${15})); done; echo $t")
+    return int(sh(container, script, check=False) or 0) / 100.0  # USER_HZ
 
 
-def unit_cpu_seconds(container: str, unit: str) -> float:
-    """CPU time of everything a systemd unit ran so far (master, workers, the
-    workers it reaped), in seconds."""
-    cgroup = sh(container, f"systemctl show -p ControlGroup --value {unit}")
-    proc = subprocess.run(["docker", "exec", container, "python3", "-c", UNIT_CPU, cgroup],
-                          capture_output=True, text=True, timeout=30, check=True)
-    return float(proc.stdout)
+def measure_wrk(binary: str, container: str, unit: str, url: str, *, loadgen_cpu: str, duration: int,
+                threads: int = 1, connections: int = 64, also: tuple[str, ...] = ()) -> dict:
+    """One wrk run (after a 1 s warm-up, not counted) from the controller's
+    `loadgen_cpu`: wrk's figures, the unit's server CPU and requests per CPU-second."""
+    base = ["taskset", "-c", loadgen_cpu, binary, "-t", str(threads), "-c", str(connections)]
+    subprocess.run(base + ["-d", "1s", url], capture_output=True, timeout=30)
+    cpu_before = unit_cpu_seconds(container, unit, also)
+    load_before = Path("/proc/loadavg").read_text().split()[0]
+    proc = subprocess.run(base + ["-d", f"{duration}s", "--latency", url], capture_output=True,
+                          text=True, timeout=duration + 30)
+    cpu = unit_cpu_seconds(container, unit, also) - cpu_before
+    parsed = parse_wrk(proc.stdout)
+    parsed["server_cpu_s"] = round(cpu, 2)
+    parsed["req_per_cpu_s"] = round(parsed["requests"] / cpu) if parsed.get("requests") and cpu > 0 else None
+    parsed["loadavg_1min"] = float(load_before)
+    if parsed["rps"] is None:
+        raise RuntimeError(f"wrk gave no result for {url}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
+    return parsed
 
 
 def write_result(name: str, payload: dict, output: str | None = None) -> int:

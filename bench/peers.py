@@ -27,7 +27,7 @@ What is measured, in one run:
      again. A failed request is anything but a complete 2xx response.
   2. throughput and requests per server CPU-second: wrk -c64 keep-alive GET /
      for --duration s, every way once per round, the order rotated each
-     round; server CPU is the unit's cgroup (master, workers, reaped workers).
+     round; server CPU is the unit's master, its workers and the workers it reaped.
      Ratios to asgi-fleet are taken within each round; the table gives their
      median and range over the rounds.
   3. open WebSockets across a HUP: 4 sessions on /ws/echo, a message every
@@ -153,19 +153,11 @@ def throughput_round(ip: str, order: list[str], args, wrk: str) -> dict:
     round_ = {}
     for name in order:
         way = WAYS[name]
-        url = f"http://{ip}:{way.port}/"
-        base = ["taskset", "-c", args.loadgen_cpu, wrk, "-t1", "-c64"]
-        subprocess.run(base + ["-d", "1s", url], capture_output=True, timeout=30)  # warm-up, not counted
-        cpu_before = _serve.unit_cpu_seconds(CONTAINER, way.unit)
-        proc = subprocess.run(base + ["-d", f"{args.duration}s", "--latency", url], capture_output=True,
-                              text=True, timeout=args.duration + 30)
-        cpu = _serve.unit_cpu_seconds(CONTAINER, way.unit) - cpu_before
-        parsed = _serve.parse_wrk(proc.stdout)
-        if not parsed.get("requests"):
-            raise RuntimeError(f"wrk gave no result for {url}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
+        parsed = _serve.measure_wrk(wrk, CONTAINER, way.unit, f"http://{ip}:{way.port}/",
+                                    loadgen_cpu=args.loadgen_cpu, duration=args.duration)
         round_[name] = {"rps": parsed["rps"], "p99_ms": parsed.get("p99_ms"),
-                        "errors": parsed["errors"] + parsed["non_2xx"], "server_cpu_s": round(cpu, 3),
-                        "req_per_cpu_s": round(parsed["requests"] / cpu) if cpu > 0 else None}
+                        "errors": parsed["errors"] + parsed["non_2xx"], "server_cpu_s": parsed["server_cpu_s"],
+                        "req_per_cpu_s": parsed["req_per_cpu_s"]}
     return round_
 
 

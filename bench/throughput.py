@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serve  # noqa: E402
-from _serve import ensure_wrk, parse_wrk, sh  # noqa: E402
+from _serve import ensure_wrk, sh  # noqa: E402
 from deploylib import BenchLock, command_line, log, median, write_json  # noqa: E402
 
 CONTAINER = "asgi-bench-serve1"
@@ -95,19 +94,6 @@ def stack(unit_name: str) -> dict:
     return {"processes": len(pids), "uvloop": "uvloop/loop" in maps, "httptools": "httptools/parser" in maps}
 
 
-def cpu_seconds(unit_name: str) -> float:
-    """CPU time (user+sys) of a unit's master and live children, plus the master's reaped
-    children (recycled workers), plus systemd-journald (the access log's other half)."""
-    pids = unit_pids(unit_name)
-    if not pids:
-        return 0.0
-    script = ("t=0; for p in " + " ".join(pids) + " $(pidof systemd-journald); do "
-              "set -- $(cut -d')' -f2 /proc/$p/stat 2>/dev/null); "
-              "[ $# -gt 15 ] && t=$((t + ${12} + ${13} + ${14} + ${15})); done; echo $t")
-    ticks = int(sh(CONTAINER, script, check=False) or 0)
-    return ticks / 100.0  # USER_HZ
-
-
 def fleet_workers() -> int:
     return int(sh(CONTAINER, "pgrep -c -f '^gunicorn: worker \\[hello\\]' || true", check=False) or 0)
 
@@ -132,20 +118,9 @@ def set_fleet(deployed: str, workers: int, **settings: str) -> None:
 
 
 def wrk(binary: str, args: argparse.Namespace, url: str, unit_name: str) -> dict:
-    base = ["taskset", "-c", args.loadgen_cpu, binary, "-t", str(args.threads), "-c", str(args.connections)]
-    subprocess.run(base + ["-d", "1s", url], capture_output=True, timeout=30)  # warm-up, not counted
-    cpu_before = cpu_seconds(unit_name)
-    load_before = Path("/proc/loadavg").read_text().split()[0]
-    proc = subprocess.run(base + ["-d", f"{args.duration}s", "--latency", url], capture_output=True,
-                          text=True, timeout=args.duration + 30)
-    cpu = cpu_seconds(unit_name) - cpu_before
-    parsed = parse_wrk(proc.stdout)
-    parsed["server_cpu_s"] = round(cpu, 2)
-    parsed["req_per_cpu_s"] = round(parsed["requests"] / cpu) if parsed.get("requests") and cpu > 0 else None
-    parsed["loadavg_1min"] = float(load_before)
-    if parsed["rps"] is None:
-        raise RuntimeError(f"wrk gave no result for {url}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
-    return parsed
+    return _serve.measure_wrk(binary, CONTAINER, f"{unit_name}.service", url, loadgen_cpu=args.loadgen_cpu,
+                              duration=args.duration, threads=args.threads, connections=args.connections,
+                              also=("systemd-journald",))
 
 
 def table(summary: dict, auto: int, sweep: list[int], rounds: int, args: argparse.Namespace) -> str:

@@ -30,9 +30,6 @@ backlog = 2048  # listen backlog: room for the connections that wait during a re
 # gunicorn's own ASGI worker: "asgi", or asgi-fleet's draining subclass of it,
 # "asgi_fleet_gasgi.DrainingASGIWorker" (the stock one drops a few requests
 # per reload under keep-alive; README, "gunicorn's own ASGI worker").
-# gunicorn's own ASGI worker: "asgi", or asgi-fleet's draining subclass of it,
-# "asgi_fleet_gasgi.DrainingASGIWorker" (the stock one drops a few requests
-# per reload under keep-alive; README, "gunicorn's own ASGI worker").
 worker_class = "asgi_fleet_worker.DrainingUvicornWorker"
 workers = None  # None: sized per host by worker_policy; an integer forces that count
 # "cores": one worker per usable CPU. A Uvicorn worker is one event loop that
