@@ -33,10 +33,10 @@ from asgi_fleet.tasks.system import prepare_host, refuse_foreign_names
 # from its CPUs and memory, its worker count.
 rollout = plan_rollout(state)
 settings = host_settings(host.data.dict(), where=host.name)  # the same in every app of the host
-plans = []
+plans, platform = [], []
 if not is_lb(host):
     plans = plan_host(host.data.dict(), where=host.name)
-    resources, foreign = host.get_fact(BeforePlanning, apps=tuple(plan.paths for plan in plans))
+    resources, platform, foreign = host.get_fact(BeforePlanning, apps=tuple(plan.paths for plan in plans))
     plans = [plan.sized(resources) for plan in plans]
     refuse_foreign_names(host, plans, foreign)  # never take over a user, unit or path we did not create
 if settings.rollback:
@@ -53,7 +53,7 @@ if is_lb(host):
     load_balancer(rollout, settings.apt_cache_time, view)
 else:
     prepare_host(plans, settings, view)
-    pip = package_index(settings, view)
+    pip = package_index(settings, platform, view)
     install_verify_tools(pip, view)
     install_preflight_script(view)
 for plan in plans:

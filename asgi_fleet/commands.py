@@ -148,7 +148,7 @@ def curl_args(bind: str, path: str) -> list[str]:
 
 def build_virtualenv(
     venv: str, lock: str, *, python: str = "python3", index_url: str | None = None,
-    ca_bundle: str | None = None, modules: tuple[str, ...] = (),
+    ca_bundle: str | None = None, wheels: str | None = None, modules: tuple[str, ...] = (),
 ) -> str:
     """Create a virtualenv in place and install a hash-locked requirements file.
 
@@ -156,18 +156,26 @@ def build_virtualenv(
     shebang, so it cannot be moved), and marked complete only at the end. A
     half-built venv from an interrupted run has no marker and is rebuilt.
     `modules` are single-file modules uploaded beside the venv as VENV.NAME.py,
-    moved into its site-packages (asgi-fleet's worker class).
+    moved into its site-packages (asgi-fleet's worker class). With `wheels`
+    (a tar of the lock's wheels, uploaded beside the venv), pip installs from
+    them alone and never asks an index.
     """
     pip = [f"{venv}/bin/pip", "install", "--no-input", "--disable-pip-version-check",
            "--require-hashes", "--no-deps", "-r", lock]
-    if index_url:
+    unpacked = f"{venv}.wheels"
+    if wheels:
+        pip += ["--no-index", "--find-links", unpacked]
+    elif index_url:
         pip += ["--index-url", index_url]
-    if ca_bundle:
+    if ca_bundle and not wheels:
         pip += ["--cert", ca_bundle]
     return " && ".join([
         f"rm -rf {q(venv)}",
         f"{q(python)} -m venv {q(venv)}",
+        *([f"rm -rf {q(unpacked)}", f"mkdir -m 700 {q(unpacked)}", f"tar -xf {q(wheels)} -C {q(unpacked)}"]
+          if wheels else []),
         " ".join(q(p) for p in pip),
+        *([f"rm -rf {q(unpacked)} {q(wheels)}"] if wheels else []),
         f"{q(venv + '/bin/pip')} check",
         *[f"install -m 644 {q(f'{venv}.{name}.py')} $(echo {q(venv)}/lib/python3*/site-packages)/{name}.py"
           f" && rm {q(f'{venv}.{name}.py')}" for name in modules],

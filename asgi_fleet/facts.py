@@ -9,19 +9,22 @@ from pyinfra.api import FactBase
 from asgi_fleet import commands
 from asgi_fleet.agent_state import HostState, agent_command
 from asgi_fleet.sizing import RESOURCES_PROBE, HostResources, parse_resources
+from asgi_fleet.wheelhouse import PLATFORM_PROBE
 
 
 class BeforePlanning(FactBase):
     """What the deploy reads before it plans, in one shell read (python3, and
     so the agent, may not be there yet): the host's usable CPUs and memory,
-    and per app what the host has by its names that asgi-fleet did not create."""
+    what its wheels must match (asgi_fleet.wheelhouse.parse_platform reads
+    those lines), and per app what the host has by its names that asgi-fleet
+    did not create."""
 
     def command(self, apps: tuple[commands.AppPaths, ...]):
-        return commands.before_planning(RESOURCES_PROBE, apps)
+        return commands.before_planning(RESOURCES_PROBE.rstrip() + PLATFORM_PROBE, apps)
 
-    def process(self, output) -> tuple[HostResources, dict[str, list[str]]]:
-        resources, foreign = commands.parse_before_planning(output)
-        return parse_resources("\n".join(resources)), foreign
+    def process(self, output) -> tuple[HostResources, list[str], dict[str, list[str]]]:
+        probed, foreign = commands.parse_before_planning(output)
+        return parse_resources("\n".join(probed)), probed, foreign
 
 
 class AgentState(FactBase):

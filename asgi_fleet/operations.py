@@ -33,6 +33,7 @@ from asgi_fleet.facts import AgentState
 from asgi_fleet.host_view import HostView, predicting, view_operation
 from asgi_fleet.release import ReleasesState, releases_to_prune, venvs_to_prune
 from asgi_fleet.sinks import command, commands_in_order
+from asgi_fleet.wheelhouse import Wheelhouse, WheelhouseError
 
 APT_UPDATED = "/var/lib/apt/periodic/update-success-stamp"  # touched after each update (as pyinfra's apt.update)
 
@@ -154,7 +155,7 @@ def file(path: str, content: bytes, user: str, group: str, mode: str, view: Host
 @view_operation(lambda path, app, **_: {"venvs": [{"path": path, "app": app}]})
 def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostView,
                index_url: str | None = None, ca_bundle: str | None = None,
-               modules: dict[str, str] | None = None):
+               wheelhouse: Wheelhouse | None = None, modules: dict[str, str] | None = None):
     """
     Build a virtualenv from a hash-locked requirements file, once per lock.
 
@@ -165,6 +166,8 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostV
     + view: the host's state (HostView), which reports on `path`
     + index_url: a package index to use instead of PyPI
     + ca_bundle: a CA bundle on the host for pip (TLS proxy, private CA)
+    + wheelhouse: the lock's wheels for this host's platform, from the
+      controller (made only when a build is due): pip installs offline
     + modules: {module name: file on the controller} added to site-packages
 
     **Example:**
@@ -183,9 +186,17 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostV
         logger.warning(f"{host.name}: {writable} is writable by {app}: rebuilding {path}")
     lock = f"{path}.lock"
     yield FileUploadCommand(lock_src, lock)
+    wheels = None
+    if wheelhouse is not None:
+        try:
+            tarball = wheelhouse.tarball()
+        except WheelhouseError as error:
+            raise OperationError(str(error)) from None
+        wheels = f"{path}.wheels.tar"
+        yield FileUploadCommand(str(tarball), wheels)
     for name, src in (modules or {}).items():
         yield FileUploadCommand(src, f"{path}.{name}.py")
-    yield commands.build_virtualenv(path, lock, index_url=index_url, ca_bundle=ca_bundle,
+    yield commands.build_virtualenv(path, lock, index_url=index_url, ca_bundle=ca_bundle, wheels=wheels,
                                     modules=tuple(modules or ()))
 
 

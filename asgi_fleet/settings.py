@@ -378,6 +378,7 @@ RULES: dict[str, Rule] = {
     # host packages and the package index
     "extra_system_packages": Rule(packages, per_app=False),
     "apt_cache_time": Rule(integer(0, 30 * 86400), per_app=False),
+    "wheelhouse": Rule(one_of(False, True), per_app=False),
     "pip_index_url": Rule(matches(INDEX_URL_RE, "https://pypi.example.com/simple", optional=True),
                           per_app=False),
     "pip_ca_bundle": Rule(local_file(optional=True), per_app=False),
@@ -439,6 +440,7 @@ class Settings:
     # host packages and the package index
     extra_system_packages: tuple[str, ...]
     apt_cache_time: int
+    wheelhouse: bool
     pip_index_url: str | None
     pip_ca_bundle: str | None
 

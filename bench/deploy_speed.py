@@ -5,7 +5,10 @@
 Two fresh test hosts side by side (asgi-bench-1 for asgi-fleet, asgi-bench-2
 for Ansible, both bookworm, made with the project's fleet code), timed for:
 
-  first    a first provision of a bare host (both hosts re-created per repeat)
+  first    a first provision of a bare host (both hosts re-created per repeat);
+           asgi-fleet's controller cache starts empty, so its first one
+           downloads the wheelhouse and the second finds it (Ansible's host
+           installs from the package index each time)
   noop     a re-run with nothing to change
   code     a code-only release (one comment appended to the app's app.py)
   floor    one no-op operation (pyinfra: bench/noop_deploy.py; Ansible: ansible/noop.yml)
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -80,6 +84,12 @@ def main(argv=None) -> int:
     started = time.monotonic()
     lib.exit_on_sigterm()
     workdir = lib.new_workdir("speed")
+    cache = workdir / "controller-cache"  # asgi-fleet's wheelhouses: empty before the first provision
+    os.environ["ASGI_FLEET_CACHE"] = str(cache)
+    downloads = cache / "wheelhouse" / "downloads.log"
+
+    def downloaded() -> int:
+        return len(downloads.read_text().splitlines()) if downloads.exists() else 0
     lib.ensure_ansible()
     app_dir = lib.app_copy(workdir)
     py_inv = lib.write_pyinfra_inventory(workdir / "inventory.py", [PY_HOST])
@@ -101,7 +111,9 @@ def main(argv=None) -> int:
         return {"asgi-fleet": lambda: lib.pyinfra_deploy(py_inv, workdir, "py-" + tag, [source]),
                 "ansible": lambda: lib.ansible_play(an_inv, vars_file, workdir, "an-" + tag)}
 
-    def record(scenario, pair):
+    def record(scenario, pair, before=0):
+        if scenario == "first":  # wheelhouses the controller downloaded during it (0: from the cache)
+            pair["asgi-fleet"]["wheelhouse_downloads"] = downloaded() - before
         for tool, result in pair.items():
             raw[scenario][tool].append(result)
             lib.log(f"{scenario:6} {tool:10} {result['seconds']:7.2f} s  changed={result.get('changed_ops')}")
@@ -112,7 +124,8 @@ def main(argv=None) -> int:
         for r in range(args.first_repeats):
             with lib.BenchLock():  # booting containers is heavy too: not during others' timed runs
                 lib.fresh_hosts([PY_HOST, AN_HOST])
-            record("first", _pair(TOOLS if r % 2 == 0 else TOOLS[::-1], runners("first")))
+            before = downloaded()
+            record("first", _pair(TOOLS if r % 2 == 0 else TOOLS[::-1], runners("first")), before)
         for r in range(args.repeats):
             order = TOOLS if r % 2 == 0 else TOOLS[::-1]
             record("noop", _pair(order, runners("noop")))
@@ -198,6 +211,12 @@ def report(raw, argv, args, errors, started) -> dict:
                     f"{calls(s, 'asgi-fleet', 'exec')} + {calls(s, 'asgi-fleet', 'cp')}, "
                     f"{calls(s, 'ansible', 'exec')} + {calls(s, 'ansible', 'cp')} |")
     table = "\n".join(rows)
+    firsts = [(r["seconds"], r.get("wheelhouse_downloads")) for r in raw["first"]["asgi-fleet"]]
+    if firsts and firsts[0][1] is not None:
+        table += ("\n\nasgi-fleet's first provisions in order, from an empty controller cache: "
+                  + "; ".join(f"{fmt(sec)} s with {n} wheelhouse download{'s' if n != 1 else ''}"
+                              for sec, n in firsts)
+                  + " (hosts install offline: no host asks the index).")
 
     def exec_ms(t):
         per = [r["docker_calls"]["exec"]["seconds"] / r["docker_calls"]["exec"]["count"]

@@ -94,5 +94,10 @@ lb_keepalive = 16  # idle connections the load balancer keeps open to each app u
 # --- Host packages and the package index ----------------------------------------
 extra_system_packages = []  # more Debian packages, e.g. ["libpq5"] for the app's wheels
 apt_cache_time = 86400  # seconds before apt's lists count as stale: a re-run stays offline
+# The controller downloads each lock's wheels once per host platform (Python,
+# machine, glibc: bookworm and trixie are two) with its own pip configuration,
+# caches them (~/.cache/asgi-fleet) and ships them: hosts install offline and
+# need no index. False: each host installs from its package index below.
+wheelhouse = True
 pip_index_url = None  # a private index or mirror, e.g. "https://pypi.example.com/simple"
 pip_ca_bundle = None  # a CA bundle on the controller, uploaded for pip (a TLS proxy, a private CA)

@@ -1,14 +1,18 @@
 """Virtualenvs, built from hash-locked requirements: one per app lock, and the
-verification tools."""
+verification tools; from the controller's wheelhouse, or each host's index."""
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
 
 from asgi_fleet import operations
 from asgi_fleet.release import WORKER_MODULES
 from asgi_fleet.settings import PACKAGE_DIR, local_path
+from asgi_fleet.wheelhouse import Platform, Wheelhouse, WheelhouseError, parse_platform
 
 PIP_CA_BUNDLE = "/etc/asgi-fleet/pip-ca.pem"
 VERIFY_TOOLS_LOCK = PACKAGE_DIR / "requirements" / "verify-tools.lock"
@@ -19,18 +23,30 @@ VERIFY_TOOLS_VENV = "/opt/asgi-fleet/verify-tools"
 class PipOptions:
     index_url: str | None
     ca_bundle: str | None  # on the host
+    platform: Platform | None  # None: the host installs from its index, not from a wheelhouse
+
+    def wheelhouse(self, lock: Path) -> Wheelhouse | None:
+        return Wheelhouse(lock, self.platform) if self.platform else None
 
 
 @deploy("Package index")
-def package_index(settings, view) -> PipOptions:
-    """Where pip installs from: a custom index and CA bundle, if set (host-wide)."""
+def package_index(settings, probed: list[str], view) -> PipOptions:
+    """Where pip installs from: the controller's wheelhouse for this host's
+    platform (read from BeforePlanning's lines), else the host's index; a
+    custom index and CA bundle, if set (host-wide)."""
+    platform = None
+    if settings.wheelhouse:
+        try:
+            platform = parse_platform(probed, host.name)
+        except WheelhouseError as error:
+            raise PyinfraError(str(error)) from None
     if not settings.pip_ca_bundle:
-        return PipOptions(settings.pip_index_url, None)
+        return PipOptions(settings.pip_index_url, None, platform)
     operations.directory(name="/etc/asgi-fleet/", path=PIP_CA_BUNDLE.rpartition("/")[0], user="root",
                          group="root", mode="755", view=view)
     operations.file(name="CA bundle for pip", path=PIP_CA_BUNDLE, user="root", group="root",
                     mode="644", content=local_path(settings.pip_ca_bundle).read_bytes(), view=view)
-    return PipOptions(settings.pip_index_url, PIP_CA_BUNDLE)
+    return PipOptions(settings.pip_index_url, PIP_CA_BUNDLE, platform)
 
 
 @deploy("Verification tools")
@@ -44,6 +60,7 @@ def install_verify_tools(pip: PipOptions, view):
         lock_sha256=hashlib.sha256(VERIFY_TOOLS_LOCK.read_bytes()).hexdigest(),
         app="root",  # run by root only: no one else may be able to change it
         view=view, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
+        wheelhouse=pip.wheelhouse(VERIFY_TOOLS_LOCK),
     )
 
 
@@ -59,5 +76,5 @@ def install_virtualenv(plan, pip: PipOptions, view):
         name=f"Virtualenv {plan.venv_id} from {plan.lock_file.name}",
         path=plan.venv_dir, lock_src=str(plan.lock_file), lock_sha256=plan.lock_sha256,
         app=plan.paths.app, view=view, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
-        modules={name: str(source) for name, source in WORKER_MODULES.items()},
+        wheelhouse=pip.wheelhouse(plan.lock_file), modules={name: str(source) for name, source in WORKER_MODULES.items()},
     )

@@ -568,8 +568,16 @@ def workers_on(systemctl: str, service: str, release_dir: str) -> tuple[int, int
     return sum(w["cwd"] == want for w in found["workers"]), len(found["workers"])
 
 
+# The gate asks every 0.1 s until the first healthy answer (new workers are
+# ready within a second; a coarser poll only adds its own wait to every
+# activation), then holds: each further answer in a row comes 0.5 s later,
+# so `consecutive` answers span (consecutive - 1) * 0.5 s of staying healthy.
+GATE_POLL_SECONDS, GATE_HOLD_SECONDS = 0.1, 0.5
+
+
 def gate(request: dict, spec: dict) -> tuple[bool, str]:
-    """Poll until GET answers 200 `consecutive` times in a row (0.5 s apart),
+    """Poll until GET answers 200 `consecutive` times in a row (the first
+    within GATE_POLL_SECONDS of being ready, the rest GATE_HOLD_SECONDS apart),
     and, with `release_dir` and `workers`, until exactly that many workers run,
     all from release_dir: after a HUP the old workers keep answering 200 for
     a while, and a gate that stops at the first 200 would pass on the old code."""
@@ -588,7 +596,7 @@ def gate(request: dict, spec: dict) -> tuple[bool, str]:
             return True, ""
         if time.monotonic() >= end:
             break
-        time.sleep(0.5)
+        time.sleep(GATE_HOLD_SECONDS if healthy else GATE_POLL_SECONDS)
     in_a_row = f" {consecutive} times in a row" if consecutive > 1 else ""
     why = (f" and {workers} workers on {release_dir} (seen: {seen[0]} of {seen[1]})"
            if release_dir is not None and workers is not None else "")
@@ -861,13 +869,16 @@ def preflight(request: dict) -> dict:
     """Check a release with its virtualenv and the candidate config, before
     any switch; nothing here touches the running service.
 
-    1. the preflight script reads the candidate gunicorn.conf.py with
-       gunicorn's own loader (as `gunicorn --check-config` would), then
+    1. a one-worker canary boots from the release on a private unix socket
+       (a transient unit, as the app user, with the candidate environment);
+    2. beside it, the preflight script reads the candidate gunicorn.conf.py
+       with gunicorn's own loader (as `gunicorn --check-config` would), then
        imports the app (an ASGI callable, or a factory called as such) and
-       the worker class;
-    2. a one-worker canary boots from the release on a private unix socket
-       (a transient unit, as the app user, with the candidate environment)
-       and must answer the health endpoint with 200 within the deadline.
+       the worker class; when it fails, its words are the cause, and the
+       canary is stopped unheard;
+    3. the canary must answer the health endpoint with 200 within the deadline.
+    The two import the app at once, as a reload's new workers always do, so
+    the check waits on the slower of them, not on their sum.
     Only then is the stamp written (root:APP 0640), with the digest of what
     was checked.
     """
@@ -880,31 +891,13 @@ def preflight(request: dict) -> dict:
               "-p", f"WorkingDirectory={release}", "-E", f"ASGI_FLEET_PREFLIGHT_RELEASE={release}",
               "-E", f"ASGI_FLEET_PREFLIGHT_SECRETS={request['secrets_file']}"]
     gunicorn = f"{release}/.venv/bin/gunicorn"
-
-    def as_the_app(*argv: str) -> tuple[int, str]:
-        """Run the way the service runs, stopped after the deadline (an
-        import that hangs never hangs a deploy)."""
-        done = subprocess.run([systemd_run, "--quiet", "--collect", "--wait", "--pipe", *as_app,
-                               "-p", f"RuntimeMaxSec={deadline}", *argv],
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        return done.returncode, (done.stdout + done.stderr).strip()
+    run_dir = f"/run/{unit}"
+    sock = f"{run_dir}/canary.sock"
 
     def failed(line: str) -> dict:
         said.append(line)
         return {"outcome": "failed", "said": said}
 
-    status, out = as_the_app(f"{release}/.venv/bin/python", request["script"], request["app_module"],
-                             request["worker_class"], conf)
-    if status != 0:
-        words = [line for line in out.splitlines() if line.strip()]
-        if status != 1 or not words:
-            words.append(f"preflight failed: the check ended with status {status}; one that hangs "
-                         f"is stopped after {deadline} s (health_deadline)")
-        said.extend(words[:-1])
-        return failed(words[-1])
-    said.append(out)
-    run_dir = f"/run/{unit}"
-    sock = f"{run_dir}/canary.sock"
     for verb in ("stop", "reset-failed"):
         subprocess.run([systemctl, verb, f"{unit}.service"], capture_output=True, timeout=60)
     started = subprocess.run([systemd_run, "--quiet", "--collect", f"--unit={unit}", *as_app,
@@ -912,9 +905,24 @@ def preflight(request: dict) -> dict:
                               "--workers", "1", "--bind", f"unix:{sock}", "--control-socket",
                               f"{run_dir}/ctl", "--worker-tmp-dir", run_dir, request["app_module"]],
                              capture_output=True, text=True)
-    if started.returncode != 0:
-        return failed(f"preflight failed: the canary did not start: {started.stderr.strip()}")
     try:
+        # run the way the service runs, stopped after the deadline (an import
+        # that hangs never hangs a deploy)
+        checked = subprocess.run([systemd_run, "--quiet", "--collect", "--wait", "--pipe", *as_app,
+                                  "-p", f"RuntimeMaxSec={deadline}", f"{release}/.venv/bin/python",
+                                  request["script"], request["app_module"], request["worker_class"], conf],
+                                 capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        out = (checked.stdout + checked.stderr).strip()
+        if checked.returncode != 0:
+            words = [line for line in out.splitlines() if line.strip()]
+            if checked.returncode != 1 or not words:
+                words.append(f"preflight failed: the check ended with status {checked.returncode}; one "
+                             f"that hangs is stopped after {deadline} s (health_deadline)")
+            said.extend(words[:-1])
+            return failed(words[-1])
+        said.append(out)
+        if started.returncode != 0:
+            return failed(f"preflight failed: the canary did not start: {started.stderr.strip()}")
         healthy, problem = gate({"service": f"{unit}.service", "systemctl": systemctl},
                                 {"bind": f"unix:{sock}", "path": request["health_path"], "deadline": deadline,
                                  "label": "preflight: the canary's health check"})
@@ -923,10 +931,9 @@ def preflight(request: dict) -> dict:
             said.extend(journal_lines({"service": f"{unit}.service", "systemctl": systemctl,
                                        "journalctl": request.get("journalctl", "journalctl"),
                                        "secrets": [request["secrets_file"]]}))
+            return {"outcome": "failed", "said": said}
     finally:
         subprocess.run([systemctl, "stop", f"{unit}.service"], capture_output=True, timeout=120)
-    if not healthy:
-        return {"outcome": "failed", "said": said}
     write_atomically(request["stamp"], request["digest"] + "\n")
     os.chown(request["stamp"], 0, grp.getgrnam(request.get("group", app)).gr_gid)
     os.chmod(request["stamp"], 0o640)

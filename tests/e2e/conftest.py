@@ -6,6 +6,7 @@ checks real hosts through testinfra: real systemd, gunicorn, uvicorn, HTTP.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -29,7 +30,15 @@ def fleet():
 
 
 @pytest.fixture(scope="session")
-def deployed(fleet, tmp_path_factory) -> Run:
+def controller_cache(tmp_path_factory):
+    """The session's own controller cache (the wheelhouses): the first
+    deploy downloads into it, every later one finds them there."""
+    os.environ["ASGI_FLEET_CACHE"] = str(tmp_path_factory.mktemp("controller-cache"))
+    return os.environ["ASGI_FLEET_CACHE"]
+
+
+@pytest.fixture(scope="session")
+def deployed(fleet, controller_cache, tmp_path_factory) -> Run:
     """The whole fleet, deployed once for the session."""
     run = run_deploy(tmp_path_factory.mktemp("deploy"))
     assert run.returncode == 0, run.output[-6000:]

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,43 @@ def test_json_output_parses(deployed, tmp_path, mode):
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(done.stdout)  # the summary goes to stderr, with pyinfra's progress
     assert results["plan"] and "--> asgi-fleet" in done.stderr
+
+
+def test_one_wheelhouse_per_platform_and_every_virtualenv_holds_the_locks_wheels(deployed, controller_cache):
+    """bookworm (asgi-web1..3) and trixie (asgi-web4), one lock: two
+    wheelhouses on the controller; every host's venv holds exactly the
+    wheels of its platform's, each with a hash from the lock."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    from asgi_fleet.wheelhouse import PLATFORM_PROBE, Wheelhouse, parse_platform
+
+    lock = PROJECT_ROOT / "example" / "requirements.lock"
+    lock_hashes: dict[str, set[str]] = {}
+    name = None
+    for line in lock.read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            name = canonicalize_name(line.split("==")[0])
+        for word in line.split():
+            if word.startswith("--hash=sha256:"):
+                lock_hashes.setdefault(name, set()).add(word.removeprefix("--hash=sha256:"))
+    targets = [t for t in fleet_targets() if t.plan.lock_file == lock]
+    platform = {t.id: parse_platform(infra_of(t.host).check_output(PLATFORM_PROBE).splitlines(), t.id)
+                for t in targets}
+    houses = {}
+    for host_platform in set(platform.values()):  # the deploy's, from the session's cache
+        house = Wheelhouse(lock, host_platform)
+        house.tarball()
+        houses[host_platform] = json.loads((house.directory / "wheels.json").read_text())["wheels"]
+    assert len(houses) == 2, platform
+    for key, wheels in houses.items():
+        for wheel, sha in wheels.items():
+            assert sha in lock_hashes[parse_wheel_filename(wheel)[0]], (key, wheel)
+    for target in targets:
+        want = {parse_wheel_filename(w)[0]: str(parse_wheel_filename(w)[1]) for w in houses[platform[target.id]]}
+        listing = infra_of(target.host).check_output(
+            f"cd {target.plan.venv_dir}/lib/python3*/site-packages && ls -d *.dist-info")
+        installed = dict(d.removesuffix(".dist-info").rsplit("-", 1) for d in listing.split())
+        installed = {canonicalize_name(name): version for name, version in installed.items()}
+        for bundled in ("pip", "setuptools"):  # the venv's own, from the host's python3
+            installed.pop(bundled, None)
+        assert installed == want, target.id

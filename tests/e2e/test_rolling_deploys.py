@@ -22,7 +22,7 @@ import pytest
 from asgi_fleet.settings import PROJECT_ROOT
 from e2e_helpers import (
     INVENTORY, PYINFRA, WebSocketSession, app_variants, fleet_hosts, infra_of, load_balancers, run_deploy,
-    wait_until,
+    run_verify, wait_until,
 )
 
 LB = "asgi-lb"
@@ -403,7 +403,13 @@ def test_a_controller_killed_mid_activation_leaves_a_host_that_finishes_and_a_ru
     assert not hosts[web2].file("/run/lock/asgi-fleet.deploy").exists  # given back at the end
 
 
+CLOSED_INDEX = "pip_index_url=http://127.0.0.1:9/simple"  # a closed port on the host's loopback
+
+
 def test_eight_hosts_in_batches_of_two_activate_in_inventory_order(deployed, variants, tmp_path):
+    """Four of them are bare, and none can reach its package index: their
+    virtualenvs (the app's and the verify tools') come from the controller's
+    wheelhouse, and verify passes on them."""
     spares = ["asgi-web5", "asgi-web6", "asgi-web7", "asgi-web8"]
     subprocess.run([sys.executable, "-m", "asgi_fleet.fleet", "up", "--fresh", *spares],
                    cwd=PROJECT_ROOT, check=True)
@@ -416,10 +422,15 @@ def test_eight_hosts_in_batches_of_two_activate_in_inventory_order(deployed, var
         "lb = _base['lb']\n")
     try:
         run = deploy(tmp_path, f"app_source={variants['code-b']}", SIX_LOCK, "rollout_batch=2",
-                     inventory=str(inventory))
+                     CLOSED_INDEX, inventory=str(inventory))
         assert run.returncode == 0, run.output[-5000:]
         order = APP_HOSTS + [f"@docker/{name}" for name in spares]
         assert_batches_in_order(run, [order[i:i + 2] for i in range(0, 8, 2)])
         assert {run.host(h)["apps"]["hello"]["health"] for h in order} == {"healthy"}
+        only_spares = tmp_path / "spares.py"
+        only_spares.write_text(f"app = {[f'@docker/{name}' for name in spares]!r}\n")
+        verified = run_verify(tmp_path, inventory=str(only_spares))
+        assert verified.returncode == 0 and not verified.failures, verified.output[-4000:]
+        assert verified.passed >= 10 * len(spares)
     finally:
         subprocess.run(["docker", "rm", "-f", *spares], check=False, capture_output=True)

@@ -141,7 +141,8 @@ def test_a_broken_release_is_refused_at_preflight(web1, inventory, variants, tmp
     pid, release = master_pid(web1), served_release(web1)
     current = web1.check_output("readlink /srv/hello/current")
     with Load(web1) as load:
-        refused = deploy(tmp_path, inventory, f"app_source={variants[broken]}")
+        # a canary that answers 500 is waited for until health_deadline
+        refused = deploy(tmp_path, inventory, f"app_source={variants[broken]}", "health_deadline=8")
     assert refused.returncode != 0
     assert cause in refused.output, refused.output[-3000:]
     assert "preflight" in refused.output
