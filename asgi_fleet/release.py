@@ -108,11 +108,13 @@ def release_id(app_dir: Path, lock_file: Path, exclude: tuple[str, ...] = ()) ->
     return digest(app_dir, lock_file, exclude)[:12]
 
 
-# asgi-fleet's worker classes, installed into every app virtualenv as modules:
-# uvicorn's worker draining (the default), and gunicorn's own ASGI worker draining.
+# asgi-fleet's modules, installed into every app virtualenv: the worker classes
+# (uvicorn's worker draining, the default, and gunicorn's own ASGI worker
+# draining) and the master's hook that reloads one worker at a time.
 WORKER_MODULE = "asgi_fleet_worker"
 WORKER_SOURCE = Path(__file__).resolve().parent / "worker.py"
-WORKER_MODULES = {WORKER_MODULE: WORKER_SOURCE, "asgi_fleet_gasgi": WORKER_SOURCE.with_name("gasgi_worker.py")}
+WORKER_MODULES = {WORKER_MODULE: WORKER_SOURCE, "asgi_fleet_gasgi": WORKER_SOURCE.with_name("gasgi_worker.py"),
+                  "asgi_fleet_roll": WORKER_SOURCE.with_name("roll.py")}
 
 
 def venv_id(lock_file: Path) -> str:

@@ -355,6 +355,7 @@ RULES: dict[str, Rule] = {
     "forwarded_allow_ips": Rule(forwarded_ips),
     "log_level": Rule(one_of("debug", "info", "warning", "error", "critical")),
     "access_log": Rule(one_of(False, True)),
+    "reload_workers": Rule(one_of("one_at_a_time", "all_at_once")),
     # sandbox
     "unit_read_write_paths": Rule(absolute_paths),
     "unit_ip_address_allow": Rule(lambda v: None if v is None else networks(v)),
@@ -417,6 +418,7 @@ class Settings:
     forwarded_allow_ips: str
     log_level: str
     access_log: bool
+    reload_workers: str
     # sandbox
     unit_read_write_paths: tuple[str, ...]
     unit_ip_address_allow: tuple[str, ...] | None

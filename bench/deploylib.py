@@ -410,7 +410,7 @@ def ansible_vars(app_dir: Path, path: Path) -> dict:
     from dataclasses import asdict
 
     from asgi_fleet.plan import plan_host
-    from asgi_fleet.release import WORKER_SOURCE
+    from asgi_fleet.release import WORKER_MODULES
 
     plan = plan_host({**group_defaults(), "app_source": str(app_dir)}, "bench")[0]
     cls = type(plan.paths)
@@ -418,7 +418,8 @@ def ansible_vars(app_dir: Path, path: Path) -> dict:
     paths.update(app=plan.paths.app, srv_root=plan.paths.srv_root)
     data = {"app": asdict(plan.app) | {"runs_gunicorns_asgi": plan.app.runs_gunicorns_asgi}, "paths": paths, "release_id": plan.release_id, "venv_id": plan.venv_id,
             "lock_src": str(plan.lock_file), "verify_lock_src": str(ROOT / "requirements" / "verify-tools.lock"),
-            "worker_src": str(WORKER_SOURCE), "tarball_src": str(plan.tarball),
+            "worker_modules": {name: str(source) for name, source in WORKER_MODULES.items()},
+            "tarball_src": str(plan.tarball),
             "templates_dir": str(ROOT / "templates")}
     path.write_text(json.dumps(data, indent=1, default=str))
     return data

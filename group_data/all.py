@@ -53,6 +53,12 @@ log_level = "info"  # gunicorn's log level; logs go to journald
 # A line per request into journald, on the workers' CPUs: about a third of the
 # throughput (bench/). The load balancer in front logs every request anyway.
 access_log = False
+# How a reload (a code, config or rollback activation) replaces the workers.
+# "one_at_a_time": start one new worker, wait until it serves, stop one old
+# worker, and so on (asgi_fleet_roll in the virtualenv): N to N + 1 workers,
+# never N apps importing at once beside N old ones draining. "all_at_once":
+# gunicorn's own HUP, quicker by the waits, with a p99 spike while it lasts (bench/).
+reload_workers = "one_at_a_time"
 
 # --- Sandbox (the unit scores <= 1.5 in `systemd-analyze security` by default) ---
 unit_read_write_paths = []  # more paths the app may write (its runtime and state dirs always)

@@ -59,7 +59,8 @@ def git(repo: Path, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def host(fleet):
+def host(deployed):
+    """web2, serving the example app (the session's deploy) before the shop arrives."""
     found = testinfra.get_host(f"docker://{HOST}")
     yield found
     # Leave the fleet as the other tests know it: without this app.

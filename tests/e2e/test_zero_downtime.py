@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -128,6 +129,48 @@ def test_activation_under_load_fails_no_request(web1, inventory, variants, alter
 
     result = under_load(web1, [step(i) for i in range(ROUNDS)])
     assert_no_failed_request(result)
+
+
+# On the host: the number of workers of the unit's master, every 20 ms, until
+# the stop file appears (at most 3000 samples, about a minute); one line each.
+SAMPLER = """
+import os, subprocess, sys, time
+service, stop, out = sys.argv[1:]
+with open(out, "w") as samples:
+    for _ in range(3000):
+        if os.path.exists(stop):
+            break
+        pid = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", service],
+                             capture_output=True, text=True).stdout.strip()
+        try:
+            count = sum(len(open(f"/proc/{pid}/task/{task}/children").read().split())
+                        for task in os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            count = -1  # no master: a sample below any worker count
+        samples.write(f"{count}\n")
+        time.sleep(0.02)
+"""
+
+
+def test_a_reload_replaces_the_workers_one_at_a_time_under_load(web1, inventory, variants, tmp_path):
+    base = deploy(tmp_path, inventory, f"app_source={variants['code-a']}")  # outside the load
+    assert base.returncode == 0, base.output[-3000:]
+    workers = len(web1.check_output(f"cat /proc/{master_pid(web1)}/task/*/children").split())
+    web1.run("systemctl stop asgi-fleet-sampler 2>/dev/null; rm -f /tmp/sampler.stop /tmp/samples")
+    with Load(web1) as load:
+        web1.check_output("systemd-run --quiet --collect --unit=asgi-fleet-sampler python3 -c "
+                          f"{shlex.quote(SAMPLER)} {SERVICE} /tmp/sampler.stop /tmp/samples")
+        run = deploy(tmp_path, inventory, f"app_source={variants['code-b']}")
+        web1.check_output("touch /tmp/sampler.stop; while systemctl -q is-active asgi-fleet-sampler; do sleep 0.1; done")
+    assert run.returncode == 0, run.output[-3000:]
+    assert_no_failed_request(load.result)
+    counts = [int(line) for line in web1.check_output("cat /tmp/samples").split()]
+    assert len(counts) > 50 and min(counts) >= workers, counts
+    assert max(counts) == workers + 1, counts  # one new worker at a time, never all at once
+    release = activation_of(run)["release"]
+    cwds = web1.check_output(f"for w in $(cat /proc/{master_pid(web1)}/task/*/children); do "
+                             "readlink /proc/$w/cwd; done").split()
+    assert cwds == [f"/srv/hello/releases/{release}"] * workers, cwds
 
 
 @pytest.mark.parametrize("broken, cause", [

@@ -1,0 +1,135 @@
+"""Calm reload: a gunicorn ``on_reload`` hook that replaces workers one at a time.
+
+asgi-fleet copies this file into each host's virtualenv
+(``site-packages/asgi_fleet_roll.py``); with ``reload_workers = "one_at_a_time"``
+gunicorn.conf.py sets ``on_reload`` to :func:`roll_workers`. It imports only
+the standard library and gunicorn.
+
+Why
+---
+On HUP, gunicorn re-reads its config (and so re-resolves ``chdir``, the
+``current`` symlink), then forks ``workers`` new workers at once and stops the
+old ones. For a moment N new processes import the app and warm up beside N
+old ones draining, all on the host's shared CPUs: p99 during a reload was
+2.4-2.8x the p99 before it (bench/README.md). uvicorn 0.51+ restarts its own
+workers one at a time for the same reason.
+
+How
+---
+gunicorn calls ``on_reload`` once the new config is in place and before it
+forks. This hook then, for each old worker, oldest first:
+
+1. forks one new worker (from the new config, in the new release);
+2. waits until it serves: its first heartbeat. uvicorn's worker sends it from
+   its main loop, which starts once the app's lifespan startup is done and
+   its sockets accept; gunicorn's ASGI worker likewise once it listens;
+3. stops the old worker (SIGTERM: it drains) and waits until it has left.
+
+So the master's workers never number fewer than N nor more than N + 1. It
+then leaves gunicorn nothing to do: ``workers`` is 0 for the rest of this
+reload (it forks none), and the new workers' ages are set just above the
+age counter as it was before the roll, so the reload's final wait (for the
+workers older than the reload) finds none, and later workers stay younger.
+
+A new worker that fails to boot, or does not serve within ``timeout``, ends
+the roll: it is stopped and the old workers not replaced yet keep serving,
+where a plain HUP would halt gunicorn ("Worker failed to boot") and leave
+nothing serving until systemd restarts it. The deploy's health gate then
+sees workers off the new release and rolls the host back.
+
+While it rolls, the master handles no other signal (a stop waits for the
+roll); each step is bounded by ``timeout`` and ``graceful_timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from gunicorn.errors import HaltServer
+
+__all__ = ["roll_workers"]
+
+POLL_SECONDS = 0.02
+
+
+def roll_workers(arbiter: Any) -> None:
+    """Replace each of `arbiter`'s workers by a new one, one at a time."""
+    cfg, log = arbiter.cfg, arbiter.log
+    age_before = arbiter.worker_age
+    old = sorted(arbiter.WORKERS.items(), key=lambda item: item[1].age)
+    rolled = []
+    for number, (old_pid, _) in enumerate(old, 1):
+        new_pid = arbiter.spawn_worker()
+        new = arbiter.WORKERS[new_pid]
+        problem = _wait_until_serving(arbiter, new_pid, new)
+        if problem:
+            log.error("reload one at a time: new worker %s %s; the roll stops after %d of %d, "
+                      "the old workers left keep serving", new_pid, problem, number - 1, len(old))
+            break
+        rolled.append(new)
+        log.info("reload one at a time: worker %s serves (%d of %d); stopping old worker %s",
+                 new_pid, number, len(old), old_pid)
+        _retire(arbiter, old_pid, cfg.graceful_timeout + 1)
+    # gunicorn's reload forks `workers` after this hook and then waits for
+    # every worker older than its age counter: neither is wanted now.
+    cfg.set("workers", 0)
+    arbiter.worker_age = age_before
+    for place, worker in enumerate(rolled, 1):
+        worker.age = age_before + place / (len(rolled) + 1)
+
+
+def _wait_until_serving(arbiter: Any, pid: int, worker: Any) -> str:
+    """Wait for the new worker's first heartbeat ("" once it serves), or say
+    why it will not serve (it is then stopped and reaped)."""
+    born = worker.tmp.last_update()
+    deadline = time.monotonic() + arbiter.cfg.timeout
+    while time.monotonic() < deadline:
+        if not _reap(arbiter, pid) or pid not in arbiter.WORKERS:
+            return "exited before it served"
+        if worker.tmp.last_update() != born:
+            return ""
+        time.sleep(POLL_SECONDS)
+    arbiter.kill_worker(pid, signal.SIGKILL)
+    _wait_gone(arbiter, pid, 5)
+    return f"did not serve within timeout ({arbiter.cfg.timeout}s)"
+
+
+def _retire(arbiter: Any, pid: int, bound: float) -> None:
+    """SIGTERM an old worker and wait (at most `bound` seconds) until it has
+    left; one still there then is killed, as gunicorn would."""
+    if pid not in arbiter.WORKERS:
+        return
+    arbiter.kill_worker(pid, signal.SIGTERM)
+    if not _wait_gone(arbiter, pid, bound):
+        arbiter.log.warning("reload one at a time: old worker %s still draining after %ss; killed", pid, bound)
+        arbiter.kill_worker(pid, signal.SIGKILL)
+        _wait_gone(arbiter, pid, 5)
+
+
+def _wait_gone(arbiter: Any, pid: int, bound: float) -> bool:
+    deadline = time.monotonic() + bound
+    while pid in arbiter.WORKERS:
+        _reap(arbiter, pid)
+        if pid not in arbiter.WORKERS:
+            break
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
+
+
+def _reap(arbiter: Any, pid: int) -> bool:
+    """gunicorn's own reaping; False when it was `pid` that failed to boot
+    (gunicorn would halt the whole server for that: here it only ends the roll)."""
+    worker = arbiter.WORKERS.get(pid)
+    try:
+        arbiter.reap_workers()
+    except HaltServer:
+        if pid in arbiter.WORKERS or worker is None:
+            raise  # another worker failed to boot: gunicorn's own verdict stands
+        worker.tmp.close()
+        return False
+    return True

@@ -1,0 +1,185 @@
+"""asgi_fleet/roll.py: a reload that replaces the workers one at a time.
+
+A real gunicorn master on a loopback port with two of asgi-fleet's uvicorn
+workers, its config setting `on_reload` as the template does. The app takes
+0.3 s in its lifespan startup and leaves a mark when it is done, so the test
+sees which workers serve; it is sampled every 10 ms while the master reloads.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from asgi_fleet import roll, worker
+
+WORKERS = 2
+
+APP = '''
+import asyncio, os, pathlib
+
+VERSION = pathlib.Path("version.txt").read_text().strip()
+if VERSION == "broken":
+    raise RuntimeError("this release cannot start")
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await asyncio.sleep(0.3)
+                pathlib.Path(os.environ["MARKS"], str(os.getpid())).write_text(VERSION)
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = f"{VERSION} {os.getpid()}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+CONFIG = '''
+workers = {workers}
+worker_class = "asgi_fleet_worker.DrainingUvicornWorker"
+bind = ["127.0.0.1:{port}"]
+timeout = 20
+graceful_timeout = 5
+keepalive = 1
+'''
+ROLL = "from asgi_fleet_roll import roll_workers as on_reload\n"
+
+
+def test_module_is_self_contained():
+    """It is copied alone into a host venv: the standard library and gunicorn only."""
+    allowed = {"__future__", "os", "signal", "time", "typing", "gunicorn"}
+    for node in ast.walk(ast.parse(Path(roll.__file__).read_text())):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            assert {n.split(".")[0] for n in names} <= allowed, names
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Master:
+    def __init__(self, root: Path, one_at_a_time: bool):
+        self.root, self.port, self.marks = root, free_port(), root / "marks"
+        self.marks.mkdir(parents=True)
+        (root / "app.py").write_text(APP)
+        (root / "version.txt").write_text("v1")
+        shutil.copy(worker.__file__, root / "asgi_fleet_worker.py")  # their names on a host
+        shutil.copy(roll.__file__, root / "asgi_fleet_roll.py")
+        (root / "gunicorn.conf.py").write_text(CONFIG.format(workers=WORKERS, port=self.port)
+                                               + (ROLL if one_at_a_time else ""))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--no-control-socket", "app:app"],
+            cwd=root, env=os.environ | {"PYTHONPATH": str(root), "MARKS": str(self.marks)},
+            stdout=subprocess.DEVNULL, stderr=open(root / "gunicorn.log", "w"))
+        self.wait_for(lambda: self.serving() == {"v1"} and len(self.workers()) == WORKERS, 30)
+
+    def workers(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def started(self, pid: int) -> str | None:
+        try:
+            return (self.marks / str(pid)).read_text()
+        except FileNotFoundError:
+            return None
+
+    def serving(self) -> set[str]:
+        return {self.started(pid) for pid in self.workers()}
+
+    def answer(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=5) as response:
+            return response.read().decode()
+
+    def wait_for(self, done, bound: float):
+        deadline = time.monotonic() + bound
+        while not done():
+            assert self.process.poll() is None, (self.root / "gunicorn.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (self.root / "gunicorn.log").read_text()[-3000:]
+            time.sleep(0.05)
+
+    def reload_to(self, version: str, until, bound: float = 30) -> list[tuple[int, int]]:
+        """HUP onto `version`; every 10 ms until `until()` (at most `bound` s):
+        (worker processes, of them started and serving)."""
+        (self.root / "version.txt").write_text(version)
+        self.process.send_signal(signal.SIGHUP)
+        samples, deadline = [], time.monotonic() + bound
+        while time.monotonic() < deadline:
+            pids = self.workers()
+            samples.append((len(pids), sum(self.started(pid) is not None for pid in pids)))
+            if until():
+                return samples
+            time.sleep(0.01)
+        raise AssertionError(f"not done within {bound}s: {samples[-5:]}\n"
+                             + (self.root / "gunicorn.log").read_text()[-3000:])
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def master(tmp_path):
+    started = []
+
+    def start(one_at_a_time: bool) -> Master:
+        started.append(Master(tmp_path / str(len(started)), one_at_a_time))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.stop()
+
+
+def on_v2(m: Master):
+    return lambda: m.serving() == {"v2"} and len(m.workers()) == WORKERS
+
+
+def test_one_at_a_time_keeps_n_workers_serving_and_never_more_than_n_plus_one(master):
+    m = master(one_at_a_time=True)
+    old = set(m.workers())
+    samples = m.reload_to("v2", on_v2(m))
+    assert max(count for count, _ in samples) == WORKERS + 1, samples  # it did start new ones
+    assert min(count for count, _ in samples) >= WORKERS, samples
+    assert min(serving for _, serving in samples) >= WORKERS, samples  # old ones stop after new ones serve
+    assert not old & set(m.workers())
+    assert m.answer().startswith("v2 ")
+    # the reload is over, and the master rolls again on the next one
+    m.reload_to("v3", lambda: m.serving() == {"v3"} and len(m.workers()) == WORKERS)
+
+
+def test_all_at_once_is_gunicorns_own_reload(master):
+    """The sampler sees gunicorn's own HUP for what it is: 2N workers at once."""
+    m = master(one_at_a_time=False)
+    samples = m.reload_to("v2", on_v2(m))
+    assert max(count for count, _ in samples) == 2 * WORKERS, samples
+
+
+def test_a_new_worker_that_cannot_boot_ends_the_roll_and_the_old_workers_keep_serving(master):
+    m = master(one_at_a_time=True)
+    old = set(m.workers())
+    log = m.root / "gunicorn.log"
+    m.reload_to("broken", lambda: "the roll stops after 0 of 2" in log.read_text())
+    assert m.process.poll() is None  # a plain HUP halts gunicorn here: "Worker failed to boot"
+    assert set(m.workers()) == old and m.serving() == {"v1"}
+    assert {m.answer().split()[0] for _ in range(10)} == {"v1"}
+    # fixed: the next reload rolls onto it
+    m.reload_to("v2", on_v2(m))
