@@ -56,23 +56,26 @@ POLL_SECONDS = 0.02
 
 
 def roll_workers(arbiter: Any) -> None:
-    """Replace each of `arbiter`'s workers by a new one, one at a time."""
+    """Replace each of `arbiter`'s workers by a new one, one at a time (and
+    reach the new config's worker count on the way: a surplus old worker is
+    only stopped, a missing one only started)."""
     cfg, log = arbiter.cfg, arbiter.log
-    age_before = arbiter.worker_age
-    old = sorted(arbiter.WORKERS.items(), key=lambda item: item[1].age)
+    age_before, want = arbiter.worker_age, arbiter.num_workers
+    old = [pid for pid, _ in sorted(arbiter.WORKERS.items(), key=lambda item: item[1].age)]
     rolled = []
-    for number, (old_pid, _) in enumerate(old, 1):
-        new_pid = arbiter.spawn_worker()
-        new = arbiter.WORKERS[new_pid]
-        problem = _wait_until_serving(arbiter, new_pid, new)
-        if problem:
-            log.error("reload one at a time: new worker %s %s; the roll stops after %d of %d, "
-                      "the old workers left keep serving", new_pid, problem, number - 1, len(old))
-            break
-        rolled.append(new)
-        log.info("reload one at a time: worker %s serves (%d of %d); stopping old worker %s",
-                 new_pid, number, len(old), old_pid)
-        _retire(arbiter, old_pid, cfg.graceful_timeout + 1)
+    for step in range(max(len(old), want)):
+        if len(rolled) < want:
+            new_pid = arbiter.spawn_worker()
+            new = arbiter.WORKERS[new_pid]
+            problem = _wait_until_serving(arbiter, new_pid, new)
+            if problem:
+                log.error("reload one at a time: new worker %s %s; the roll stops after %d of %d, "
+                          "the old workers left keep serving", new_pid, problem, len(rolled), want)
+                break
+            rolled.append(new)
+            log.info("reload one at a time: worker %s serves (%d of %d)", new_pid, len(rolled), want)
+        if step < len(old):
+            _retire(arbiter, old[step], cfg.graceful_timeout + 1)
     # gunicorn's reload forks `workers` after this hook and then waits for
     # every worker older than its age counter: neither is wanted now.
     cfg.set("workers", 0)
@@ -102,6 +105,7 @@ def _retire(arbiter: Any, pid: int, bound: float) -> None:
     left; one still there then is killed, as gunicorn would."""
     if pid not in arbiter.WORKERS:
         return
+    arbiter.log.info("reload one at a time: stopping old worker %s", pid)
     arbiter.kill_worker(pid, signal.SIGTERM)
     if not _wait_gone(arbiter, pid, bound):
         arbiter.log.warning("reload one at a time: old worker %s still draining after %ss; killed", pid, bound)

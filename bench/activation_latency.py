@@ -21,6 +21,10 @@ and POST /items, --rate req/s each) every activation kind is applied ROUNDS time
 | rollback | --data rollback=1 (HUP) | re-point `current` back, `systemctl reload` |
 | dependencies | --data app_lock=ALT/default (restart behind the socket) | re-point the venv, `systemctl restart` |
 
+asgi-fleet runs twice, side by side: as deployed by default (`reload_workers=one_at_a_time`:
+its reload hook replaces the workers one at a time) and with `reload_workers=all_at_once`
+(gunicorn's own HUP: every new worker at once).
+
 Windows, per activation (t_cmd = the deploy or systemctl command starts, t_sig =
 the master logs `Handling signal: hup|term`, read from the journal, t_end = the
 command returns): before = [t_cmd-3s, t_cmd), work = [t_cmd, t_sig) (asgi-fleet's
@@ -53,6 +57,8 @@ ALT_LOCK = ROOT / "tests" / "e2e" / "data" / "requirements-with-six.lock"
 DEFAULT_LOCK = "example/requirements.lock"
 FLEET_PORT, STOCK_PORT = 8000, 8100
 KINDS = ("config", "code", "rollback", "dependencies")
+# asgi-fleet's recipes: the reload_workers setting each deploys with.
+FLEET_RECIPES = {"asgi-fleet": "one_at_a_time", "asgi-fleet-all-at-once": "all_at_once"}
 WINDOWS = ("before", "work", "during", "after")
 
 STOCK_UNIT = """[Unit]
@@ -193,8 +199,8 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def run_recipe(recipe: str, args, tmp: Path, ip: str, act_fn) -> list[dict]:
-    port = FLEET_PORT if recipe == "asgi-fleet" else STOCK_PORT
-    unit = "hello" if recipe == "asgi-fleet" else "stock"
+    port = FLEET_PORT if recipe in FLEET_RECIPES else STOCK_PORT
+    unit = "hello" if recipe in FLEET_RECIPES else "stock"
     load = Load(tmp, ip, port, args, recipe)
     acts = []
     try:
@@ -202,7 +208,7 @@ def run_recipe(recipe: str, args, tmp: Path, ip: str, act_fn) -> list[dict]:
         for kind in args.kinds.split(","):
             for n in range(args.rounds):
                 t_cmd = time.time()
-                detail = act_fn(kind, n)
+                detail = act_fn(recipe, kind, n)
                 t_end = time.time()
                 acts.append({"recipe": recipe, "kind": kind, "round": n, "t_cmd": t_cmd, "t_end": t_end,
                              "command_s": round(t_end - t_cmd, 2), "detail": detail})
@@ -224,25 +230,31 @@ def median_of(acts: list[dict], window: str, key: str):
 
 def table(acts: list[dict], rounds: int, args) -> str:
     rows = ["| kind | recipe (mechanism) | failed / requests | p50 ms before / during / after | "
-            "p99 ms before / during / after | p99 ms while the deploy works (before the switch) |",
-            "|---|---|---|---|---|---|"]
+            "p99 ms before / during / after | p99 during / before | p99 ms while the deploy works (before the switch) |",
+            "|---|---|---|---|---|---|---|"]
     mech = {("asgi-fleet", "dependencies"): "deploy.py: restart behind the socket",
-            ("stock", "dependencies"): "`systemctl restart`, no socket"}
+            ("asgi-fleet-all-at-once", "dependencies"): "deploy.py: restart behind the socket",
+            ("asgi-fleet", None): "deploy.py: HUP, one worker at a time",
+            ("asgi-fleet-all-at-once", None): "deploy.py: HUP, all workers at once",
+            ("stock", "dependencies"): "`systemctl restart`, no socket",
+            ("stock", None): "`systemctl reload` (HUP)"}
     for kind in args.kinds.split(","):
-        for recipe in ("stock", "asgi-fleet"):
+        for recipe in ("stock", "asgi-fleet-all-at-once", "asgi-fleet"):
             mine = [a for a in acts if a["recipe"] == recipe and a["kind"] == kind]
             if not mine:
                 continue
             failed = sum(a["windows"]["period"]["failed"] for a in mine)
             total = sum(a["windows"]["period"]["requests"] for a in mine)
-            m = mech.get((recipe, kind), "deploy.py: HUP" if recipe == "asgi-fleet" else "`systemctl reload` (HUP)")
+            m = mech.get((recipe, kind)) or mech[recipe, None]
 
             def trio(key: str) -> str:
                 return " / ".join(f"{median_of(mine, w, key)}" for w in ("before", "during", "after"))
-            work = median_of(mine, "work", "p99_ms") if recipe == "asgi-fleet" else "-"
+            work = median_of(mine, "work", "p99_ms") if recipe in FLEET_RECIPES else "-"
+            before, during = median_of(mine, "before", "p99_ms"), median_of(mine, "during", "p99_ms")
+            spike = f"{during / before:.2f}" if before and during else "-"
             bold = "**" if failed else ""
             rows.append(f"| {kind} | {recipe} ({m}) | {bold}{failed}{bold} / {total:,} | {trio('p50_ms')} | "
-                        f"{trio('p99_ms')} | {work} |")
+                        f"{trio('p99_ms')} | {spike} | {work} |")
     rows.append("")
     rows.append(f"{rounds} activation(s) per kind and recipe; failed = sum over them, counted from 3 s before "
                 "the command to 6 s after it returned; latencies = median over the activations of each window's "
@@ -255,7 +267,8 @@ def table(acts: list[dict], rounds: int, args) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default=",".join(KINDS))
-    parser.add_argument("--recipes", default="asgi-fleet,stock", help="asgi-fleet must run before stock")
+    parser.add_argument("--recipes", default="asgi-fleet,asgi-fleet-all-at-once,stock",
+                        help="an asgi-fleet recipe must run before stock")
     parser.add_argument("--rounds", type=int, default=2, help="activations per kind and recipe")
     parser.add_argument("--clients", type=int, default=6, help="per mode (keep-alive, close)")
     parser.add_argument("--rate", type=float, default=40, help="requests per second per client")
@@ -283,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         venvs = {"default": sh(CONTAINER, "readlink -f /srv/hello/current/.venv")}
         durations: dict[str, list[float]] = {}
 
-        def fleet_act(kind: str, n: int) -> dict:
-            data = fleet_data(kind, n, code)
+        def fleet_act(recipe: str, kind: str, n: int) -> dict:
+            data = fleet_data(kind, n, code) + [f"reload_workers={FLEET_RECIPES[recipe]}"]
             seconds = _serve.deploy(inventory, *data)
             durations.setdefault(kind, []).append(seconds)
             current = sh(CONTAINER, "readlink -f /srv/hello/current")
@@ -297,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
         stock_state = {"current": "a", "previous": "b"}
 
-        def stock_act(kind: str, n: int) -> dict:
+        def stock_act(recipe: str, kind: str, n: int) -> dict:
             command = stock_command(kind, n, releases, venvs, stock_state)
             sh(CONTAINER, command, timeout=120)
             return {"command": command}
@@ -324,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(1)
                     acts_r, loads[recipe] = run_recipe("stock", args, tmp, ip, stock_act)
                 else:
-                    acts_r, loads[recipe] = run_recipe("asgi-fleet", args, tmp, ip, fleet_act)
+                    acts_r, loads[recipe] = run_recipe(recipe, args, tmp, ip, fleet_act)
                 acts += acts_r
             measured_s = time.monotonic() - measured_from
         info = _serve.machine(CONTAINER)

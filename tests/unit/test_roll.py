@@ -79,18 +79,22 @@ def free_port() -> int:
 class Master:
     def __init__(self, root: Path, one_at_a_time: bool):
         self.root, self.port, self.marks = root, free_port(), root / "marks"
+        self.one_at_a_time = one_at_a_time
         self.marks.mkdir(parents=True)
         (root / "app.py").write_text(APP)
         (root / "version.txt").write_text("v1")
         shutil.copy(worker.__file__, root / "asgi_fleet_worker.py")  # their names on a host
         shutil.copy(roll.__file__, root / "asgi_fleet_roll.py")
-        (root / "gunicorn.conf.py").write_text(CONFIG.format(workers=WORKERS, port=self.port)
-                                               + (ROLL if one_at_a_time else ""))
+        self.configure(WORKERS)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--no-control-socket", "app:app"],
             cwd=root, env=os.environ | {"PYTHONPATH": str(root), "MARKS": str(self.marks)},
             stdout=subprocess.DEVNULL, stderr=open(root / "gunicorn.log", "w"))
         self.wait_for(lambda: self.serving() == {"v1"} and len(self.workers()) == WORKERS, 30)
+
+    def configure(self, workers: int):
+        (self.root / "gunicorn.conf.py").write_text(CONFIG.format(workers=workers, port=self.port)
+                                                    + (ROLL if self.one_at_a_time else ""))
 
     def workers(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
@@ -183,3 +187,12 @@ def test_a_new_worker_that_cannot_boot_ends_the_roll_and_the_old_workers_keep_se
     assert {m.answer().split()[0] for _ in range(10)} == {"v1"}
     # fixed: the next reload rolls onto it
     m.reload_to("v2", on_v2(m))
+
+
+@pytest.mark.parametrize("count", [WORKERS + 1, WORKERS - 1])
+def test_a_new_worker_count_is_reached_one_worker_at_a_time(master, count):
+    m = master(one_at_a_time=True)
+    m.configure(count)
+    samples = m.reload_to("v2", lambda: m.serving() == {"v2"} and len(m.workers()) == count)
+    assert max(n for n, _ in samples) <= max(count, WORKERS) + 1, samples  # never two new ones at once
+    assert min(serving for _, serving in samples) >= min(count, WORKERS), samples
