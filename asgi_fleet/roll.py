@@ -23,13 +23,20 @@ forks. This hook then, for each old worker, oldest first:
 2. waits until it serves: its first heartbeat. uvicorn's worker sends it from
    its main loop, which starts once the app's lifespan startup is done and
    its sockets accept; gunicorn's ASGI worker likewise once it listens;
-3. stops the old worker (SIGTERM: it drains) and waits until it has left.
+3. stops the old worker (SIGTERM: it drains) and waits until it has left,
+   for at most ``keepalive`` + 1 s: by then its idle keep-alive connections
+   have timed out. One still busy with a long request or an open WebSocket
+   (``websocket_drain_seconds``) finishes beside the new workers, bounded by
+   ``graceful_timeout``, as after gunicorn's own HUP: waiting for it would
+   make the roll N times that long for nothing.
 
-So the master's workers never number fewer than N nor more than N + 1. It
-then leaves gunicorn nothing to do: ``workers`` is 0 for the rest of this
-reload (it forks none), and the new workers' ages are set just above the
-age counter as it was before the roll, so the reload's final wait (for the
-workers older than the reload) finds none, and later workers stay younger.
+So the master's serving workers never number fewer than N nor more than
+N + 1 (only old workers still draining a long request or a WebSocket can
+add to the count). It then leaves gunicorn nothing to do: ``workers`` is 0
+for the rest of this reload (it forks none), and the new workers' ages are
+set just above the age counter as it was before the roll, so the reload's
+final wait (for the workers older than the reload) waits only for old
+workers still draining, and later workers stay younger.
 
 A new worker that fails to boot, or does not serve within ``timeout``, ends
 the roll: it is stopped and the old workers not replaced yet keep serving,
@@ -75,7 +82,7 @@ def roll_workers(arbiter: Any) -> None:
             rolled.append(new)
             log.info("reload one at a time: worker %s serves (%d of %d)", new_pid, len(rolled), want)
         if step < len(old):
-            _retire(arbiter, old[step], cfg.graceful_timeout + 1)
+            _retire(arbiter, old[step], cfg.keepalive + 1)
     # gunicorn's reload forks `workers` after this hook and then waits for
     # every worker older than its age counter: neither is wanted now.
     cfg.set("workers", 0)
@@ -102,15 +109,15 @@ def _wait_until_serving(arbiter: Any, pid: int, worker: Any) -> str:
 
 def _retire(arbiter: Any, pid: int, bound: float) -> None:
     """SIGTERM an old worker and wait (at most `bound` seconds) until it has
-    left; one still there then is killed, as gunicorn would."""
+    left; one still draining then goes on doing so (its own bound is
+    graceful_timeout, and gunicorn's reload waits for it after this hook)."""
     if pid not in arbiter.WORKERS:
         return
     arbiter.log.info("reload one at a time: stopping old worker %s", pid)
     arbiter.kill_worker(pid, signal.SIGTERM)
     if not _wait_gone(arbiter, pid, bound):
-        arbiter.log.warning("reload one at a time: old worker %s still draining after %ss; killed", pid, bound)
-        arbiter.kill_worker(pid, signal.SIGKILL)
-        _wait_gone(arbiter, pid, 5)
+        arbiter.log.info("reload one at a time: old worker %s still draining after %ss; "
+                         "it finishes beside the new ones", pid, bound)
 
 
 def _wait_gone(arbiter: Any, pid: int, bound: float) -> bool:

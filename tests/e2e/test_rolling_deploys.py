@@ -229,7 +229,8 @@ def test_a_release_sick_on_its_first_host_is_rolled_back_there_and_goes_no_furth
     old = releases(base)
 
     with LoadThroughLb(lb_address, tmp_path) as load:
-        run = deploy(tmp_path, f"app_source={variants['sick-on-web1']}", SIX_LOCK)
+        # a gate that fails waits health_deadline: 10 s, not 60, is as telling
+        run = deploy(tmp_path, f"app_source={variants['sick-on-web1']}", SIX_LOCK, "health_deadline=10")
 
     assert run.returncode != 0
     assert_no_failed_request(load.result)
@@ -296,7 +297,7 @@ def test_a_host_that_cannot_roll_back_stays_out_of_rotation_until_a_deploy_finds
     web1.run_test(f"touch {SICK_FLAG}")
     try:
         for attempt in ("the halted run", "the next run"):
-            run = deploy(tmp_path, f"app_source={variants['sick-if-flagged-b']}")
+            run = deploy(tmp_path, f"app_source={variants['sick-if-flagged-b']}", "health_deadline=10")
             assert run.returncode != 0, attempt
             assert run.host(FIRST)["apps"]["hello"]["health"] == "rollback failed", attempt
             assert "asgi-web1" in run.record["rollout"]["halted"]

@@ -133,7 +133,7 @@ def test_activation_under_load_fails_no_request(web1, inventory, variants, alter
 
 # On the host: the number of workers of the unit's master, every 20 ms, until
 # the stop file appears (at most 3000 samples, about a minute); one line each.
-SAMPLER = """
+SAMPLER = r"""
 import os, subprocess, sys, time
 service, stop, out = sys.argv[1:]
 with open(out, "w") as samples:
