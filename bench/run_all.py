@@ -36,7 +36,7 @@ BENCHMARKS = [
     ("deploy_speed", "Deploy speed: asgi-fleet against an equivalent Ansible playbook", ["--repeats", "2"]),
     ("scaling", "Scaling with fleet size", []),
     ("noop_scale", "The no-op re-run at scale: 1, 8 and 32 cloned hosts", []),
-    ("activation_latency", "Activation under load: the stock recipe against asgi-fleet", []),
+    ("activation_latency", "Activation under load: the stock recipe against asgi-fleet (one worker at a time, and all at once)", []),
     ("rolling_deploy", "One rolling deploy through the load balancer", []),
     ("throughput", "Served throughput on one host", ["--rounds", "2"]),
     ("verify_scale", "Verify at fleet scale: serial against pytest-xdist", []),
