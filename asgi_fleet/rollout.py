@@ -112,6 +112,21 @@ def lb_apps(hosts: list[tuple[str, str, dict[str, str]]]) -> list[LbApp]:
     return [LbApp(app, ports[app], servers[app]) for app in ports]
 
 
+def lb_idle_ms(app_keepalives: Iterable[int]) -> int:
+    """How long (ms) nginx keeps an idle connection to an app host: shorter
+    than the shortest keep-alive timeout of the apps behind it.
+
+    Whoever closes an idle keep-alive connection races the other side's next
+    request on it. If the app's timer fires first, a request nginx is just
+    sending gets a reset; nginx retries a GET on the next server but, rightly,
+    not a POST, which fails with 502. So nginx closes first: a second before
+    the app would (its timer starts a little later than the app's, once it has
+    read the response), and never later than half the app's timeout.
+    """
+    shortest = min(app_keepalives, default=1) * 1000
+    return max(shortest - 1000, shortest // 2)
+
+
 def drain_flag(app: str, batch_number: int) -> str:
     """The flag file (in FLAG_DIR) that takes batch `batch_number` (from 1) of
     `app` out of rotation."""
@@ -185,6 +200,7 @@ class Rollout:
     load_balancers: list[str]  # those of this run
     record: Any  # record.RunRecord: each host's plan and verdict, as the run goes
     lb_keepalive: int = 0  # idle connections nginx keeps to each upstream (the lb_keepalive setting)
+    lb_idle_ms: int = 1000  # how long nginx keeps one idle (lb_idle_ms() of the apps' keepalive)
 
     def title(self, number: int) -> str:
         batch = self.batches[number - 1]

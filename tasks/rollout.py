@@ -15,7 +15,7 @@ from asgi_fleet import operations
 from asgi_fleet.activation import activation_time_limit
 from asgi_fleet.record import start_record
 from asgi_fleet.rollout import (FLAG_DIR, KEPT_OUT_FILE, LB_GROUP, NGINX_CONF, Rollout, batches,
-                                failure_budget, lb_apps, short_name)
+                                failure_budget, lb_apps, lb_idle_ms, short_name)
 from asgi_fleet.settings import InvalidSettings, app_settings, lb_address
 from asgi_fleet.tasks import changed, render_template
 
@@ -33,9 +33,11 @@ def plan_rollout(state) -> Rollout:
         hosts = [h for h in state.inventory if not is_lb(h)]
         binds = []
         first = None  # fleet-wide settings: the first app host's
+        keepalives = []
         for app_host in hosts:
             apps = app_settings(app_host.data.dict(), where=app_host.name)
             first = first or apps[0]
+            keepalives += [a.keepalive for a in apps]
             address = apps[0].lb_address or short_name(app_host.name)
             if lb_address(address):  # a host name that nginx would read as more than a name
                 raise InvalidSettings([f"{app_host.name}: lb_address={address!r} (from the host's "
@@ -50,7 +52,7 @@ def plan_rollout(state) -> Rollout:
             targeted=targeted,
             load_balancers=[h.name for h in state.inventory if is_lb(h) and state.is_host_in_limit(h)],
             record=start_record(state, names, in_batches, budget, targeted),
-            lb_keepalive=first.lb_keepalive if first else 0,
+            lb_keepalive=first.lb_keepalive if first else 0, lb_idle_ms=lb_idle_ms(keepalives),
         )
     return rollout
 
@@ -92,5 +94,5 @@ def front_the_fleet(rollout: Rollout, view, name: str, kept_out=lambda recorded:
     return operations.lb_config(
         name=name, path=NGINX_CONF, kept_out_file=KEPT_OUT_FILE, kept_out=kept_out, view=view,
         render=lambda out: render_template("nginx-lb.conf.j2", apps=rollout.lb_config(out),
-                                           keepalive=rollout.lb_keepalive),
+                                           keepalive=rollout.lb_keepalive, idle_ms=rollout.lb_idle_ms),
     )

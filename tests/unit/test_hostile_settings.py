@@ -198,7 +198,8 @@ def test_pip_index_url(defaults, value):
 def test_lb_address(defaults, value):
     if outcome(defaults, "lb_address", value):
         apps = rollout.lb_apps([("web1", value, {"hello": "0.0.0.0:8000"})])
-        text = render("nginx-lb.conf.j2", apps=rollout.lb_config(apps, [["web1"]]), keepalive=16)
+        text = render("nginx-lb.conf.j2", apps=rollout.lb_config(apps, [["web1"]]), keepalive=16,
+                      idle_ms=4000)
         assert re.findall(r"^    server (.*) max_fails=1 fail_timeout=5s;$", text, re.M) == [f"{value}:8000"]
         assert text.count("{") == text.count("}")
 

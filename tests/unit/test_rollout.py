@@ -68,12 +68,13 @@ def test_the_nginx_config_has_an_upstream_without_each_batch_switched_by_its_fla
                                    "servers": ["web3:8000"]},
                                   {"batch": 2, "flag": "/run/asgi-fleet-lb/hello.drain-batch-2",
                                    "servers": ["web1:8000", "web2:8000"]}]}]
-    text = render("nginx-lb.conf.j2", apps=config, keepalive=16)
+    text = render("nginx-lb.conf.j2", apps=config, keepalive=16, idle_ms=4000)
     assert "upstream hello-without-batch-1 {\n    server web3:8000" in text
     assert f"if (-f /run/asgi-fleet-lb/{rollout.drain_flag('hello', 2)})" in text
     assert "set $asgi_fleet_upstream hello-without-batch-2;" in text
     assert "listen 8000;" in text and "proxy_pass http://$asgi_fleet_upstream;" in text
     assert text.count("keepalive 16;") == 3  # the app's upstream and each drain's
+    assert text.count("keepalive_timeout 4000ms;") == 3
     # WebSockets pass: HTTP/1.1, with the client's Upgrade, and Connection from it
     assert "proxy_http_version 1.1;" in text and "proxy_set_header Upgrade $http_upgrade;" in text
     assert "proxy_set_header Connection $asgi_fleet_connection;" in text
@@ -89,8 +90,16 @@ def test_a_host_kept_out_is_in_no_upstream_and_no_drain_brings_it_back():
     # batch 1 holds only the kept-out host: nothing to drain; every other drain leaves web1 out
     assert [d["batch"] for d in config["drains"]] == [2, 3, 4]
     assert all("web1:8000" not in d["servers"] for d in config["drains"])
-    text = render("nginx-lb.conf.j2", apps=[config], keepalive=0)
+    text = render("nginx-lb.conf.j2", apps=[config], keepalive=0, idle_ms=4000)
     assert "server web1:8000" not in text and "# kept out of rotation after a failed deploy: web1" in text
+
+
+@pytest.mark.parametrize("keepalives, idle_ms", [
+    ([5], 4000), ([5, 2, 30], 1000), ([1], 500), ([3, 1], 500), ([300], 299000), ([], 500)])
+def test_nginx_closes_an_idle_connection_before_any_app_behind_it_would(keepalives, idle_ms):
+    assert rollout.lb_idle_ms(keepalives) == idle_ms
+    if keepalives:
+        assert 0 < rollout.lb_idle_ms(keepalives) < min(keepalives) * 1000
 
 
 def test_an_app_whose_every_host_is_kept_out_keeps_them_all():

@@ -48,6 +48,20 @@ def test_every_app_host_is_an_upstream_server(lb, fronted):
                "fix the host, then deploy: a healthy host goes back in" if kept_out not in ("", "{}") else ""))
 
 
+def test_nginx_closes_idle_upstream_connections_before_the_apps_do(lb, request):
+    """Otherwise an app's keep-alive timer can close a connection nginx is just
+    sending a POST on, and that POST fails with 502 (rollout.lb_idle_ms)."""
+    shortest = min(app.keepalive for _, app in targets(request.config.getoption("inventory")))
+    config = lb.file(NGINX_CONF).content_string
+    for name, block in re.findall(r"upstream (\S+) \{(.*?)\}", config, re.S):
+        if re.search(r"^\s*keepalive \d+;", block, re.M):
+            timeout = re.search(r"^\s*keepalive_timeout (\d+)ms;", block, re.M)
+            assert timeout and int(timeout.group(1)) < shortest * 1000, (
+                f"upstream {name} in {NGINX_CONF}: idle connections kept "
+                f"{timeout.group(1) + ' ms' if timeout else '60 s (nginx default)'}, not below the "
+                f"apps' keepalive of {shortest} s; deploy to rewrite the config")
+
+
 def test_no_server_is_left_drained(lb):
     flags = lb.run(f"ls -A {FLAG_DIR} 2>/dev/null").stdout.split()
     assert not flags, f"drained at the load balancer after the run: {flags} (in {FLAG_DIR})"
