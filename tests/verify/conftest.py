@@ -1,11 +1,13 @@
 """Verify any inventory after provisioning, against the live processes.
 
     pytest tests/verify --inventory inventories/prod.py [-n auto] [--retry-timeout 60]
-        [--since 30m] [--report-json verify.json] [--prometheus-textfile FILE] [--junitxml FILE]
+        [--limit HOST-OR-GROUP ...] [--since 30m] [--report-json verify.json] [--prometheus-textfile FILE] [--junitxml FILE]
 
 Reads the inventory, group data and host data the way the deploy does, works
 out what each host should run with the deploy's own functions, and checks it
-against what really runs. A host that cannot be reached fails its own
+against what really runs (on the hosts `--limit` picks, as pyinfra's
+`--limit` does; what the load balancer should front is still the whole
+inventory, as for a limited deploy). A host that cannot be reached fails its own
 reachability test; the others are still checked. A summary table follows,
 then one Nagios-style line; the exit codes are asgi_fleet.report.EXIT_CODES.
 
@@ -21,7 +23,7 @@ import pytest
 
 from asgi_fleet import report as results_report
 from asgi_fleet.commands import AppPaths
-from asgi_fleet.inventory import InventoryError, app_hosts_of
+from asgi_fleet.inventory import InventoryError, app_hosts_of, limited
 from asgi_fleet.verify import AppProbe, format_table, parse_since
 from verify_session import (
     _connections, _probes, connect, inventory_hosts, load_balancers, short, targets,
@@ -29,12 +31,16 @@ from verify_session import (
 
 RETRY_INTERVAL = 1.0  # seconds between two tries of a failing check (--retry-timeout)
 SINCE = pytest.StashKey[float | None]()
+CHECKED = pytest.StashKey[set[str]]()  # the names of the hosts --limit picks
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("asgi-fleet verify")
     group.addoption("--inventory", default="inventories/docker.py",
                     help="the pyinfra inventory to verify (default: the local test fleet)")
+    group.addoption("--limit", action="append", default=[], metavar="HOST-OR-GROUP",
+                    help="check only these hosts (a name, a glob pattern or a group; repeatable), "
+                         "as pyinfra's --limit picks them")
     group.addoption("--since", default=None, metavar="WHEN",
                     help="journal alarms at or after WHEN fail the run (ISO 8601 time, epoch "
                          "seconds, or a duration ago: 30m); by default only those during the "
@@ -56,8 +62,11 @@ def pytest_configure(config):
     not a run that skips every check and exits 0."""
     config.addinivalue_line("markers", "events: reports events, not state (never retried)")
     config.addinivalue_line("markers", "sampled: measures live traffic over time (never retried)")
+    path = config.getoption("inventory")
     try:
-        app_hosts_of(config.getoption("inventory"))
+        app_hosts_of(path)
+        config.stash[CHECKED] = {h.name for h in limited(inventory_hosts(path) + load_balancers(path),
+                                                         config.getoption("limit"))}
     except InventoryError as error:
         raise pytest.UsageError(f"asgi-fleet verify: {error}") from None
     since = config.getoption("since")
@@ -75,16 +84,16 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
-    path = metafunc.config.getoption("inventory")
+    path, checked = metafunc.config.getoption("inventory"), metafunc.config.stash[CHECKED]
     if "target" in metafunc.fixturenames:
-        found = targets(path)
+        found = [(h, a) for h, a in targets(path) if h.name in checked]
         metafunc.parametrize("target", found,
                              ids=[f"{short(h.name)}/{a.app_name}" for h, a in found])
     if "inventory_host" in metafunc.fixturenames:
-        hosts = inventory_hosts(path)
+        hosts = [h for h in inventory_hosts(path) if h.name in checked]
         metafunc.parametrize("inventory_host", hosts, ids=[short(h.name) for h in hosts])
     if "lb_host" in metafunc.fixturenames:
-        hosts = load_balancers(path)
+        hosts = [h for h in load_balancers(path) if h.name in checked]
         metafunc.parametrize("lb_host", hosts, ids=[short(h.name) for h in hosts])
 
 
@@ -225,6 +234,8 @@ class VerifyResults:
                        if r.promise == "host_is_reachable" and r.outcome == "fail"}
         rows = []
         for host, app in targets(self.config.getoption("inventory")):
+            if host.name not in self.config.stash[CHECKED]:
+                continue
             name, app_name = short(host.name), app.app_name
             if (name, app_name) in self.table:
                 rows.append({"host": name, "app": app_name, **self.table[(name, app_name)]})
