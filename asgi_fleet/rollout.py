@@ -121,7 +121,7 @@ def lb_idle_ms(app_keepalives: Iterable[int]) -> int:
     sending gets a reset; nginx retries a GET on the next server but, rightly,
     not a POST, which fails with 502. So nginx closes first: a second before
     the app would (its timer starts a little later than the app's, once it has
-    read the response), and never later than half the app's timeout.
+    read the response), or at half the app's timeout when that is under 2 s.
     """
     shortest = min(app_keepalives, default=1) * 1000
     return max(shortest - 1000, shortest // 2)
