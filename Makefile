@@ -45,10 +45,13 @@ bench: venv docker-engine fleet
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-# Re-lock the example app's requirements (hashes for every wheel, all Pythons).
+# Re-lock the example app's requirements and the hosts' tools (hashes for
+# every wheel, all Pythons).
 lock: venv
 	$(VENV)/bin/uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
 		example/requirements.in -o example/requirements.lock
+	$(VENV)/bin/uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
+		requirements/verify-tools.in -o requirements/verify-tools.lock
 
 clean: fleet-down
 	rm -rf .asgi-fleet

@@ -116,20 +116,6 @@ class AppPaths:
         return f"{self.venvs}/{venv_id}"
 
 
-VENV_MARKER = ".asgi-fleet-complete"  # written last: a venv without it is rebuilt
-
-
-def installed_dists_digest(venv: str) -> str:
-    """A digest of the distributions installed in a venv (their dist-info names).
-
-    Recorded when the venv is built and recomputed on every run: a package
-    removed or added by hand (say `pip uninstall uvloop`) changes it, and the
-    venv is rebuilt instead of trusted.
-    """
-    return (f"ls -d {q(venv)}/lib/python3*/site-packages/*.dist-info 2>/dev/null"
-            " | sed 's#.*/##' | LC_ALL=C sort | sha256sum | cut -c1-64")
-
-
 def writable_by_app(tree: str, app: str) -> str:
     """The first path under `tree` (symlinks aside) the app's user could change:
     not owned by root, writable by others, or by the app's group. One `find`."""
@@ -144,44 +130,6 @@ def curl_args(bind: str, path: str) -> list[str]:
     host, _, port = bind.rpartition(":")
     host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
     return [f"http://{host}:{port}{path}"]
-
-
-def build_virtualenv(
-    venv: str, lock: str, *, python: str = "python3", index_url: str | None = None,
-    ca_bundle: str | None = None, wheels: str | None = None, modules: tuple[str, ...] = (),
-) -> str:
-    """Create a virtualenv in place and install a hash-locked requirements file.
-
-    It is built where it will live (scripts carry the venv path in their
-    shebang, so it cannot be moved), and marked complete only at the end. A
-    half-built venv from an interrupted run has no marker and is rebuilt.
-    `modules` are single-file modules uploaded beside the venv as VENV.NAME.py,
-    moved into its site-packages (asgi-fleet's worker class). With `wheels`
-    (a tar of the lock's wheels, uploaded beside the venv), pip installs from
-    them alone and never asks an index.
-    """
-    pip = [f"{venv}/bin/pip", "install", "--no-input", "--disable-pip-version-check",
-           "--require-hashes", "--no-deps", "-r", lock]
-    unpacked = f"{venv}.wheels"
-    if wheels:
-        pip += ["--no-index", "--find-links", unpacked]
-    elif index_url:
-        pip += ["--index-url", index_url]
-    if ca_bundle and not wheels:
-        pip += ["--cert", ca_bundle]
-    return " && ".join([
-        f"rm -rf {q(venv)}",
-        f"{q(python)} -m venv {q(venv)}",
-        *([f"rm -rf {q(unpacked)}", f"mkdir -m 700 {q(unpacked)}", f"tar -xf {q(wheels)} -C {q(unpacked)}"]
-          if wheels else []),
-        " ".join(q(p) for p in pip),
-        *([f"rm -rf {q(unpacked)} {q(wheels)}"] if wheels else []),
-        f"{q(venv + '/bin/pip')} check",
-        *[f"install -m 644 {q(f'{venv}.{name}.py')} $(echo {q(venv)}/lib/python3*/site-packages)/{name}.py"
-          f" && rm {q(f'{venv}.{name}.py')}" for name in modules],
-        f"{{ sha256sum {q(lock)} | cut -c1-64; {installed_dists_digest(venv)}; }}"
-        f" > {q(venv + '/' + VENV_MARKER)}",
-    ])
 
 
 def loose_files(tree: str, group: str) -> str:

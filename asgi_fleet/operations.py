@@ -155,7 +155,8 @@ def file(path: str, content: bytes, user: str, group: str, mode: str, view: Host
 @view_operation(lambda path, app, **_: {"venvs": [{"path": path, "app": app}]})
 def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostView,
                index_url: str | None = None, ca_bundle: str | None = None,
-               wheelhouse: Wheelhouse | None = None, modules: dict[str, str] | None = None):
+               wheelhouse: Wheelhouse | None = None, modules: dict[str, str] | None = None,
+               uv: str | None = None):
     """
     Build a virtualenv from a hash-locked requirements file, once per lock.
 
@@ -169,6 +170,8 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostV
     + wheelhouse: the lock's wheels for this host's platform, from the
       controller (made only when a build is due): pip installs offline
     + modules: {module name: file on the controller} added to site-packages
+    + uv: uv on the host, which installs from a wheelhouse (else the agent
+      takes it from the wheelhouse's own uv wheel, else pip installs)
 
     **Example:**
 
@@ -196,8 +199,8 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostV
         yield FileUploadCommand(str(tarball), wheels)
     for name, src in (modules or {}).items():
         yield FileUploadCommand(src, f"{path}.{name}.py")
-    yield commands.build_virtualenv(path, lock, index_url=index_url, ca_bundle=ca_bundle, wheels=wheels,
-                                    modules=tuple(modules or ()))
+    yield agent_command("venv", {"venv": path, "lock": lock, "wheels": wheels, "uv": uv,
+                                 "index_url": index_url, "ca_bundle": ca_bundle, "modules": sorted(modules or ())})
 
 
 @view_operation(lambda path, group, **_: {"trees": [{"path": path, "group": group}]})

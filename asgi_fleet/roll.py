@@ -50,7 +50,6 @@ roll); each step is bounded by ``timeout`` and ``graceful_timeout``.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from typing import Any

@@ -17,6 +17,9 @@ from asgi_fleet.wheelhouse import Platform, Wheelhouse, WheelhouseError, parse_p
 PIP_CA_BUNDLE = "/etc/asgi-fleet/pip-ca.pem"
 VERIFY_TOOLS_LOCK = PACKAGE_DIR / "requirements" / "verify-tools.lock"
 VERIFY_TOOLS_VENV = "/opt/asgi-fleet/verify-tools"
+# uv, from the tools' lock: installs every virtualenv from a wheelhouse (the
+# tools' own with the uv binary out of its wheel, before this exists)
+HOST_UV = f"{VERIFY_TOOLS_VENV}/bin/uv"
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ def package_index(settings, probed: list[str], view) -> PipOptions:
 
 @deploy("Verification tools")
 def install_verify_tools(pip: PipOptions, view):
-    """py-spy, with which the verification suite reads live workers' stacks."""
+    """py-spy, with which the verification suite reads live workers' stacks,
+    and uv, which installs the apps' virtualenvs from their wheelhouses."""
     operations.directory(name="/opt/asgi-fleet/", path="/opt/asgi-fleet", user="root", group="root",
                          mode="755", view=view)
     operations.virtualenv(
@@ -60,7 +64,7 @@ def install_verify_tools(pip: PipOptions, view):
         lock_sha256=hashlib.sha256(VERIFY_TOOLS_LOCK.read_bytes()).hexdigest(),
         app="root",  # run by root only: no one else may be able to change it
         view=view, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
-        wheelhouse=pip.wheelhouse(VERIFY_TOOLS_LOCK),
+        wheelhouse=pip.wheelhouse(VERIFY_TOOLS_LOCK), uv=HOST_UV,
     )
 
 
@@ -77,4 +81,5 @@ def install_virtualenv(plan, pip: PipOptions, view):
         path=plan.venv_dir, lock_src=str(plan.lock_file), lock_sha256=plan.lock_sha256,
         app=plan.paths.app, view=view, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
         wheelhouse=pip.wheelhouse(plan.lock_file), modules={name: str(source) for name, source in WORKER_MODULES.items()},
+        uv=HOST_UV,
     )

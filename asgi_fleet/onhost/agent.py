@@ -1,6 +1,6 @@
 """asgi-fleet's program on each host: JSON in, JSON out. Standard library only.
 
-    python3 /opt/asgi-fleet/agent-VERSION.py state|preflight|activate|lock|prune REQUEST_JSON
+    python3 /opt/asgi-fleet/agent-VERSION.py state|preflight|activate|lock|prune|venv REQUEST_JSON
 
 `state` reads, in one round trip, everything the controller needs to decide
 what a host needs, for every app the request names:
@@ -31,7 +31,9 @@ journal tail, secrets redacted) is kept in a file beside the activation
 record, and printed.
 
 `lock` takes, gives back or reports the host's deploy lock; `prune` deletes
-releases and virtualenvs the controller chose. Each prints one JSON object.
+releases and virtualenvs the controller chose; `venv` builds a virtualenv
+from a hash-locked requirements file (with uv, offline, from the shipped
+wheelhouse; with pip from the host's index). Each prints one JSON object.
 
 The request says where things are (the controller's AppPaths): this program
 knows no layout of its own. What it cannot read is reported as null, never
@@ -212,12 +214,13 @@ def app_state(app: dict, systemctl: str) -> dict:
     }
 
 
-VENV_MARKER = ".asgi-fleet-complete"  # written last by the build (asgi_fleet.commands.build_virtualenv)
+VENV_MARKER = ".asgi-fleet-complete"  # written last by build_venv
 
 
 def dists_digest(venv: str) -> str:
-    """What asgi_fleet.commands.installed_dists_digest computes: sha256 over the
-    sorted names of the venv's dist-info directories, a line each."""
+    """sha256 over the sorted names of the venv's dist-info directories, a
+    line each: recorded at the build, and compared on every run (a package
+    removed or added by hand changes it, and the venv is rebuilt, not trusted)."""
     names = []
     for lib in sorted(glob_dirs(f"{venv}/lib", "python3")):
         site = os.path.join(lib, "site-packages")
@@ -493,6 +496,111 @@ def prune(request: dict) -> dict:
                 shutil.rmtree(target)
                 removed.append(f"{kind}/{name}")
     return {"outcome": "refused" if refused else "pruned", "removed": removed, "refused": refused}
+
+
+# --- virtualenvs -----------------------------------------------------------
+
+def lock_hashes(lock: str) -> set[str]:
+    """Every sha256 a hash-locked requirements file admits."""
+    text = read_text(lock) or ""
+    return {word.split(":", 1)[1] for word in text.split() if word.startswith("--hash=sha256:")}
+
+
+def bootstrap_uv(wheels_dir: str, lock: str, into: str) -> str | None:
+    """uv's binary, taken out of the uv wheel in an unpacked wheelhouse (a
+    wheel whose sha256 the lock admits) into `into`; None without one."""
+    import zipfile
+
+    admitted = lock_hashes(lock)
+    for name in sorted(os.listdir(wheels_dir)):
+        if not (name.startswith("uv-") and name.endswith(".whl")):
+            continue
+        wheel = os.path.join(wheels_dir, name)
+        with open(wheel, "rb") as handle:
+            if hashlib.sha256(handle.read()).hexdigest() not in admitted:
+                continue
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                if member.endswith(".data/scripts/uv"):
+                    with archive.open(member) as source, open(into, "wb") as target:
+                        shutil.copyfileobj(source, target)
+                    os.chmod(into, 0o700)
+                    return into
+    return None
+
+
+def install_argv(request: dict, venv: str, found_links: str | None, uv: str | None) -> list[list[str]]:
+    """The commands that create `venv` and install the lock into it, as argv
+    lists (no shell): uv from the wheelhouse, offline (the fastest way, and
+    bytecode compiled, as pip does: the app's user cannot write .pyc files
+    beside root's code); pip where there is no uv or no wheelhouse (the
+    host's own index, its CA bundle)."""
+    python, lock = request.get("python", "python3"), request["lock"]
+    if uv and found_links:
+        uv_pip = [uv, "pip", "install", "--no-config", "--no-cache", "--python", f"{venv}/bin/python",
+                  "--offline", "--no-index", "--find-links", found_links, "--require-hashes", "--no-deps",
+                  "--compile-bytecode", "-r", lock]
+        return [[uv, "venv", "--no-config", "--quiet", "--no-python-downloads", "--python", python, venv],
+                uv_pip, [uv, "pip", "check", "--no-config", "--python", f"{venv}/bin/python"]]
+    pip = [f"{venv}/bin/pip", "install", "--no-input", "--disable-pip-version-check", "--require-hashes",
+           "--no-deps", "-r", lock]
+    if found_links:
+        pip += ["--no-index", "--find-links", found_links]
+    else:
+        pip += ["--index-url", request["index_url"]] if request.get("index_url") else []
+        pip += ["--cert", request["ca_bundle"]] if request.get("ca_bundle") else []
+    return [[python, "-m", "venv", venv], pip, [f"{venv}/bin/pip", "check"]]
+
+
+def build_venv(request: dict) -> dict:
+    """Build a virtualenv where it will live (its scripts carry its path) from
+    a hash-locked requirements file, and mark it complete last: a half-built
+    one from an interrupted run has no marker and is rebuilt. `wheels`: a tar
+    of the lock's wheels shipped beside it (installed offline, never from an
+    index); `uv`: the host's uv, else one from the wheelhouse's own uv wheel;
+    `modules`: single-file modules shipped beside it as VENV.NAME.py, moved
+    into its site-packages (asgi-fleet's worker classes)."""
+    venv, lock, said = request["venv"], request["lock"], []
+    unpacked = f"{venv}.wheels" if request.get("wheels") else None
+    try:
+        shutil.rmtree(venv, ignore_errors=True)
+        uv = request.get("uv") if request.get("uv") and os.access(request["uv"], os.X_OK) else None
+        if unpacked:
+            shutil.rmtree(unpacked, ignore_errors=True)
+            os.mkdir(unpacked, 0o700)
+            import tarfile
+            with tarfile.open(request["wheels"]) as tar:  # the filter where this Python has it (3.11.4+)
+                tar.extractall(unpacked, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            uv = uv or bootstrap_uv(unpacked, lock, f"{venv}.uv")
+        installer = "uv" if uv and unpacked else "pip"
+        for argv in install_argv(request, venv, unpacked, uv):
+            done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  env=dict(os.environ, UV_PYTHON_DOWNLOADS="never"))
+            if done.returncode != 0:
+                words = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+                said.extend(words[-12:])
+                said.append(f"virtualenv {venv}: {os.path.basename(argv[0])} {argv[1]} failed "
+                             f"(status {done.returncode})")
+                return {"outcome": "failed", "said": said, "installer": installer}
+        site = glob_dirs(f"{venv}/lib", "python3")[0] + "/site-packages"
+        added = [f"{site}/{name}.py" for name in request.get("modules", [])]
+        for module in added:
+            shipped = f"{venv}.{os.path.basename(module)}"
+            shutil.copyfile(shipped, module)
+            os.chmod(module, 0o644)
+            os.unlink(shipped)
+        if added:  # their bytecode too, as the installer's
+            subprocess.run([f"{venv}/bin/python", "-m", "compileall", "-q", *added], capture_output=True)
+        with open(lock, "rb") as handle:
+            built = hashlib.sha256(handle.read()).hexdigest()
+        write_atomically(os.path.join(venv, VENV_MARKER), f"{built}\n{dists_digest(venv)}\n")
+        return {"outcome": "built", "said": said, "installer": installer}
+    finally:
+        for leftover in (unpacked, request.get("wheels"), f"{venv}.uv"):
+            if leftover and os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif leftover and os.path.exists(leftover):
+                os.unlink(leftover)
 
 
 # --- activation ------------------------------------------------------------
@@ -941,7 +1049,7 @@ def preflight(request: dict) -> dict:
 
 
 COMMANDS = {"state": state, "preflight": preflight, "activate": activate,
-            "run-activation": run_activation, "lock": lock, "prune": prune}
+            "run-activation": run_activation, "lock": lock, "prune": prune, "venv": build_venv}
 
 
 def main(argv: list[str]) -> int:

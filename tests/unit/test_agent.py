@@ -185,7 +185,7 @@ def test_prune_deletes_only_the_named_releases_and_venvs_by_name(tree):
 
 
 @pytest.mark.parametrize("args, says", [
-    ((), "usage: agent.py {state|preflight|activate|run-activation|lock|prune} REQUEST_JSON"),
+    ((), "usage: agent.py {state|preflight|activate|run-activation|lock|prune|venv} REQUEST_JSON"),
     (("launch", "{}"), "usage"),
     (("state", "{not json"), "the request is not JSON"),
 ])

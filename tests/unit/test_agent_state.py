@@ -16,8 +16,9 @@ from asgi_fleet.agent_state import (
     HostState, TreeState, VenvState, app_entry, merge_request, state_request,
 )
 from asgi_fleet.commands import (
-    VENV_MARKER, AppPaths, installed_dists_digest, loose_files, writable_by_app,
+    AppPaths, loose_files, writable_by_app,
 )
+from asgi_fleet.onhost.agent import VENV_MARKER
 from asgi_fleet.release import ReleasesState
 
 AGENT = Path(__file__).resolve().parents[2] / "asgi_fleet" / "onhost" / "agent.py"
@@ -89,8 +90,10 @@ def venv(tmp_path):
 
 def test_a_venv_reads_as_its_build_recorded_it_and_the_verifier_finds_what_the_deploy_would_rebuild(
         tmp_path, venv):
-    # the build writes its marker with the shell's digest; the agent must compute the same one
-    (venv / VENV_MARKER).write_text(f"lock-digest\n{shell(installed_dists_digest(str(venv)))}\n")
+    # the digest of the dist-info names, sorted, a line each: what the build's marker records
+    names = sorted(p.name for p in venv.glob("lib/python3*/site-packages/*.dist-info"))
+    dists = hashlib.sha256("".join(f"{name}\n" for name in names).encode()).hexdigest()
+    (venv / VENV_MARKER).write_text(f"lock-digest\n{dists}\n")
     request = {"venvs": [{"path": str(venv), "app": "daemon"}], "systemctl": str(tmp_path / "none")}
     found = run_agent(request).venv(str(venv))
     assert found == VenvState("lock-digest", found.dists, found.dists, "")

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_fleet import commands, rollout, secrets
+from asgi_fleet import rollout, secrets
 from asgi_fleet.agent_state import activation_request, agent_command, preflight_request
 from asgi_fleet.commands import AppPaths
+from asgi_fleet.onhost.agent import install_argv
 from asgi_fleet.rollout import PERCENT_RE
 from asgi_fleet.settings import InvalidSettings, app_settings
 from asgi_fleet.sizing import WorkerPlan
@@ -189,8 +190,8 @@ def test_extra_system_packages(defaults, value):
 @given(value=st.one_of(hostile, near("https://pypi.example.com/simple")))
 def test_pip_index_url(defaults, value):
     if outcome(defaults, "pip_index_url", value):
-        words = shlex.split(commands.build_virtualenv("/v", "/l", index_url=value).split(" && ")[2])
-        assert words[words.index("--index-url") + 1] == value
+        create, pip, check = install_argv({"lock": "/l", "index_url": value}, "/v", None, None)
+        assert pip[pip.index("--index-url") + 1] == value and pip[0] == "/v/bin/pip"  # one argument, no shell
 
 
 @EXAMPLES

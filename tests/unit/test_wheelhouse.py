@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from hypothesis import given, strategies as st
 
 from asgi_fleet.commands import AppPaths, before_planning, parse_before_planning
 from asgi_fleet.facts import BeforePlanning
+from asgi_fleet.onhost.agent import VENV_MARKER
 from asgi_fleet.wheelhouse import (
     Platform, Wheelhouse, WheelhouseError, parse_platform, requirements_for,
 )
@@ -156,23 +158,90 @@ def test_a_wheel_that_does_not_match_the_locks_hash_is_refused(tmp_path, offline
     assert [p.name for p in (tmp_path / "cache" / "wheelhouse").iterdir()] == []  # no half-made one left
 
 
-def test_a_host_builds_its_virtualenv_from_the_wheelhouse_with_its_index_unreachable(tmp_path, offline_index):
-    """build_virtualenv run for real: pip is given a closed port on loopback as
-    its index, and installs from the shipped tar alone."""
-    from asgi_fleet.commands import VENV_MARKER, build_virtualenv
+AGENT = Path(__file__).resolve().parents[2] / "asgi_fleet" / "onhost" / "agent.py"
+REAL_UV = Path(sys.executable).with_name("uv")  # the controller's, pinned in pyproject.toml
 
+
+def a_uv_wheel(directory: Path, script: str) -> Path:
+    """A wheel shaped like uv's: its binary in uv-VERSION.data/scripts/uv."""
+    wheel = directory / "uv-9.9-py3-none-manylinux_2_17_x86_64.whl"
+    files = {"uv-9.9.data/scripts/uv": script,
+             "uv-9.9.dist-info/METADATA": "Metadata-Version: 2.1\nName: uv\nVersion: 9.9\n",
+             "uv-9.9.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
+                                       "Tag: py3-none-manylinux_2_17_x86_64\n"}
+    record = "".join(f"{path},,\n" for path in files) + "uv-9.9.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in {**files, "uv-9.9.dist-info/RECORD": record}.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def build_venv(tmp_path: Path, lock: Path, shipped_from: Path | None = None,
+               **request) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """The agent's `venv` run for real, on the wheelhouse of `lock` (or of
+    `shipped_from`) shipped beside the venv, with a closed port on loopback
+    as the index."""
+    venv = tmp_path / "venvs" / "0123"
+    venv.parent.mkdir(exist_ok=True)
+    shipped = Path(f"{venv}.wheels.tar")
+    shipped.write_bytes(Wheelhouse(shipped_from or lock, BOOKWORM).tarball().read_bytes())
+    request = {"venv": str(venv), "lock": str(lock), "wheels": str(shipped),
+               "index_url": "http://127.0.0.1:9/simple", "modules": []} | request
+    env = {"PATH": "/usr/bin:/bin", "PIP_CONFIG_FILE": "/dev/null", "HOME": str(tmp_path)}
+    run = subprocess.run([sys.executable, str(AGENT), "venv", json.dumps(request)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    return venv, json.loads(run.stdout), run
+
+
+def test_a_host_builds_its_virtualenv_with_uv_from_the_wheelhouse_with_its_index_unreachable(
+        tmp_path, offline_index):
+    """The wheelhouse carries uv's wheel (here one whose binary runs the real
+    uv, and tells it ran): the agent takes uv out of it and installs offline,
+    hash-checked, bytecode compiled (the app's user cannot write .pyc files)."""
+    ran = tmp_path / "uv-ran"
+    uv_wheel = a_uv_wheel(offline_index, f"#!/bin/sh\ntouch {ran}\nexec {REAL_UV} \"$@\"\n")
+    wheel = a_wheel(offline_index, "tinydep", "1.0")
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"tinydep==1.0 \\\n    --hash=sha256:{sha256(wheel)}\n"
+                    f"uv==9.9 \\\n    --hash=sha256:{sha256(uv_wheel)}\n")
+    venv = tmp_path / "venvs" / "0123"
+    venv.parent.mkdir()
+    Path(f"{venv}.asgi_fleet_worker.py").write_text("WORKER = 1\n")
+    venv, answer, run = build_venv(tmp_path, lock, modules=["asgi_fleet_worker"])
+    assert run.returncode == 0 and answer["outcome"] == "built", run.stderr
+    assert answer["installer"] == "uv" and ran.exists()
+    assert subprocess.check_output([venv / "bin/python", "-c", "import tinydep, asgi_fleet_worker; "
+                                    "print(tinydep.VALUE, asgi_fleet_worker.WORKER)"], text=True).split() == ["1", "1"]
+    site = next(venv.glob("lib/python3*/site-packages"))
+    assert list(site.glob("__pycache__/tinydep.*.pyc")) and list(site.glob("__pycache__/asgi_fleet_worker.*.pyc"))
+    assert not (venv / "bin" / "pip").exists()
+    marker = (venv / VENV_MARKER).read_text().split()
+    assert marker[0] == sha256(lock) and len(marker) == 2
+    assert sorted(p.name for p in venv.parent.iterdir()) == ["0123"]  # the tar, its unpacking, uv: gone
+
+
+def test_a_uv_wheel_the_lock_does_not_admit_is_never_run_and_pip_installs_instead(tmp_path, offline_index):
+    ran = tmp_path / "uv-ran"
+    a_uv_wheel(offline_index, f"#!/bin/sh\ntouch {ran}\nexit 1\n")  # not in the lock: any such file
     wheel = a_wheel(offline_index, "tinydep", "1.0")
     lock = tmp_path / "requirements.lock"
     lock.write_text(f"tinydep==1.0 \\\n    --hash=sha256:{sha256(wheel)}\n")
-    venv = tmp_path / "venvs" / "0123"
-    venv.parent.mkdir()
-    shipped = Path(f"{venv}.wheels.tar")
-    shipped.write_bytes(Wheelhouse(lock, BOOKWORM).tarball().read_bytes())
-    script = build_virtualenv(str(venv), str(lock), index_url="http://127.0.0.1:9/simple", wheels=str(shipped))
-    env = {"PATH": "/usr/bin:/bin", "PIP_CONFIG_FILE": "/dev/null", "HOME": str(tmp_path)}
-    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=300, env=env)
-    assert run.returncode == 0, run.stderr
+    venv, answer, run = build_venv(tmp_path, lock)
+    assert run.returncode == 0 and answer["outcome"] == "built", run.stderr
+    assert answer["installer"] == "pip" and not ran.exists()
     assert subprocess.check_output([venv / "bin/python", "-c", "import tinydep; print(tinydep.VALUE)"],
                                    text=True).strip() == "1"
-    assert (venv / VENV_MARKER).read_text().split()[0] == sha256(lock)
-    assert sorted(p.name for p in venv.parent.iterdir()) == ["0123"]  # the tar and its unpacking are gone
+    assert sorted(p.name for p in venv.parent.iterdir()) == ["0123"]
+
+
+def test_a_failed_install_says_why_and_leaves_no_complete_virtualenv(tmp_path, offline_index):
+    wheel = a_wheel(offline_index, "tinydep", "1.0")
+    shipped = tmp_path / "shipped.lock"
+    shipped.write_text(f"tinydep==1.0 \\\n    --hash=sha256:{sha256(wheel)}\n")
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(shipped.read_text() + f"otherdep==2.0 \\\n    --hash=sha256:{'2' * 64}\n")  # not shipped
+    venv, answer, run = build_venv(tmp_path, lock, shipped_from=shipped, uv=str(REAL_UV))
+    assert run.returncode == 1 and answer["outcome"] == "failed" and answer["installer"] == "uv"
+    assert "otherdep" in "\n".join(answer["said"]) and "uv pip failed" in answer["said"][-1]
+    assert not (venv / VENV_MARKER).exists()
+    assert sorted(p.name for p in venv.parent.iterdir()) == ["0123"]
