@@ -582,6 +582,11 @@ def build_venv(request: dict) -> dict:
                 said.append(f"virtualenv {venv}: {os.path.basename(argv[0])} {argv[1]} failed "
                              f"(status {done.returncode})")
                 return {"outcome": "failed", "said": said, "installer": installer}
+        if installer == "uv":  # uv's lock file for its own runs, made writable by all (0666)
+            try:
+                os.unlink(os.path.join(venv, ".lock"))
+            except FileNotFoundError:
+                pass
         site = glob_dirs(f"{venv}/lib", "python3")[0] + "/site-packages"
         added = [f"{site}/{name}.py" for name in request.get("modules", [])]
         for module in added:

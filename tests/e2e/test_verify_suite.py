@@ -52,7 +52,8 @@ BREAKS = {
         "deploy",
     ),
     "no-fast-stack": (
-        f"{VENV}/bin/pip uninstall -y -q uvloop httptools && systemctl restart {SERVICE}",
+        f"cd {VENV}/lib/python3*/site-packages && rm -r uvloop uvloop-*.dist-info httptools httptools-*.dist-info"
+        f" && systemctl restart {SERVICE}",  # as an uninstall would (the venv has no pip: uv built it)
         f"[ $({WORKERS} | wc -w) = 2 ] && curl -sf 127.0.0.1:8000/healthz",
         {"workers_run_uvloop_and_httptools"},
         "uvicorn silently fell back to asyncio/h11",

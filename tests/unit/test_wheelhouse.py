@@ -215,6 +215,7 @@ def test_a_host_builds_its_virtualenv_with_uv_from_the_wheelhouse_with_its_index
     site = next(venv.glob("lib/python3*/site-packages"))
     assert list(site.glob("__pycache__/tinydep.*.pyc")) and list(site.glob("__pycache__/asgi_fleet_worker.*.pyc"))
     assert not (venv / "bin" / "pip").exists()
+    assert [p for p in venv.rglob("*") if not p.is_symlink() and p.stat().st_mode & 0o002] == []  # root's only
     marker = (venv / VENV_MARKER).read_text().split()
     assert marker[0] == sha256(lock) and len(marker) == 2
     assert sorted(p.name for p in venv.parent.iterdir()) == ["0123"]  # the tar, its unpacking, uv: gone
