@@ -38,6 +38,13 @@ set just above the age counter as it was before the roll, so the reload's
 final wait (for the workers older than the reload) waits only for old
 workers still draining, and later workers stay younger.
 
+Each new worker imports the app at the lowest CPU priority (nice 19, from
+gunicorn's ``post_fork`` hook, :func:`boot_behind_the_old`) and returns to
+its own before it serves (``post_worker_init``, :func:`serve_at_full_priority`):
+the old workers serving beside it on the same CPUs come first, so a request
+waits on them, not behind an import. It does so only where it can come back
+(the unit's ``LimitNICE``) and the sandbox lets it (``setpriority``).
+
 A new worker that fails to boot, or does not serve within ``timeout``, ends
 the roll: it is stopped and the old workers not replaced yet keep serving,
 where a plain HUP would halt gunicorn ("Worker failed to boot") and leave
@@ -50,15 +57,21 @@ roll); each step is bounded by ``timeout`` and ``graceful_timeout``.
 
 from __future__ import annotations
 
+import os
+import resource
 import signal
 import time
 from typing import Any
 
 from gunicorn.errors import HaltServer
 
-__all__ = ["roll_workers"]
+__all__ = ["boot_behind_the_old", "roll_workers", "serve_at_full_priority"]
 
 POLL_SECONDS = 0.02
+BOOT_NICE = 19  # a new worker's CPU priority while it imports the app beside old workers
+ROLLING = "asgi_fleet_rolling"  # set on the arbiter while it rolls: its new workers boot behind the old
+BOOT_PRIORITY = "asgi_fleet_boot_priority"  # on a worker that booted behind: the priority it returns to
+CAP_SYS_NICE = 23  # linux/capability.h
 
 
 def roll_workers(arbiter: Any) -> None:
@@ -69,25 +82,74 @@ def roll_workers(arbiter: Any) -> None:
     age_before, want = arbiter.worker_age, arbiter.num_workers
     old = [pid for pid, _ in sorted(arbiter.WORKERS.items(), key=lambda item: item[1].age)]
     rolled = []
-    for step in range(max(len(old), want)):
-        if len(rolled) < want:
-            new_pid = arbiter.spawn_worker()
-            new = arbiter.WORKERS[new_pid]
-            problem = _wait_until_serving(arbiter, new_pid, new)
-            if problem:
-                log.error("reload one at a time: new worker %s %s; the roll stops after %d of %d, "
-                          "the old workers left keep serving", new_pid, problem, len(rolled), want)
-                break
-            rolled.append(new)
-            log.info("reload one at a time: worker %s serves (%d of %d)", new_pid, len(rolled), want)
-        if step < len(old):
-            _retire(arbiter, old[step], cfg.keepalive + 1)
+    setattr(arbiter, ROLLING, True)
+    try:
+        for step in range(max(len(old), want)):
+            if len(rolled) < want:
+                new_pid = arbiter.spawn_worker()
+                new = arbiter.WORKERS[new_pid]
+                problem = _wait_until_serving(arbiter, new_pid, new)
+                if problem:
+                    log.error("reload one at a time: new worker %s %s; the roll stops after %d of %d, "
+                              "the old workers left keep serving", new_pid, problem, len(rolled), want)
+                    break
+                rolled.append(new)
+                log.info("reload one at a time: worker %s serves (%d of %d)", new_pid, len(rolled), want)
+            if step < len(old):
+                _retire(arbiter, old[step], cfg.keepalive + 1)
+    finally:
+        setattr(arbiter, ROLLING, False)
     # gunicorn's reload forks `workers` after this hook and then waits for
     # every worker older than its age counter: neither is wanted now.
     cfg.set("workers", 0)
     arbiter.worker_age = age_before
     for place, worker in enumerate(rolled, 1):
         worker.age = age_before + place / (len(rolled) + 1)
+
+
+def boot_behind_the_old(arbiter: Any, worker: Any) -> None:
+    """gunicorn's ``post_fork``, in a new worker: one that a roll starts
+    imports the app at nice BOOT_NICE. Not where it could not return to its
+    priority (the unit's LimitNICE) or may not change it (the sandbox)."""
+    if not getattr(arbiter, ROLLING, False):
+        return
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    if not _may_return_to(before):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, BOOT_NICE)
+    except OSError:  # the sandbox's system call filter
+        return
+    setattr(worker, BOOT_PRIORITY, before)
+
+
+def _may_return_to(priority: int) -> bool:
+    """Whether this process may raise its priority back to `priority` (the
+    kernel's can_nice: RLIMIT_NICE, else CAP_SYS_NICE)."""
+    limit = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    if limit == resource.RLIM_INFINITY or 20 - priority <= limit:
+        return True
+    try:
+        with open("/proc/self/status") as status:
+            effective = next(line.split()[1] for line in status if line.startswith("CapEff:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(effective, 16) >> CAP_SYS_NICE & 1)
+
+
+def serve_at_full_priority(worker: Any) -> None:
+    """gunicorn's ``post_worker_init``: the app is imported; the worker (every
+    thread of it: Linux keeps a priority per thread) returns to its priority
+    before it serves."""
+    before = getattr(worker, BOOT_PRIORITY, None)
+    if before is None:
+        return
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(thread), before)
+        except OSError as error:
+            worker.log.warning("reload one at a time: thread %s of worker %s stays at nice %s: %s",
+                               thread, os.getpid(), BOOT_NICE, error)
 
 
 def _wait_until_serving(arbiter: Any, pid: int, worker: Any) -> str:

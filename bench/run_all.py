@@ -37,6 +37,7 @@ BENCHMARKS = [
     ("scaling", "Scaling with fleet size", []),
     ("noop_scale", "The no-op re-run at scale: 1, 8 and 32 cloned hosts", []),
     ("activation_latency", "Activation under load: the stock recipe against asgi-fleet (one worker at a time, and all at once)", []),
+    ("calm_boot", "A roll's new worker importing the app at nice 19, against at its own priority", []),
     ("rolling_deploy", "One rolling deploy through the load balancer", []),
     ("throughput", "Served throughput on one host", ["--rounds", "2"]),
     ("verify_scale", "Verify at fleet scale: serial against pytest-xdist", []),

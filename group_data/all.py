@@ -102,8 +102,9 @@ extra_system_packages = []  # more Debian packages, e.g. ["libpq5"] for the app'
 apt_cache_time = 86400  # seconds before apt's lists count as stale: a re-run stays offline
 # The controller downloads each lock's wheels once per host platform (Python,
 # machine, glibc: bookworm and trixie are two) with its own pip configuration,
-# caches them (~/.cache/asgi-fleet) and ships them: hosts install offline and
-# need no index. False: each host installs from its package index below.
+# caches them (~/.cache/asgi-fleet) and ships them: hosts install offline, with
+# uv, and need no index. False: each host installs from its package index
+# below, with pip.
 wheelhouse = True
 pip_index_url = None  # a private index or mirror, e.g. "https://pypi.example.com/simple"
 pip_ca_bundle = None  # a CA bundle on the controller, uploaded for pip (a TLS proxy, a private CA)

@@ -564,6 +564,7 @@ def build_venv(request: dict) -> dict:
     unpacked = f"{venv}.wheels" if request.get("wheels") else None
     try:
         shutil.rmtree(venv, ignore_errors=True)
+        # after the removal: the tools' venv, rebuilt, takes uv from its wheelhouse, not from itself
         uv = request.get("uv") if request.get("uv") and os.access(request["uv"], os.X_OK) else None
         if unpacked:
             shutil.rmtree(unpacked, ignore_errors=True)

@@ -30,6 +30,7 @@ import asyncio, os, pathlib
 VERSION = pathlib.Path("version.txt").read_text().strip()
 if VERSION == "broken":
     raise RuntimeError("this release cannot start")
+pathlib.Path(os.environ["MARKS"], f"nice-{os.getpid()}").write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
 
 
 async def app(scope, receive, send):
@@ -44,7 +45,7 @@ async def app(scope, receive, send):
                 await asyncio.sleep(0.5)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    body = f"{VERSION} {os.getpid()}".encode()
+    body = f"{VERSION} {os.getpid()} {os.getpriority(os.PRIO_PROCESS, 0)}".encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -58,13 +59,14 @@ timeout = 20
 graceful_timeout = 5
 keepalive = 1
 '''
-ROLL = "from asgi_fleet_roll import roll_workers as on_reload\n"
+ROLL = ("from asgi_fleet_roll import roll_workers as on_reload\n"
+        "from asgi_fleet_roll import boot_behind_the_old as post_fork, serve_at_full_priority as post_worker_init\n")
 
 
 
 
 class Master:
-    def __init__(self, root: Path, one_at_a_time: bool):
+    def __init__(self, root: Path, one_at_a_time: bool, may_nice: bool = True):
         self.root, self.port, self.marks = root, free_port(), root / "marks"
         self.one_at_a_time = one_at_a_time
         self.marks.mkdir(parents=True)
@@ -73,8 +75,11 @@ class Master:
         shutil.copy(worker.__file__, root / "asgi_fleet_worker.py")  # their names on a host
         shutil.copy(roll.__file__, root / "asgi_fleet_roll.py")
         self.configure(WORKERS)
+        # may_nice=False: without CAP_SYS_NICE, and RLIMIT_NICE as a unit without LimitNICE leaves it
+        without = [] if may_nice else ["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--no-control-socket", "app:app"],
+            [*without, sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--no-control-socket",
+             "app:app"],
             cwd=root, env=os.environ | {"PYTHONPATH": str(root), "MARKS": str(self.marks)},
             stdout=subprocess.DEVNULL, stderr=open(root / "gunicorn.log", "w"))
         self.wait_for(lambda: self.serving() == {"v1"} and len(self.workers()) == WORKERS, 30)
@@ -92,6 +97,9 @@ class Master:
             return (self.marks / str(pid)).read_text()
         except FileNotFoundError:
             return None
+
+    def import_nice(self, pid: int) -> str:
+        return (self.marks / f"nice-{pid}").read_text()
 
     def serving(self) -> set[str]:
         return {self.started(pid) for pid in self.workers()}
@@ -131,8 +139,8 @@ class Master:
 def master(tmp_path):
     started = []
 
-    def start(one_at_a_time: bool) -> Master:
-        started.append(Master(tmp_path / str(len(started)), one_at_a_time))
+    def start(one_at_a_time: bool, **options) -> Master:
+        started.append(Master(tmp_path / str(len(started)), one_at_a_time, **options))
         return started[-1]
 
     yield start
@@ -183,3 +191,20 @@ def test_a_new_worker_count_is_reached_one_worker_at_a_time(master, count):
     samples = m.reload_to("v2", lambda: m.serving() == {"v2"} and len(m.workers()) == count)
     assert max(n for n, _ in samples) <= max(count, WORKERS) + 1, samples  # never two new ones at once
     assert min(serving for _, serving in samples) >= min(count, WORKERS), samples
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="CAP_SYS_NICE stands in for the unit's LimitNICE=+0")
+@pytest.mark.parametrize("may_nice, import_nice", [(True, "19"), (False, "0")])
+def test_a_rolled_worker_imports_the_app_behind_the_old_ones_and_serves_at_its_own_priority(
+        master, may_nice, import_nice):
+    """A new worker of a roll imports the app at nice 19 and serves at 0 where
+    it may come back (the unit's LimitNICE=+0 on a host, CAP_SYS_NICE here);
+    where it may not, it never leaves 0. The e2e test sees it on the fleet."""
+    m = master(one_at_a_time=True, may_nice=may_nice)
+    assert {m.import_nice(pid) for pid in m.workers()} == {"0"}  # a start is not a roll: nothing serves beside
+    m.reload_to("v2", on_v2(m))
+    assert {m.import_nice(pid) for pid in m.workers()} == {import_nice}
+    for pid in m.workers():  # every thread of it (a priority is a thread's)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            assert (task / "stat").read_text().rsplit(")", 1)[1].split()[16] == "0", (pid, task.name)
+    assert {m.answer().split()[2] for _ in range(6)} == {"0"}
