@@ -817,7 +817,13 @@ class Activation:
         return self.systemctl_run([["daemon-reload"]]) if self.request.get("reload_units") else None
 
     def enable_and_listen(self) -> str | None:
-        return self.systemctl_run([["enable", "--quiet", "{socket}", "{service}"], ["start", "{socket}"]])
+        # `enable` takes 0.1 s even when there is nothing to do, `is-enabled` 7 ms (a
+        # unit at a time: given several, it answers whether any is enabled)
+        enabled = all(subprocess.run([self.systemctl, "is-enabled", "--quiet", self.request[unit]],
+                                     capture_output=True, timeout=60).returncode == 0
+                      for unit in ("socket", "service"))
+        return self.systemctl_run(([] if enabled else [["enable", "--quiet", "{socket}", "{service}"]])
+                                  + [["start", "{socket}"]])
 
     def run(self) -> dict:
         request, app = self.request, self.request["app"]

@@ -171,6 +171,9 @@ def test_a_reload_replaces_the_workers_one_at_a_time_under_load(web1, inventory,
     cwds = web1.check_output(f"for w in $(cat /proc/{master_pid(web1)}/task/*/children); do "
                              "readlink /proc/$w/cwd; done").split()
     assert cwds == [f"/srv/hello/releases/{release}"] * workers, cwds
+    # whatever priority each imported the app at, every worker serves at nice 0
+    nice = web1.check_output(f"ps -o ni= -p \"$(cat /proc/{master_pid(web1)}/task/*/children | xargs | tr ' ' ,)\"").split()
+    assert nice == ["0"] * workers, nice
 
 
 @pytest.mark.parametrize("broken, cause", [

@@ -68,6 +68,14 @@ elif verb in ("start", "restart", "reload", "reload-or-restart") and args[-1].en
     start()
 elif verb == "stop" and args[-1].endswith(".service"):
     stop()
+elif verb in ("enable", "is-enabled"):  # what is enabled, a unit a line
+    path = os.path.join(here, "enabled")
+    enabled = set(open(path).read().split()) if os.path.exists(path) else set()
+    units = [a for a in args if not a.startswith("-")]
+    if verb == "enable":
+        open(path, "w").write("\n".join(sorted(enabled | set(units))))
+    elif not set(units) <= enabled:
+        sys.exit(1)
 '''
 
 
@@ -179,11 +187,16 @@ def test_a_reload_installs_switches_and_passes_the_gate_on_the_new_release(host,
     assert all(s["ok"] and s["ended"] >= s["started"] for s in result["steps"])
     assert "reload hello.service" in calls(host)
     assert "daemon-reload" not in calls(host)  # no unit changed
+    assert "enable --quiet hello.socket hello.service" in calls(host)
     # the result and the window verify reads, kept on the host
     assert json.loads(Path(req["result"]).read_text()) == result
     start, end, status = Path(req["record"]).read_text().split()
     assert int(start) <= int(end) and status == "0"
     assert ActivationResult.parse(json.dumps(result)).health == "healthy"
+    # the next activation finds both enabled, and leaves them so
+    again = run_activation(request(host, tmp_path, release_id="r1", previous="r2", kind="reload"))
+    assert again["outcome"] == "activated", again["said"]
+    assert [c for c in calls(host) if c.startswith("enable")] == ["enable --quiet hello.socket hello.service"]
 
 
 def test_a_release_that_fails_its_gate_is_rolled_back_with_its_files_and_the_journal_redacted(host, tmp_path):
