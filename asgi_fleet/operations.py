@@ -168,7 +168,7 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostV
     + index_url: a package index to use instead of PyPI
     + ca_bundle: a CA bundle on the host for pip (TLS proxy, private CA)
     + wheelhouse: the lock's wheels for this host's platform, from the
-      controller (made only when a build is due): pip installs offline
+      controller (made only when a build is due): installed offline
     + modules: {module name: file on the controller} added to site-packages
     + uv: uv on the host, which installs from a wheelhouse (else the agent
       takes it from the wheelhouse's own uv wheel, else pip installs)
@@ -199,8 +199,8 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostV
         yield FileUploadCommand(str(tarball), wheels)
     for name, src in (modules or {}).items():
         yield FileUploadCommand(src, f"{path}.{name}.py")
-    yield agent_command("venv", {"venv": path, "lock": lock, "wheels": wheels, "uv": uv,
-                                 "index_url": index_url, "ca_bundle": ca_bundle, "modules": sorted(modules or ())})
+    yield agent_command("venv", {"venv": path, "lock": lock, "wheels": wheels, "uv": uv, "index_url": index_url,
+                                 "ca_bundle": ca_bundle, "modules": sorted(modules or ())})
 
 
 @view_operation(lambda path, group, **_: {"trees": [{"path": path, "group": group}]})
