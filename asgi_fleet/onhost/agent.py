@@ -56,6 +56,10 @@ import sys
 import time
 
 VERSION = 1
+# The units this program starts for the deploy (preflight's canary and check,
+# the activation) run at the nice the controller runs it at
+# (asgi_fleet.agent_state.AGENT_NICE): they yield the CPUs to the app serving.
+DEPLOY_NICE = ["-p", "Nice=10"]
 
 
 def read_text(path: str) -> str | None:
@@ -969,7 +973,7 @@ def activate(request: dict) -> dict:
         os.unlink(result_file)
     subprocess.run([systemctl, "reset-failed", unit], capture_output=True, timeout=20)
     argv = [request.get("systemd_run", "systemd-run"), "--quiet", "--wait", "--collect", f"--unit={unit}",
-            "-p", f"StandardOutput=truncate:{log}", "-p", f"StandardError=file:{log}",
+            "-p", f"StandardOutput=truncate:{log}", "-p", f"StandardError=file:{log}", *DEPLOY_NICE,
             sys.executable, os.path.abspath(__file__), "run-activation", json.dumps(request)]
     done = subprocess.run(argv, capture_output=True, text=True)
     try:
@@ -1007,7 +1011,7 @@ def preflight(request: dict) -> dict:
     systemd_run = request.get("systemd_run", "systemd-run")
     conf, unit = request["config"], request["unit"]
     said: list[str] = []
-    as_app = ["-p", f"User={app}", "-p", f"Group={app}", "-p", f"EnvironmentFile={request['env_file']}",
+    as_app = [*DEPLOY_NICE, "-p", f"User={app}", "-p", f"Group={app}", "-p", f"EnvironmentFile={request['env_file']}",
               "-p", f"WorkingDirectory={release}", "-E", f"ASGI_FLEET_PREFLIGHT_RELEASE={release}",
               "-E", f"ASGI_FLEET_PREFLIGHT_SECRETS={request['secrets_file']}"]
     gunicorn = f"{release}/.venv/bin/gunicorn"
