@@ -19,10 +19,6 @@ from asgi_fleet.sizing import HostResources, resources_from_agent
 
 AGENT_SOURCE = Path(__file__).with_name("onhost") / "agent.py"
 AGENT_DIR = "/opt/asgi-fleet"  # one file per agent version: agent-DIGEST.py
-# The deploy's own work on a host (the agent, and the units it starts for
-# preflight and the activation: agent.DEPLOY_NICE) yields the CPUs to the app
-# serving beside it; on an idle host it is no slower.
-AGENT_NICE = 10
 _END = "ASGI_FLEET_AGENT_END"
 
 
@@ -44,14 +40,14 @@ def agent_command(subcommand: str, request: dict, install: bool = True) -> str:
     quoted = shell(json.dumps(request, sort_keys=True))
     if not install:
         return (f"command -v python3 >/dev/null 2>&1 || {{ echo null; exit 0; }}\n"
-                f"exec nice -n {AGENT_NICE} python3 - {subcommand} {quoted} <<'{_END}'\n{source}{_END}\n")
+                f"exec python3 - {subcommand} {quoted} <<'{_END}'\n{source}{_END}\n")
     return (f"command -v python3 >/dev/null 2>&1 || {{ echo null; exit 0; }}\n"
             f"if [ ! -f {path} ]; then\n"
             f"mkdir -p -m 755 {AGENT_DIR} && cat > {path}.$$ <<'{_END}'\n{source}{_END}\n"
             f"chmod 755 {path}.$$ && mv -f {path}.$$ {path} || exit 1\n"
             f"find {AGENT_DIR} -maxdepth 1 -name 'agent-*.py' ! -name {path.rsplit('/', 1)[1]} -delete\n"
             f"fi\n"
-            f"exec nice -n {AGENT_NICE} python3 {path} {subcommand} {quoted}\n")
+            f"exec python3 {path} {subcommand} {quoted}\n")
 
 
 def parse_answer(text: str) -> dict | None:

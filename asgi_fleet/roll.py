@@ -43,7 +43,10 @@ gunicorn's ``post_fork`` hook, :func:`boot_behind_the_old`) and returns to
 its own before it serves (``post_worker_init``, :func:`serve_at_full_priority`):
 the old workers serving beside it on the same CPUs come first, so a request
 waits on them, not behind an import. It does so only where it can come back
-(the unit's ``LimitNICE``) and the sandbox lets it (``setpriority``).
+(the unit's ``LimitNICE``) and the sandbox lets it (``setpriority``), and for
+at most a quarter of ``timeout``: on CPUs the old workers keep busy, a worker
+at nice 19 gets almost none, and its import goes on at its own priority
+rather than run into ``timeout`` and end the roll.
 
 A new worker that fails to boot, or does not serve within ``timeout``, ends
 the roll: it is stopped and the old workers not replaced yet keep serving,
@@ -60,6 +63,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import threading
 import time
 from typing import Any
 
@@ -71,6 +75,7 @@ POLL_SECONDS = 0.02
 BOOT_NICE = 19  # a new worker's CPU priority while it imports the app beside old workers
 ROLLING = "asgi_fleet_rolling"  # set on the arbiter while it rolls: its new workers boot behind the old
 BOOT_PRIORITY = "asgi_fleet_boot_priority"  # on a worker that booted behind: the priority it returns to
+BOOT_BEHIND = "asgi_fleet_boot_behind"  # on such a worker: the timer that ends its time behind
 CAP_SYS_NICE = 23  # linux/capability.h
 
 
@@ -121,6 +126,10 @@ def boot_behind_the_old(arbiter: Any, worker: Any) -> None:
     except OSError:  # the sandbox's system call filter
         return
     setattr(worker, BOOT_PRIORITY, before)
+    behind = threading.Timer(worker.cfg.timeout / 4, serve_at_full_priority, args=(worker,))
+    behind.daemon = True
+    setattr(worker, BOOT_BEHIND, behind)
+    behind.start()
 
 
 def _may_return_to(priority: int) -> bool:
@@ -140,10 +149,13 @@ def _may_return_to(priority: int) -> bool:
 def serve_at_full_priority(worker: Any) -> None:
     """gunicorn's ``post_worker_init``: the app is imported; the worker (every
     thread of it: Linux keeps a priority per thread) returns to its priority
-    before it serves."""
+    before it serves. Also the end of its time behind, if that comes first."""
     before = getattr(worker, BOOT_PRIORITY, None)
     if before is None:
         return
+    behind = getattr(worker, BOOT_BEHIND, None)
+    if behind is not None and behind is not threading.current_thread():
+        behind.cancel()
     for thread in os.listdir("/proc/self/task"):
         try:
             os.setpriority(os.PRIO_PROCESS, int(thread), before)

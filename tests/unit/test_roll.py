@@ -31,6 +31,11 @@ VERSION = pathlib.Path("version.txt").read_text().strip()
 if VERSION == "broken":
     raise RuntimeError("this release cannot start")
 pathlib.Path(os.environ["MARKS"], f"nice-{os.getpid()}").write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
+if VERSION == "slow-import":  # longer than a quarter of timeout
+    import time
+    time.sleep(1.5)
+    pathlib.Path(os.environ["MARKS"], f"nice-after-{os.getpid()}").write_text(
+        str(os.getpriority(os.PRIO_PROCESS, 0)))
 
 
 async def app(scope, receive, send):
@@ -55,7 +60,7 @@ CONFIG = '''
 workers = {workers}
 worker_class = "asgi_fleet_worker.DrainingUvicornWorker"
 bind = ["127.0.0.1:{port}"]
-timeout = 20
+timeout = {timeout}
 graceful_timeout = 5
 keepalive = 1
 '''
@@ -84,8 +89,8 @@ class Master:
             stdout=subprocess.DEVNULL, stderr=open(root / "gunicorn.log", "w"))
         self.wait_for(lambda: self.serving() == {"v1"} and len(self.workers()) == WORKERS, 30)
 
-    def configure(self, workers: int):
-        (self.root / "gunicorn.conf.py").write_text(CONFIG.format(workers=workers, port=self.port)
+    def configure(self, workers: int, timeout: int = 20):
+        (self.root / "gunicorn.conf.py").write_text(CONFIG.format(workers=workers, port=self.port, timeout=timeout)
                                                     + (ROLL if self.one_at_a_time else ""))
 
     def workers(self) -> list[int]:
@@ -208,3 +213,16 @@ def test_a_rolled_worker_imports_the_app_behind_the_old_ones_and_serves_at_its_o
         for task in Path(f"/proc/{pid}/task").iterdir():
             assert (task / "stat").read_text().rsplit(")", 1)[1].split()[16] == "0", (pid, task.name)
     assert {m.answer().split()[2] for _ in range(6)} == {"0"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="CAP_SYS_NICE stands in for the unit's LimitNICE=+0")
+def test_a_worker_is_behind_the_old_ones_for_at_most_a_quarter_of_timeout(master):
+    """An import that takes longer (here 1.5 s, against a timeout of 4 s) goes
+    on at the worker's own priority: on busy CPUs, nice 19 would get it almost
+    no CPU, and the roll would end at `timeout`."""
+    m = master(one_at_a_time=True)
+    m.configure(WORKERS, timeout=4)
+    m.reload_to("slow-import", lambda: m.serving() == {"slow-import"} and len(m.workers()) == WORKERS)
+    for pid in m.workers():
+        assert m.import_nice(pid) == "19"
+        assert (m.marks / f"nice-after-{pid}").read_text() == "0"  # before post_worker_init
