@@ -21,7 +21,9 @@ from asgi_fleet.tasks.config import stage_files
 from asgi_fleet.tasks.lb import load_balancer
 from asgi_fleet.tasks.lock import give_back_deploy_lock, take_deploy_lock
 from asgi_fleet.tasks.preflight import install_preflight_script, preflight
-from asgi_fleet.tasks.python_env import install_verify_tools, install_virtualenv, package_index
+from asgi_fleet.tasks.python_env import (
+    fetch_wheelhouses, install_verify_tools, install_virtualenv, package_index,
+)
 from asgi_fleet.tasks.release import prune_releases, ship_release
 from asgi_fleet.tasks.rollout import activate_batch, is_lb, plan_rollout
 from asgi_fleet.tasks.service import plan_activation
@@ -52,8 +54,9 @@ venvs = []
 if is_lb(host):
     load_balancer(rollout, settings.apt_cache_time, view)
 else:
-    prepare_host(plans, settings, view)
     pip = package_index(settings, platform, view)
+    fetch_wheelhouses(plans, pip, view)  # on the controller, while the host installs its packages
+    prepare_host(plans, settings, view)
     install_verify_tools(pip, view)
     install_preflight_script(view)
 for plan in plans:

@@ -152,6 +152,33 @@ def file(path: str, content: bytes, user: str, group: str, mode: str, view: Host
 
 
 
+def venv_is_current(found, lock_sha256: str) -> bool:
+    """Whether a virtualenv (its VenvState) is complete, built from this lock,
+    unchanged since, and not the app's to change: else it is built again."""
+    return found.built_lock == lock_sha256 and found.built_dists == found.dists and not found.writable
+
+
+@view_operation(lambda venvs, **_: {"venvs": [{"path": path, "app": app} for path, app, _, _ in venvs]})
+def prefetch_wheelhouses(venvs: list[tuple[str, str, str, Wheelhouse]], view: HostView):
+    """
+    Start downloading, on the controller, the wheelhouse of each virtualenv
+    this host will build, so that it downloads while the host's first steps
+    run; the virtualenv's operation takes it (Wheelhouse.prefetch, tarball).
+
+    + venvs: (path, app, lock_sha256, wheelhouse) of each virtualenv
+    + view: the host's state (HostView)
+    """
+    if predicting():
+        return
+    due = [house for path, _, lock_sha256, house in venvs
+           if not venv_is_current(view.state().venv(path), lock_sha256)]
+    for house in due:
+        house.prefetch()
+    host.noop(f"wheelhouses for {len(due)} virtualenv(s) to build" if due else "no virtualenv to build")
+    return
+    yield  # an operation: a generator, with no command to run
+
+
 @view_operation(lambda path, app, **_: {"venvs": [{"path": path, "app": app}]})
 def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostView,
                index_url: str | None = None, ca_bundle: str | None = None,
@@ -182,7 +209,7 @@ def virtualenv(path: str, lock_src: str, lock_sha256: str, app: str, view: HostV
     """
     found = view.state().venv(path)
     writable = found.writable
-    if found.built_lock == lock_sha256 and found.built_dists == found.dists and not writable:
+    if venv_is_current(found, lock_sha256):
         host.noop(f"virtualenv {path} is complete and unchanged")
         return
     if writable:  # code the app's user could have changed is not trusted: rebuilt

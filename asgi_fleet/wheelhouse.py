@@ -11,6 +11,8 @@ file against the lock's hashes twice: as it downloads, and on the host.
 Wheelhouses are cached on the controller, keyed by lock and platform
 (ASGI_FLEET_CACHE, else $XDG_CACHE_HOME/asgi-fleet, else ~/.cache/asgi-fleet),
 so a second deploy, or a first provision of new hosts, downloads nothing.
+One that a host will need is fetched in the background as soon as the deploy
+knows it (`prefetch`), while the host installs its packages.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import gevent
 
 from packaging.markers import InvalidMarker
 from packaging.requirements import InvalidRequirement, Requirement
@@ -146,6 +151,11 @@ def requirements_for(lock_text: str, platform: Platform) -> str:
     return "\n".join(kept) + "\n"
 
 
+# The downloads prefetch started, by wheelhouse key, and how each failed.
+_FETCHING: dict[str, threading.Thread] = {}
+_FAILED: dict[str, WheelhouseError] = {}
+
+
 def cache_root() -> Path:
     if os.environ.get("ASGI_FLEET_CACHE"):
         return Path(os.environ["ASGI_FLEET_CACHE"])
@@ -170,12 +180,36 @@ class Wheelhouse:
 
     def tarball(self) -> Path:
         """The wheels as one tar file (wheels are compressed already): from
-        the cache, else downloaded now, once."""
+        the cache, else from the download prefetch started (waited for, the
+        other hosts' work going on meanwhile), else downloaded now, once."""
         tar = self.directory / "wheels.tar"
+        fetching = _FETCHING.get(self.key)
+        while fetching is not None and fetching.is_alive():
+            gevent.sleep(0.05)
+        if self.key in _FAILED:
+            raise _FAILED[self.key]
         if tar.exists():
             return tar
         self.download()
         return tar
+
+    def prefetch(self) -> None:
+        """Start downloading, in a thread of this process, a wheelhouse not in
+        the cache (once per key): tarball() takes it from there."""
+        if self.key in _FETCHING or (self.directory / "wheels.tar").exists():
+            return
+
+        def fetch() -> None:
+            try:
+                self.download()
+            except WheelhouseError as error:
+                _FAILED[self.key] = error
+            except Exception as error:  # noqa: BLE001 - tarball() reports it, on the host that needs it
+                _FAILED[self.key] = WheelhouseError(f"wheelhouse for {self.lock.name} on "
+                                                    f"{self.platform.key}: {error}")
+
+        _FETCHING[self.key] = threading.Thread(target=fetch, name=f"wheelhouse {self.key}")
+        _FETCHING[self.key].start()
 
     def download(self) -> None:
         parent = self.directory.parent

@@ -16,6 +16,7 @@ from asgi_fleet.wheelhouse import Platform, Wheelhouse, WheelhouseError, parse_p
 
 PIP_CA_BUNDLE = "/etc/asgi-fleet/pip-ca.pem"
 VERIFY_TOOLS_LOCK = PACKAGE_DIR / "requirements" / "verify-tools.lock"
+VERIFY_TOOLS_SHA256 = hashlib.sha256(VERIFY_TOOLS_LOCK.read_bytes()).hexdigest()
 VERIFY_TOOLS_VENV = "/opt/asgi-fleet/verify-tools"
 # uv, from the tools' lock: installs every virtualenv from a wheelhouse (the
 # tools' own with the uv binary out of its wheel, before this exists)
@@ -52,6 +53,19 @@ def package_index(settings, probed: list[str], view) -> PipOptions:
     return PipOptions(settings.pip_index_url, PIP_CA_BUNDLE, platform)
 
 
+@deploy("Wheelhouses")
+def fetch_wheelhouses(plans, pip: PipOptions, view):
+    """The wheelhouses of the virtualenvs this host will build (the
+    verification tools', each app's), downloading on the controller while
+    the host installs its packages."""
+    if pip.platform is None:
+        return
+    venvs = [(VERIFY_TOOLS_VENV, "root", VERIFY_TOOLS_SHA256, pip.wheelhouse(VERIFY_TOOLS_LOCK))]
+    venvs += [(plan.venv_dir, plan.paths.app, plan.lock_sha256, pip.wheelhouse(plan.lock_file))
+              for plan in plans if not plan.rollback]
+    operations.prefetch_wheelhouses(name="Download what the virtualenvs to build need", venvs=venvs, view=view)
+
+
 @deploy("Verification tools")
 def install_verify_tools(pip: PipOptions, view):
     """py-spy, with which the verification suite reads live workers' stacks,
@@ -61,7 +75,7 @@ def install_verify_tools(pip: PipOptions, view):
     operations.virtualenv(
         name=f"Virtualenv {VERIFY_TOOLS_VENV}", path=VERIFY_TOOLS_VENV,
         lock_src=str(VERIFY_TOOLS_LOCK),
-        lock_sha256=hashlib.sha256(VERIFY_TOOLS_LOCK.read_bytes()).hexdigest(),
+        lock_sha256=VERIFY_TOOLS_SHA256,
         app="root",  # run by root only: no one else may be able to change it
         view=view, index_url=pip.index_url, ca_bundle=pip.ca_bundle,
         wheelhouse=pip.wheelhouse(VERIFY_TOOLS_LOCK), uv=HOST_UV,

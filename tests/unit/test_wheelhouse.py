@@ -246,3 +246,29 @@ def test_a_failed_install_says_why_and_leaves_no_complete_virtualenv(tmp_path, o
     assert "otherdep" in "\n".join(answer["said"]) and "uv pip failed" in answer["said"][-1]
     assert not (venv / VENV_MARKER).exists()
     assert sorted(p.name for p in venv.parent.iterdir()) == ["0123"]
+
+
+def test_a_prefetched_wheelhouse_downloads_once_in_the_background_and_tarball_takes_it(tmp_path, offline_index):
+    wheel = a_wheel(offline_index, "prefetched", "1.0")
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"prefetched==1.0 \\\n    --hash=sha256:{sha256(wheel)}\n")
+    house = Wheelhouse(lock, BOOKWORM)
+    house.prefetch()
+    house.prefetch()  # the same key: the one download goes on
+    with tarfile.open(house.tarball()) as t:
+        assert t.getnames() == [wheel.name]
+    house.prefetch()  # in the cache now: nothing to fetch
+    assert house.tarball() == house.directory / "wheels.tar"
+    log = (tmp_path / "cache" / "wheelhouse" / "downloads.log").read_text().splitlines()
+    assert len(log) == 1 and house.key in log[0]
+
+
+def test_a_prefetch_that_fails_fails_the_tarball_with_pips_words(tmp_path, offline_index):
+    a_wheel(offline_index, "prefetched", "1.0")
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"prefetched==1.0 \\\n    --hash=sha256:{'3' * 64}\n")
+    house = Wheelhouse(lock, BOOKWORM)
+    house.prefetch()
+    with pytest.raises(WheelhouseError, match="pip download failed.*wheelhouse=False"):
+        house.tarball()
+    assert not house.directory.exists()
