@@ -521,9 +521,8 @@ def bootstrap_uv(wheels_dir: str, lock: str, into: str) -> str | None:
         if not (name.startswith("uv-") and name.endswith(".whl")):
             continue
         wheel = os.path.join(wheels_dir, name)
-        with open(wheel, "rb") as handle:
-            if hashlib.sha256(handle.read()).hexdigest() not in admitted:
-                continue
+        if digest([wheel]) not in admitted:
+            continue
         with zipfile.ZipFile(wheel) as archive:
             for member in archive.namelist():
                 if member.endswith(".data/scripts/uv"):
@@ -602,9 +601,7 @@ def build_venv(request: dict) -> dict:
             os.unlink(shipped)
         if added:  # their bytecode too, as the installer's
             subprocess.run([f"{venv}/bin/python", "-m", "compileall", "-q", *added], capture_output=True)
-        with open(lock, "rb") as handle:
-            built = hashlib.sha256(handle.read()).hexdigest()
-        write_atomically(os.path.join(venv, VENV_MARKER), f"{built}\n{dists_digest(venv)}\n")
+        write_atomically(os.path.join(venv, VENV_MARKER), f"{digest([lock])}\n{dists_digest(venv)}\n")
         return {"outcome": "built", "said": said, "installer": installer}
     finally:
         for leftover in (unpacked, request.get("wheels"), f"{venv}.uv"):
