@@ -18,7 +18,7 @@ from asgi_fleet.operations import app_releases
 from asgi_fleet.plan import plan_host
 from asgi_fleet.settings import host_settings
 from asgi_fleet.tasks.config import stage_files
-from asgi_fleet.tasks.lb import load_balancer
+from asgi_fleet.tasks.lb import LB_PACKAGES, load_balancer
 from asgi_fleet.tasks.lock import give_back_deploy_lock, take_deploy_lock
 from asgi_fleet.tasks.preflight import install_preflight_script, preflight
 from asgi_fleet.tasks.python_env import (
@@ -27,7 +27,7 @@ from asgi_fleet.tasks.python_env import (
 from asgi_fleet.tasks.release import prune_releases, ship_release
 from asgi_fleet.tasks.rollout import activate_batch, is_lb, plan_rollout
 from asgi_fleet.tasks.service import plan_activation
-from asgi_fleet.tasks.system import prepare_host, refuse_foreign_names
+from asgi_fleet.tasks.system import app_host_packages, prepare_host, refuse_foreign_names
 
 # Validates every setting (raising before any host is changed): the rollout
 # (the fleet's batches, failure budget and load balancer upstreams, and the
@@ -47,7 +47,8 @@ if settings.rollback:
 run = rollout.record.for_host(host.name)
 # What the operations below decide on: the host read once, again only after a change.
 view = HostView()
-take_deploy_lock(run, settings.deploy_lock_max_age, settings.break_lock, view)
+take_deploy_lock(run, settings.deploy_lock_max_age, settings.break_lock, view,
+                 LB_PACKAGES if is_lb(host) else app_host_packages(settings))
 
 # Stage: every host at once; nothing that serves traffic changes.
 venvs = []
@@ -61,8 +62,8 @@ else:
     install_preflight_script(view)
 for plan in plans:
     venvs.append(install_virtualenv(plan, pip, view))
+    staged = stage_files(plan, view)  # before the release: a code-only release reads the host once
     ship_release(plan, view)
-    staged = stage_files(plan, view)
     preflight(plan, view)  # a release that fails here never takes traffic
     plan_activation(plan, view, venvs[-1], staged, run.app(plan))
 

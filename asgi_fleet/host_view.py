@@ -46,6 +46,7 @@ class HostView:
 
     def __init__(self, request: dict | None = None):
         self.request: dict = request or {}
+        self.unseen: set[str] = set()  # operations (by hash) whose changes no other operation reads
         # ((changes then, request then), the state, time.monotonic() then)
         self._read: tuple[tuple[int, str], HostState, float] | None = None
 
@@ -69,7 +70,7 @@ class HostView:
 
     def _key(self) -> tuple[int, str]:
         """What a read holds for: the host's changes so far, and the request."""
-        return changes_so_far(host), json.dumps(self.request, sort_keys=True)
+        return changes_so_far(host, self.unseen), json.dumps(self.request, sort_keys=True)
 
     def _keep(self, found: HostState, key: tuple[int, str] | None = None) -> None:
         self._read = (key or self._key(), found, time.monotonic())
@@ -103,10 +104,13 @@ class HostView:
         return found
 
 
-def changes_so_far(some_host) -> int:
-    """How many of this host's operations have run commands on it so far."""
+def changes_so_far(some_host, unseen: set[str] = frozenset()) -> int:
+    """How many of this host's operations have run commands on it so far
+    (not counting those in `unseen`)."""
     count = 0
     for op_hash in some_host.state.get_op_order():
+        if op_hash in unseen:
+            continue
         try:
             meta = some_host.state.get_op_data_for_host(some_host, op_hash).operation_meta
         except KeyError:
@@ -116,16 +120,23 @@ def changes_so_far(some_host) -> int:
     return count
 
 
-def view_operation(reads: Callable[..., dict]):
+def view_operation(reads: Callable[..., dict], seen_by_others: bool = True):
     """A pyinfra operation that decides on the HostView passed as `view`.
     `reads(**kwargs)` says what it reads (a part of the agent's request);
-    that is added to the view when the deploy defines the operation."""
+    that is added to the view when the deploy defines the operation.
+    With `seen_by_others=False`, what it changes is read by no other
+    operation (a check's own stamp), so its change does not send the
+    operations after it back to the host for a new read."""
     def wrap(func):
         op = operation()(func)
 
         @functools.wraps(func)
         def define(*args, **kwargs):
-            kwargs["view"].watch(**reads(**kwargs))
-            return op(*args, **kwargs)
+            view = kwargs["view"]
+            view.watch(**reads(**kwargs))
+            meta = op(*args, **kwargs)
+            if not seen_by_others:
+                view.unseen.add(meta._hash)  # pyinfra's name for the operation, as in its op order
+            return meta
         return define
     return wrap

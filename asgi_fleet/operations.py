@@ -56,10 +56,17 @@ def debian_packages(packages: list[str], cache_time: int, view: HostView):
         return
     updated = state.mtime(APT_UPDATED)
     if updated is None or state.now - updated > cache_time:
-        yield commands_in_order(["apt-get", "update", "-qq"], ["mkdir", "-p", APT_UPDATED.rsplit("/", 1)[0]],
-                                ["touch", APT_UPDATED])
-    yield ("DEBIAN_FRONTEND=noninteractive "
-           + command("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing))
+        yield REFRESH_PACKAGE_LISTS
+    yield apt_install(missing)
+
+
+REFRESH_PACKAGE_LISTS = commands_in_order(["apt-get", "update", "-qq"], ["mkdir", "-p", APT_UPDATED.rsplit("/", 1)[0]],
+                                          ["touch", APT_UPDATED])
+
+
+def apt_install(packages: list[str]) -> str:
+    return "DEBIAN_FRONTEND=noninteractive " + command("apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                                                       *packages)
 
 
 @view_operation(lambda account, **_: {"accounts": [account]})
@@ -284,7 +291,7 @@ def prune_releases(paths: commands.AppPaths, keep: int, view: HostView):
 @operation()
 def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
                 break_lock: str | None = None, record: dict | None = None,
-                view: HostView | None = None):
+                view: HostView | None = None, packages: tuple[str, ...] = ()):
     """
     Take (or give back) the host's deploy lock, so two deploys never interleave.
 
@@ -301,6 +308,8 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
     + break_lock: the run id of a lock to take over now (the operator knows it is gone)
     + record: this host's entry in the run's record, told about a takeover
     + view: the host's state (HostView), read under the lock as it is taken
+    + packages: the Debian packages the host needs, installed with python3
+      on a host that has no python3 yet (the agent needs it)
     """
     if predicting():
         return
@@ -309,7 +318,7 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
         host.noop("deploy lock given back")
         return
     then_state = view.request if view is not None else None
-    found = _agent(host, "lock", lock_request("take", owner=owner, then_state=then_state))
+    found = _agent(host, "lock", lock_request("take", owner=owner, then_state=then_state), packages)
     answer = lock.parse_lock_answer(found)
     if answer.acquired:
         if "state" in found:
@@ -345,22 +354,27 @@ def deploy_lock(owner: str, run_id: str, acquire: bool, max_age: int = 7200,
     yield f"echo {commands.q(message)} >&2; exit 1"
 
 
-# The agent runs on the host's python3: a bare host (the test fleet's images
-# included) gets it before the agent's first call, the deploy lock.
-PYTHON_FOR_THE_AGENT = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null 2>&1"
-                        " || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive"
-                        " apt-get install -y -qq python3 >/dev/null; }")
+def python_for_the_agent(packages: tuple[str, ...]) -> str:
+    """The agent runs on the host's python3: a bare host (the test fleet's
+    images included) gets it before the agent's first call, the deploy lock,
+    in one apt run with the other `packages` it needs (one run instead of
+    two: a second costs a bare host about a second). Without package lists
+    (a bare image has none), or with lists too old to install from, it
+    refreshes them first."""
+    install = apt_install(["python3", *packages])
+    return f"{install} >/dev/null 2>&1 || {{ {REFRESH_PACKAGE_LISTS} && {install} >/dev/null; }}"
 
 
-def _agent(host, subcommand: str, request: dict) -> dict:
-    """Ask the host's agent, at execution time, for its answer."""
+def _agent(host, subcommand: str, request: dict, packages: tuple[str, ...] = ()) -> dict:
+    """Ask the host's agent, at execution time, for its answer (on a host
+    without python3, after installing it with `packages`)."""
     sudo = bool(host.data.get("_sudo"))
     for attempt in (1, 2):
         _, output = host.run_shell_command(agent_command(subcommand, request), _sudo=sudo)
         answer = parse_answer("\n".join(output.stdout_lines) or "null")
         if answer is not None:
             return answer
-        if attempt == 1 and not host.run_shell_command(PYTHON_FOR_THE_AGENT, _sudo=sudo)[0]:
+        if attempt == 1 and not host.run_shell_command(python_for_the_agent(packages), _sudo=sudo)[0]:
             break
     raise RuntimeError(f"{host.name}: python3 is missing and could not be installed "
                        "(apt-get install python3), so asgi-fleet's agent cannot run")
@@ -613,7 +627,8 @@ def _private_dir(state, host, path: str) -> bool:
 
 
 @view_operation(lambda plan, **_: {"digests": {plan.preflight_stamp: list(plan.preflight_inputs)},
-                                   "texts": [plan.preflight_stamp]})
+                                   "texts": [plan.preflight_stamp]},
+                seen_by_others=False)  # it writes its stamp, which only it reads
 def preflight(plan, view: HostView):
     """
     Check a release before any switch (the agent's `preflight`); once per

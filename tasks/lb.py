@@ -7,9 +7,12 @@ from asgi_fleet.rollout import FLAG_DIR
 from asgi_fleet.tasks.rollout import front_the_fleet
 
 
+LB_PACKAGES = ["nginx", "curl"]  # curl, for checks
+
+
 @deploy("Load balancer")
 def load_balancer(rollout, apt_cache_time: int, view):
-    operations.debian_packages(name="nginx (and curl, for checks) from Debian", packages=["nginx", "curl"],
+    operations.debian_packages(name="nginx (and curl, for checks) from Debian", packages=LB_PACKAGES,
                                cache_time=apt_cache_time, view=view)
     operations.directory(name=f"{FLAG_DIR}/", path=FLAG_DIR, user="root", group="root",
                          mode="755", view=view)

@@ -7,12 +7,14 @@ from asgi_fleet import operations
 
 
 @deploy("Deploy lock")
-def take_deploy_lock(run, max_age: int, break_lock: str | None, view):
+def take_deploy_lock(run, max_age: int, break_lock: str | None, view, packages: list[str]):
     """A lock left by a run that is gone is taken over (and reported); see
-    asgi_fleet/lock.py. The host is read for every decision as the lock is taken."""
+    asgi_fleet/lock.py. The host is read for every decision as the lock is
+    taken. A host without python3 (for the agent) gets it first, with the
+    Debian `packages` it needs."""
     operations.deploy_lock(name="Take the deploy lock", owner=run.lock_owner, run_id=run.run_id,
                            acquire=True, max_age=max_age, break_lock=break_lock, record=run.entry,
-                           view=view)
+                           view=view, packages=tuple(packages))
 
 
 @deploy("Deploy lock")

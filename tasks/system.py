@@ -11,6 +11,10 @@ from asgi_fleet.settings import InvalidSettings
 BASE_PACKAGES = ["python3", "python3-venv", "curl", "procps", "ca-certificates"]
 
 
+def app_host_packages(settings) -> list[str]:
+    return BASE_PACKAGES + list(settings.extra_system_packages)
+
+
 def refuse_foreign_names(host, plans, foreign: dict[str, list[str]]) -> None:
     """Stop the run, before any host is changed, if an app's name is taken on
     this host by something asgi-fleet did not create (`foreign`, per app name:
@@ -31,7 +35,7 @@ def refuse_foreign_names(host, plans, foreign: dict[str, list[str]]) -> None:
 def prepare_host(plans, settings, view):
     operations.debian_packages(
         name="Debian packages (the lists refreshed first when older than apt_cache_time)",
-        packages=BASE_PACKAGES + list(settings.extra_system_packages),
+        packages=app_host_packages(settings),
         cache_time=settings.apt_cache_time, view=view)
     operations.directory(name=f"{NAMES_DIR}/", path=NAMES_DIR, user="root", group="root", mode="755",
                          view=view)
