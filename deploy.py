@@ -72,5 +72,5 @@ for number in host.loop(range(1, len(rollout.batches) + 1)):
     activate_batch(state, rollout, number, plans, venvs, run, view)
 
 for plan in plans:
-    prune_releases(plan, view)
+    prune_releases(plan, view, run.app(plan))
 give_back_deploy_lock(run)

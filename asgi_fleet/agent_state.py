@@ -245,11 +245,13 @@ def activation_request(paths: AppPaths, *, release_id: str, previous: str | None
                        reload_units: bool, bind: str, health_path: str, deadline: int,
                        consecutive: int, workers: int, release_dir: str,
                        enable: tuple[str, ...] = (), check_health: bool = True,
-                       who: dict[str, str] | None = None) -> dict:
+                       who: dict[str, str] | None = None,
+                       prune: tuple[list[str], list[str]] = ([], [])) -> dict:
     """What `agent.py activate` is asked to do for one app. With kind "none"
     it only repairs: enables the units in `enable`, points `current` back at
     the release if it was switched by hand, and gates an unhealthy service.
-    `who` (by, commit, run_id) goes into the host's deploy history."""
+    `who` (by, commit, run_id) goes into the host's deploy history. `prune`:
+    the releases and virtualenvs (names) to delete once it is healthy."""
     health = {"bind": bind, "path": health_path, "deadline": deadline, "consecutive": consecutive}
     return {
         "app": paths.app, "root": paths.root, "service": paths.service, "socket": paths.socket,
@@ -262,6 +264,7 @@ def activation_request(paths: AppPaths, *, release_id: str, previous: str | None
         "enable": sorted(enable), "switch": previous != release_id, "check_health": check_health,
         "unit": paths.activation_unit, "log": f"{ACTIVATION_LOGS}/{paths.app}.log",
         "result": paths.activation_result, "record": paths.activation_record,
+        "prune": {"releases": list(prune[0]), "venvs": list(prune[1])},
         **({"audit": {"path": DEPLOY_HISTORY, "who": who}} if who else {}),
     }
 
@@ -274,14 +277,16 @@ class ActivationResult:
     steps: tuple[dict, ...]
     said: tuple[str, ...]  # what it reported as it went: each failure, the rollback's outcome
     journal: tuple[str, ...]  # the service's journal tail once something failed (secrets redacted)
+    pruned: tuple[str, ...] | None = None  # what it deleted once healthy ("releases/ID", "venvs/ID")
 
     @classmethod
     def parse(cls, text: str) -> ActivationResult:
         doc = parse_answer(text)
         if not isinstance(doc, dict) or "outcome" not in doc:
             raise ValueError(f"the agent's activation answered {text[-200:]!r}")
+        pruned = doc.get("pruned")
         return cls(doc["outcome"], tuple(doc.get("steps", ())), tuple(doc.get("said", ())),
-                   tuple(doc.get("journal", ())))
+                   tuple(doc.get("journal", ())), None if pruned is None else tuple(pruned))
 
     @property
     def health(self) -> str:

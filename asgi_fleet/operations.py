@@ -31,7 +31,7 @@ from asgi_fleet.agent_state import (
 from asgi_fleet.commands import PREFLIGHT_SCRIPT
 from asgi_fleet.facts import AgentState
 from asgi_fleet.host_view import HostView, predicting, view_operation
-from asgi_fleet.release import ReleasesState, releases_to_prune, venvs_to_prune
+from asgi_fleet.release import ReleasesState, to_prune
 from asgi_fleet.sinks import command, commands_in_order
 from asgi_fleet.wheelhouse import Wheelhouse, WheelhouseError
 
@@ -266,22 +266,25 @@ def release(path: str, release_id: str, tarball_src, venv: str, group: str, view
 
 
 @view_operation(lambda paths, **_: {"apps": [app_entry(paths)]})
-def prune_releases(paths: commands.AppPaths, keep: int, view: HostView):
+def prune_releases(paths: commands.AppPaths, keep: int, view: HostView, record: dict):
     """
     Keep the `keep` most recently activated releases (never the running or
-    the previous one) and the virtualenvs they use; delete the rest.
+    the previous one) and the virtualenvs they use; delete the rest. An
+    activation in this run did so already, once healthy.
 
     + paths: the app's paths
     + keep: how many releases to keep
     + view: the host's state (HostView)
+    + record: the app's record in this run (its activation's "pruned")
     """
     if predicting():
         host.noop("decided once the release is activated")
         return
+    if "pruned" in record:
+        host.noop(f"pruned as it was activated: {', '.join(record['pruned']) or 'nothing'}")
+        return
     state = view.state().app(paths).releases
-    doomed = releases_to_prune(state.history, list(state.releases), state.current, keep)
-    kept = [r for r in state.releases if r not in doomed]
-    doomed_venvs = venvs_to_prune(state, kept)
+    doomed, doomed_venvs = to_prune(state, keep)
     if not doomed and not doomed_venvs:
         host.noop(f"{len(state.releases)} releases, {len(state.venvs)} virtualenvs: nothing to prune")
         return
@@ -490,7 +493,9 @@ def activate(plan, view: HostView, venv_changed: Callable[[], bool],
         release_dir=plan.release_dir,
         # nothing to activate: put back what was undone by hand, or fail
         enable=tuple(disabled) if kind == NONE else (),
-        check_health=kind != NONE or healthy != 200, who=who)
+        check_health=kind != NONE or healthy != 200, who=who,
+        # what the next operation would prune once this is healthy, pruned by the activation itself
+        prune=to_prune(state.releases.activated(plan.release_id), app.keep_releases))
     left = max(1, int(time_limit - (time.monotonic() - started)))
     yield FunctionCommand(_run_bounded, (agent_command("activate", request), record, left), {})
 
@@ -516,6 +521,8 @@ def _run_bounded(state, host, agent_call: str, record: dict, time_limit: int) ->
         return False
     record["health"] = result.health
     if result.outcome == "activated":
+        if result.pruned is not None:
+            record["pruned"] = list(result.pruned)
         return True
     record["cause"] = result.cause
     for line in result.cause:

@@ -13,7 +13,7 @@ import io
 import re
 import subprocess
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pathspec
@@ -227,9 +227,23 @@ class ReleasesState:
     venvs: list[str]
     failed: frozenset[str] = frozenset()  # releases an activation rolled back from
 
+    def activated(self, release_id: str) -> ReleasesState:
+        """The releases as they are once `release_id` is activated (the agent
+        records a switch in the history, not a re-activation)."""
+        if self.current == release_id:
+            return self
+        return replace(self, current=release_id, history=[*self.history, release_id])
+
 
 def venvs_to_prune(state: ReleasesState, kept_releases: list[str]) -> list[str]:
     """Virtualenvs that no kept release links to."""
     used = {state.releases[r].rstrip("/").rsplit("/", 1)[-1] for r in kept_releases
             if r in state.releases}
     return [v for v in state.venvs if v not in used]
+
+
+def to_prune(state: ReleasesState, keep: int) -> tuple[list[str], list[str]]:
+    """(releases, virtualenvs) to delete so that `keep` releases remain
+    (releases_to_prune), with the virtualenvs no remaining release uses."""
+    doomed = releases_to_prune(state.history, list(state.releases), state.current, keep)
+    return doomed, venvs_to_prune(state, [r for r in state.releases if r not in doomed])

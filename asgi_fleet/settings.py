@@ -57,6 +57,7 @@ def _defaults_file() -> dict[str, Any]:
 # nothing that means something there (a newline, $, %, ;, a quote).
 APP_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}", re.ASCII)
 DOTTED_PATH_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
+MODULE_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
 APP_MODULE_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\(\))?", re.ASCII)
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 PATH_RE = re.compile(r"(/[A-Za-z0-9._-]+)+", re.ASCII)  # absolute, no //, no trailing /
@@ -215,6 +216,13 @@ def lb_address(value) -> str | None:
     return None if HOSTNAME_RE.fullmatch(value) else allowed
 
 
+def module_names(value) -> str | None:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) and MODULE_NAME_RE.fullmatch(v) for v in value):
+        return f"must be a list of Python module names ({MODULE_NAME_RE.pattern}), e.g. ['fastapi']"
+    return None
+
+
 def string_list(value) -> str | None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
         return "must be a list of non-empty strings"
@@ -356,6 +364,7 @@ RULES: dict[str, Rule] = {
     "log_level": Rule(one_of("debug", "info", "warning", "error", "critical")),
     "access_log": Rule(one_of(False, True)),
     "reload_workers": Rule(one_of("one_at_a_time", "all_at_once")),
+    "preload_libraries": Rule(module_names),
     # sandbox
     "unit_read_write_paths": Rule(absolute_paths),
     "unit_ip_address_allow": Rule(lambda v: None if v is None else networks(v)),
@@ -419,6 +428,7 @@ class Settings:
     log_level: str
     access_log: bool
     reload_workers: str
+    preload_libraries: tuple[str, ...]
     # sandbox
     unit_read_write_paths: tuple[str, ...]
     unit_ip_address_allow: tuple[str, ...] | None

@@ -102,6 +102,11 @@ class Platform:
                 "python_full_version": full, "python_version": self.python_minor, "sys_platform": "linux"}
 
 
+def has_python3(lines: list[str]) -> bool:
+    """Whether PLATFORM_PROBE found python3 on the host."""
+    return any(line.strip().startswith("python ") for line in lines)
+
+
 def parse_platform(lines: list[str], where: str) -> Platform:
     """PLATFORM_PROBE's lines (other lines are ignored) as a Platform, or an
     error that says what is missing."""

@@ -59,6 +59,14 @@ access_log = False
 # never N apps importing at once beside N old ones draining. "all_at_once":
 # gunicorn's own HUP, quicker by the waits, with a p99 spike while it lasts (bench/).
 reload_workers = "one_at_a_time"
+# Libraries the gunicorn master imports once, if installed, so that every worker
+# forks with them loaded and imports only the app's own code: for the example,
+# a new worker's boot goes from 0.2 s of CPU to 0.06 s, and a reload's roll
+# from 0.6 s to 0.3 s. Only what is installed in the virtualenv qualifies (the
+# app's own code would stay old across reloads: preflight refuses it). Leave
+# out a library that is not safe to fork after import (one that starts threads
+# or opens connections as it is imported, as grpc does).
+preload_libraries = ["fastapi", "starlette"]
 
 # --- Sandbox (the unit scores <= 1.5 in `systemd-analyze security` by default) ---
 unit_read_write_paths = []  # more paths the app may write (its runtime and state dirs always)

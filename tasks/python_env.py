@@ -12,7 +12,8 @@ from pyinfra.api.exceptions import PyinfraError
 from asgi_fleet import operations
 from asgi_fleet.release import WORKER_MODULES
 from asgi_fleet.settings import PACKAGE_DIR, local_path
-from asgi_fleet.wheelhouse import Platform, Wheelhouse, WheelhouseError, parse_platform
+from asgi_fleet.record import dry_run
+from asgi_fleet.wheelhouse import Platform, Wheelhouse, WheelhouseError, has_python3, parse_platform
 
 PIP_CA_BUNDLE = "/etc/asgi-fleet/pip-ca.pem"
 VERIFY_TOOLS_LOCK = PACKAGE_DIR / "requirements" / "verify-tools.lock"
@@ -28,6 +29,7 @@ class PipOptions:
     index_url: str | None
     ca_bundle: str | None  # on the host
     platform: Platform | None  # None: the host installs from its index, not from a wheelhouse
+    bare: bool = False  # the host has no python3 yet, so none of asgi-fleet's virtualenvs either
 
     def wheelhouse(self, lock: Path) -> Wheelhouse | None:
         return Wheelhouse(lock, self.platform) if self.platform else None
@@ -44,25 +46,31 @@ def package_index(settings, probed: list[str], view) -> PipOptions:
             platform = parse_platform(probed, host.name)
         except WheelhouseError as error:
             raise PyinfraError(str(error)) from None
+    bare = not has_python3(probed)
     if not settings.pip_ca_bundle:
-        return PipOptions(settings.pip_index_url, None, platform)
+        return PipOptions(settings.pip_index_url, None, platform, bare)
     operations.directory(name="/etc/asgi-fleet/", path=PIP_CA_BUNDLE.rpartition("/")[0], user="root",
                          group="root", mode="755", view=view)
     operations.file(name="CA bundle for pip", path=PIP_CA_BUNDLE, user="root", group="root",
                     mode="644", content=local_path(settings.pip_ca_bundle).read_bytes(), view=view)
-    return PipOptions(settings.pip_index_url, PIP_CA_BUNDLE, platform)
+    return PipOptions(settings.pip_index_url, PIP_CA_BUNDLE, platform, bare)
 
 
 @deploy("Wheelhouses")
 def fetch_wheelhouses(plans, pip: PipOptions, view):
     """The wheelhouses of the virtualenvs this host will build (the
     verification tools', each app's), downloading on the controller while
-    the host installs its packages."""
+    the host installs its packages. A host without python3 needs them all,
+    and installs its packages with python3 as the deploy lock is taken: its
+    downloads start now, before the run executes."""
     if pip.platform is None:
         return
     venvs = [(VERIFY_TOOLS_VENV, "root", VERIFY_TOOLS_SHA256, pip.wheelhouse(VERIFY_TOOLS_LOCK))]
     venvs += [(plan.venv_dir, plan.paths.app, plan.lock_sha256, pip.wheelhouse(plan.lock_file))
               for plan in plans if not plan.rollback]
+    if pip.bare and not dry_run():
+        for *_, house in venvs:
+            house.prefetch()
     operations.prefetch_wheelhouses(name="Download what the virtualenvs to build need", venvs=venvs, view=view)
 
 

@@ -20,7 +20,8 @@ def ship_release(plan, view):
 
 
 @deploy("Prune releases")
-def prune_releases(plan, view):
-    """After a healthy activation only: the releases to roll back to stay."""
+def prune_releases(plan, view, record):
+    """After a healthy activation only: the releases to roll back to stay.
+    `record`: the app's record in this run (an activation prunes as it ends)."""
     operations.prune_releases(name=f"Keep {plan.app.keep_releases} releases",
-                              paths=plan.paths, keep=plan.app.keep_releases, view=view)
+                              paths=plan.paths, keep=plan.app.keep_releases, view=view, record=record)

@@ -757,6 +757,7 @@ class Activation:
         self.steps: list[dict] = []
         self.said: list[str] = []  # what it reported as it went, failures included
         self.journal: list[str] = []  # the service's journal tail, once something failed
+        self.pruned: list[str] | None = None  # what it deleted once healthy
 
     def say(self, line: str) -> None:
         self.said.append(line)
@@ -793,6 +794,8 @@ class Activation:
         for name, (staged, live) in sorted(self.request["staged"].items()):
             if os.path.exists(live):
                 copy_file(live, os.path.join(backup, name))
+                if same_file(staged, live):
+                    continue  # rewritten, an unchanged unit would be "changed on disk" to systemd
             copy_file(staged, live)
         return None
 
@@ -841,7 +844,7 @@ class Activation:
               and self.step("health gate", lambda: gate_problem(request, request["gate"])))
         if ok:
             self.say(f"activated: {app} runs releases/{release_id} and answers 200")
-            return self.result("activated")
+            return self.healthy()
         went_back = f"releases/{previous}" if previous else "nothing (the first release: stopped)"
         self.journal = journal_lines(request)
         self.say(f"rolling back {app} to {went_back}")
@@ -874,12 +877,29 @@ class Activation:
             self.journal = journal_lines(request)
             return self.result("failed")
         self.say(f"activated: {request['app']} runs releases/{request['release_id']} and answers 200")
+        return self.healthy()
+
+    def healthy(self) -> dict:
+        """Activated: the releases beyond keep_releases go (the controller
+        named them, from the releases as they now are); a release that cannot
+        be deleted does not undo a healthy activation."""
+        plan = self.request.get("prune")
+        if plan is not None:
+            self.pruned = []
+
+            def delete() -> str | None:
+                done = prune({"root": self.request["root"], **plan})
+                self.pruned = done["removed"]
+                return f"prune refused: {', '.join(done['refused'])}" if done["refused"] else None
+            if plan.get("releases") or plan.get("venvs"):
+                self.step("prune old releases", delete)
         return self.result("activated")
 
     def result(self, outcome: str) -> dict:
         return {"outcome": outcome, "app": self.request["app"], "kind": self.request["kind"],
                 "release": self.request["release_id"], "previous": self.request.get("previous"),
-                "steps": self.steps, "said": self.said, "journal": self.journal}
+                "steps": self.steps, "said": self.said, "journal": self.journal,
+                **({"pruned": self.pruned} if self.pruned is not None else {})}
 
 
 def gate_problem(request: dict, spec: dict) -> str | None:
@@ -891,6 +911,15 @@ def journal_lines(request: dict) -> list[str]:
     state = systemctl_show(request.get("systemctl", "systemctl"), request["service"], "ActiveState")
     return [f"{state.get('ActiveState', 'unknown')} {request['service']}; last journal lines:",
             *journal_tail(request)]
+
+
+def same_file(one: str, other: str) -> bool:
+    """The same bytes, owner, group and mode."""
+    a, b = os.stat(one), os.stat(other)
+    if (a.st_uid, a.st_gid, a.st_mode, a.st_size) != (b.st_uid, b.st_gid, b.st_mode, b.st_size):
+        return False
+    with open(one, "rb") as f, open(other, "rb") as g:
+        return f.read() == g.read()
 
 
 def copy_file(source: str, target: str) -> None:

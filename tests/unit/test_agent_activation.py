@@ -314,3 +314,22 @@ def test_each_activation_appends_to_the_hosts_deploy_history_which_state_reads_b
                                                           "apps": [entry | {"root": str(root)}]})],
         capture_output=True, text=True, timeout=60, check=True).stdout)
     assert [d["release"] for d in state["apps"]["hello"]["deploys"]] == ["r3"]  # the last one
+
+
+def test_a_healthy_activation_prunes_what_it_was_told_and_a_failed_one_prunes_nothing(host, tmp_path):
+    """The controller names what keep_releases leaves out once the new release
+    is healthy; the activation deletes it as it ends, names only."""
+    _, root, _, _ = host
+    (root / "releases" / "r0").mkdir()
+    prune = (["r0", "../../etc"], ["v1"])
+    failed = run_activation(request(host, tmp_path, release_id="r3", previous="r1", kind="reload", prune=prune))
+    assert failed["outcome"] == "rolled back" and "pruned" not in failed
+    assert (root / "releases" / "r0").is_dir() and (root / "venvs" / "v1").is_dir()
+    result = run_activation(request(host, tmp_path, release_id="r2", previous="r1", kind="reload", prune=prune))
+    assert result["outcome"] == "activated", result["said"]
+    assert result["pruned"] == ["releases/r0", "venvs/v1"]
+    assert not (root / "releases" / "r0").exists() and not (root / "venvs" / "v1").exists()
+    assert result["steps"][-1]["step"] == "prune old releases" and not result["steps"][-1]["ok"]  # ../../etc refused
+    assert ActivationResult.parse(json.dumps(result)).pruned == ("releases/r0", "venvs/v1")
+    nothing = run_activation(request(host, tmp_path, release_id="r1", previous="r2", kind="reload"))
+    assert nothing["pruned"] == [] and nothing["steps"][-1]["step"] == "health gate"

@@ -198,3 +198,16 @@ def test_each_module_shipped_into_the_venvs_is_self_contained(host_name):
         elif isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
     assert imported - sys.stdlib_module_names - {"__future__"} <= IN_EVERY_VENV, imported
+
+
+def test_what_a_healthy_activation_will_leave_to_prune():
+    """The activation is asked to prune from the releases as they will be
+    once it is healthy: the new release current, the old one previous."""
+    from asgi_fleet.release import to_prune
+    state = ReleasesState("r3", ["r1", "r2", "r3"], {f"r{i}": f"/srv/a/venvs/v{i}" for i in range(1, 5)},
+                          ["v1", "v2", "v3", "v4", "v0"])
+    after = state.activated("r4")
+    assert (after.current, after.history) == ("r4", ["r1", "r2", "r3", "r4"])
+    assert to_prune(after, keep=2) == (["r1", "r2"], ["v1", "v2", "v0"])
+    assert state.activated("r3") is state  # a re-activation is not a switch: no history line
+    assert to_prune(state, keep=5) == ([], ["v0"])

@@ -31,6 +31,10 @@ VERSION = pathlib.Path("version.txt").read_text().strip()
 if VERSION == "broken":
     raise RuntimeError("this release cannot start")
 pathlib.Path(os.environ["MARKS"], f"nice-{os.getpid()}").write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
+import sys
+pathlib.Path(os.environ["MARKS"], f"had-{os.getpid()}").write_text(" ".join(
+    name for name in ("fractions",) if name in sys.modules))  # before the app imports it
+import fractions  # a library the app uses
 if VERSION == "slow-import":  # longer than a quarter of timeout
     import time
     time.sleep(1.5)
@@ -71,9 +75,9 @@ ROLL = ("from asgi_fleet_roll import roll_workers as on_reload\n"
 
 
 class Master:
-    def __init__(self, root: Path, one_at_a_time: bool, may_nice: bool = True):
+    def __init__(self, root: Path, one_at_a_time: bool, may_nice: bool = True, preload: tuple[str, ...] = ()):
         self.root, self.port, self.marks = root, free_port(), root / "marks"
-        self.one_at_a_time = one_at_a_time
+        self.one_at_a_time, self.preload = one_at_a_time, preload
         self.marks.mkdir(parents=True)
         (root / "app.py").write_text(APP)
         (root / "version.txt").write_text("v1")
@@ -90,8 +94,11 @@ class Master:
         self.wait_for(lambda: self.serving() == {"v1"} and len(self.workers()) == WORKERS, 30)
 
     def configure(self, workers: int, timeout: int = 20):
-        (self.root / "gunicorn.conf.py").write_text(CONFIG.format(workers=workers, port=self.port, timeout=timeout)
-                                                    + (ROLL if self.one_at_a_time else ""))
+        (self.root / "gunicorn.conf.py").write_text(
+            CONFIG.format(workers=workers, port=self.port, timeout=timeout)
+            + (ROLL if self.one_at_a_time else "")
+            + ("from asgi_fleet_roll import preload_libraries as _preload_libraries\n"
+               f"_preload_libraries({list(self.preload)!r})\n" if self.preload else ""))
 
     def workers(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
@@ -105,6 +112,10 @@ class Master:
 
     def import_nice(self, pid: int) -> str:
         return (self.marks / f"nice-{pid}").read_text()
+
+    def had_loaded(self, pid: int) -> set[str]:
+        """Which libraries the worker had when it began to import the app."""
+        return set((self.marks / f"had-{pid}").read_text().split())
 
     def serving(self) -> set[str]:
         return {self.started(pid) for pid in self.workers()}
@@ -226,3 +237,27 @@ def test_a_worker_is_behind_the_old_ones_for_at_most_a_quarter_of_timeout(master
     for pid in m.workers():
         assert m.import_nice(pid) == "19"
         assert (m.marks / f"nice-after-{pid}").read_text() == "0"  # before post_worker_init
+
+
+def test_preloaded_libraries_are_loaded_in_every_worker_before_it_imports_the_app(master):
+    """The master imports them as it reads its config (at start and on every
+    reload); the workers it forks have them. One not installed is skipped."""
+    m = master(one_at_a_time=True, preload=("fractions", "not_installed_anywhere", "sys"))
+    assert {frozenset(m.had_loaded(pid)) for pid in m.workers()} == {frozenset({"fractions"})}
+    m.reload_to("v2", on_v2(m))
+    assert {frozenset(m.had_loaded(pid)) for pid in m.workers()} == {frozenset({"fractions"})}
+    plain = master(one_at_a_time=True)
+    assert {frozenset(plain.had_loaded(pid)) for pid in plain.workers()} == {frozenset()}
+
+
+def test_the_apps_own_code_is_never_preloaded(tmp_path):
+    """A module of the release, imported by the master, would be served
+    unchanged across every reload: the config that asks for it fails."""
+    (tmp_path / "app.py").write_text("")
+    (tmp_path / "asgi_fleet_roll.py").write_text(Path(roll.__file__).read_text())
+    run = subprocess.run([sys.executable, "-c", "from asgi_fleet_roll import preload_libraries as p; p(['app'])"],
+                         cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(tmp_path)},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert (f"preload_libraries: app is not a library installed in the virtualenv (it is {tmp_path / 'app.py'}): "
+            "the master would serve that code across reloads") in run.stderr
