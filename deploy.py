@@ -62,10 +62,10 @@ else:
     install_preflight_script(view)
 for plan in plans:
     venvs.append(install_virtualenv(plan, pip, view))
-    staged = stage_files(plan, view)  # before the release: a code-only release reads the host once
+    will_stage = stage_files(plan, view)  # before the release: a code-only release reads the host once
     ship_release(plan, view)
     preflight(plan, view)  # a release that fails here never takes traffic
-    plan_activation(plan, view, venvs[-1], staged, run.app(plan))
+    plan_activation(plan, view, venvs[-1], will_stage, run.app(plan))
 
 # Activate: batch by batch; a failed host is rolled back and stops the rollout.
 for number in host.loop(range(1, len(rollout.batches) + 1)):

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Callable
 
 import gevent
@@ -132,29 +133,50 @@ def directory(path: str, user: str, group: str, mode: str, view: HostView):
                             ["chmod", mode, path])
 
 
-@view_operation(lambda path, **_: {"files": [path]})
-def file(path: str, content: bytes, user: str, group: str, mode: str, view: HostView):
-    """
-    A file with this content, owner, group and mode; a new content lands by
-    a rename (a reader sees the old file or the new one, never half of one).
+@dataclass(frozen=True)
+class WantedFile:
+    """A file with this content, owner, group and mode."""
 
-    + path: the file
-    + content: its bytes
-    + user, group, mode: what it must have
-    + view: the host's state (HostView)
+    path: str
+    content: bytes
+    user: str
+    group: str
+    mode: str
+
+
+@view_operation(lambda files, **_: {"files": [f.path for f in files]})
+def files(files: list[WantedFile], view: HostView, changing: set[str] | None = None):
     """
-    found = view.state().file(path)
-    want = FileState(hashlib.sha256(content).hexdigest(), user, group, mode)
-    if found == want:
-        host.noop(f"{path} is up to date")
+    Files with these contents, owners, groups and modes, in one operation
+    (one read, one command for all of them); a new content lands by a rename
+    (a reader sees the old file or the new one, never half of one).
+
+    + files: each file as wanted
+    + view: the host's state (HostView)
+    + changing: receives the path of each file this changes (before the run
+      executes, what it will change)
+    """
+    state = view.state()
+    uploads, argvs = [], []
+    for want in files:
+        found = state.file(want.path)
+        wanted = FileState(hashlib.sha256(want.content).hexdigest(), want.user, want.group, want.mode)
+        if found == wanted:
+            continue
+        if changing is not None:
+            changing.add(want.path)
+        owner = f"{want.user}:{want.group}"
+        if found is not None and found.sha256 == wanted.sha256:
+            argvs += [["chown", owner, want.path], ["chmod", want.mode, want.path]]
+            continue
+        upload = f"{want.path}.asgi-fleet-new"
+        uploads.append(FileUploadCommand(io.BytesIO(want.content), upload))
+        argvs += [["chown", owner, upload], ["chmod", want.mode, upload], ["mv", "-f", upload, want.path]]
+    if not argvs:
+        host.noop(f"up to date: {', '.join(f.path for f in files)}")
         return
-    if found is not None and found.sha256 == want.sha256:
-        yield commands_in_order(["chown", f"{user}:{group}", path], ["chmod", mode, path])
-        return
-    upload = f"{path}.asgi-fleet-new"
-    yield FileUploadCommand(io.BytesIO(content), upload)
-    yield commands_in_order(["chown", f"{user}:{group}", upload], ["chmod", mode, upload],
-                            ["mv", "-f", upload, path])
+    yield from uploads
+    yield commands_in_order(*argvs)
 
 
 

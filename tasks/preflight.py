@@ -10,9 +10,8 @@ from asgi_fleet.settings import PACKAGE_DIR
 
 @deploy("Preflight script")
 def install_preflight_script(view):
-    operations.file(name=PREFLIGHT_SCRIPT, path=PREFLIGHT_SCRIPT, user="root", group="root", mode="644",
-                    content=(PACKAGE_DIR / "onhost" / "preflight.py").read_bytes(),
-                    view=view)
+    operations.files(name=PREFLIGHT_SCRIPT, view=view, files=[operations.WantedFile(
+        PREFLIGHT_SCRIPT, (PACKAGE_DIR / "onhost" / "preflight.py").read_bytes(), "root", "root", "644")])
 
 
 @deploy("Preflight")

@@ -51,8 +51,8 @@ def package_index(settings, probed: list[str], view) -> PipOptions:
         return PipOptions(settings.pip_index_url, None, platform, bare)
     operations.directory(name="/etc/asgi-fleet/", path=PIP_CA_BUNDLE.rpartition("/")[0], user="root",
                          group="root", mode="755", view=view)
-    operations.file(name="CA bundle for pip", path=PIP_CA_BUNDLE, user="root", group="root",
-                    mode="644", content=local_path(settings.pip_ca_bundle).read_bytes(), view=view)
+    operations.files(name="CA bundle for pip", view=view, files=[operations.WantedFile(
+        PIP_CA_BUNDLE, local_path(settings.pip_ca_bundle).read_bytes(), "root", "root", "644")])
     return PipOptions(settings.pip_index_url, PIP_CA_BUNDLE, platform, bare)
 
 

@@ -43,8 +43,8 @@ def prepare_host(plans, settings, view):
         name = plan.paths.app
         # First the marker: the names were found free (refuse_foreign_names),
         # and a run cut short after the user exists must not refuse them later.
-        operations.file(name=f"{NAMES_DIR}/{name}", path=f"{NAMES_DIR}/{name}", content=b"",
-                        user="root", group="root", mode="644", view=view)
+        operations.files(name=f"{NAMES_DIR}/{name}", view=view, files=[
+            operations.WantedFile(f"{NAMES_DIR}/{name}", b"", "root", "root", "644")])
         # No login shell, no home under /home: the state dir is its home.
         operations.system_account(name=f"User and group {name}", account=name,
                                   home=plan.paths.state_dir, shell="/usr/sbin/nologin", view=view)
