@@ -279,7 +279,8 @@ def table(acts: list[dict], rounds: int, args) -> str:
     rows.append(f"{rounds} activation(s) per kind and recipe; failed = sum over them, counted from 3 s before "
                 "the command to 6 s after it returned; latencies = each window's p50/p99 over the complete 2xx "
                 "responses of all the activations of that kind and recipe, pooled (a window's own p99, its 15th "
-                "slowest of about 1,400, moved from 1.2 to 5.5 ms between quiet windows of one run). Load: {2 * args.clients} clients x {args.rate:g} req/s "
+                "slowest of about 1,400, moved from 1.2 to 5.5 ms between quiet windows of one run). "
+                f"Load: {2 * args.clients} clients x {args.rate:g} req/s "
                 "(half keep-alive, half one connection per request; GET / and POST /items), Python http.client, "
                 f"pinned to CPU {args.loadgen_cpu}; host on CPU {args.host_cpu}.")
     return "\n".join(rows)
