@@ -1,5 +1,7 @@
 """One module per concern of a deploy; deploy.py calls them in order."""
 
+import functools
+
 from pyinfra.api.operation import OperationMeta
 
 from asgi_fleet.settings import PACKAGE_DIR
@@ -15,10 +17,16 @@ def changed(op: OperationMeta) -> bool:
 
 def render_template(name: str, **variables) -> str:
     """A template rendered on the controller (with the filters of sinks.py), for
-    operations.file to compare with what the host has."""
+    operations.files to compare with what the host has."""
+    return _templates().get_template(name).render(**variables)
+
+
+@functools.cache
+def _templates():
+    """One environment per run: each template is compiled once, not once per host."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
     env.filters.update(TEMPLATE_FILTERS)
-    return env.get_template(name).render(**variables)
+    return env
