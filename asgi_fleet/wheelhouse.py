@@ -34,8 +34,6 @@ from pathlib import Path
 
 import gevent
 
-from packaging.markers import InvalidMarker
-from packaging.requirements import InvalidRequirement, Requirement
 
 # What a host's wheels must match, in one shell read that needs no python3
 # (a bare host gets Debian's python3 later in the same run).
@@ -132,6 +130,10 @@ def requirements_for(lock_text: str, platform: Platform) -> str:
     """The lock's requirements that apply on `platform` (their markers
     evaluated for the host, not for the controller, then dropped), each with
     its hashes: what pip on the controller downloads for the host."""
+    # here, not at the top: only a download needs it, and it is a tenth of a no-op's imports
+    from packaging.markers import InvalidMarker
+    from packaging.requirements import InvalidRequirement, Requirement
+
     environment = platform.marker_environment()
     logical, kept = [], []
     for raw in lock_text.splitlines():
