@@ -489,7 +489,7 @@ def lock(request: dict) -> dict:
 
 def prune(request: dict) -> dict:
     """Delete the named releases and virtualenvs of one app (the controller
-    decides which: asgi_fleet.release.releases_to_prune); names only, never paths."""
+    decides which: asgi_fleet.release.to_prune); names only, never paths."""
     removed, refused = [], []
     for kind in ("releases", "venvs"):
         for name in request.get(kind, []):
