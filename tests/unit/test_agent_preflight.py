@@ -139,3 +139,17 @@ def test_a_config_that_gunicorn_refuses_fails_before_any_canary(release):
         f"preflight failed: gunicorn refused the candidate config {release[2] / 'gunicorn.conf.py'}"), result
     assert "Invalid value for workers: many" in result["said"]  # gunicorn's own words
     assert not (release[3] / f"{release[4]}.service.pid").exists()  # no canary started
+
+
+def test_a_config_that_preloads_the_apps_own_code_fails_preflight(release):
+    """preload_libraries naming a module of the release: the master would
+    serve it unchanged across reloads, so preflight refuses the config."""
+    (release[2] / "gunicorn.conf.py").write_text(
+        'worker_class = "uvicorn_worker.UvicornWorker"\n'
+        "from asgi_fleet.roll import preload_libraries as _preload_libraries\n"  # asgi_fleet_roll on a host
+        '_preload_libraries(["app"])\n')
+    status, result = preflight(release)
+    assert status == 1 and result["said"][-1].startswith("preflight failed: gunicorn refused the candidate config")
+    assert any(f"preload_libraries: app is not a library installed in the virtualenv (it is {release[1]}/app.py)"
+               in line for line in result["said"]), result["said"]
+    assert not (release[1] / ".preflight-ok").exists()
