@@ -85,27 +85,34 @@ def preload_libraries(names: list[str]) -> None:
     it forks has them loaded already and imports only the app's own code, so
     a new worker takes a fraction of the CPU it would to boot. Only code
     installed with Python or in the virtualenv qualifies: the app's own code,
-    imported here, would stay what it was at start across every reload."""
+    imported here, would stay what it was at start across every reload. So
+    each name's top-level package is found, not imported, and checked first
+    (importing `a.b` imports `a`)."""
     import importlib
     import importlib.util
     import sysconfig
 
-    installed = {os.path.realpath(sysconfig.get_path(key)) + os.sep
-                 for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    installed = tuple({os.path.realpath(sysconfig.get_path(key)) + os.sep
+                       for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+    def refuse_unless_installed(name: str, places: list[str]) -> None:
+        for place in places:
+            if not os.path.realpath(place).startswith(installed):
+                raise RuntimeError(f"preload_libraries: {name} is not a library installed in the virtualenv "
+                                   f"(it is {place}): the master would serve that code across reloads")
+
     for name in names:
-        try:
-            spec = importlib.util.find_spec(name)
-        except ImportError:  # a submodule of a package that is not installed
-            spec = None
-        if spec is None:
+        top = importlib.util.find_spec(name.partition(".")[0])
+        if top is None:
             continue  # not installed here: the workers import it as they would anyway, if at all
-        where = spec.origin if spec.has_location else next(iter(spec.submodule_search_locations or []), None)
-        if where is None:
-            continue  # built into the interpreter
-        if not any(os.path.realpath(where).startswith(root) for root in installed):
-            raise RuntimeError(f"preload_libraries: {name} is not a library installed in the virtualenv "
-                               f"(it is {where}): the master would serve that code across reloads")
-        importlib.import_module(name)
+        if top.has_location or top.submodule_search_locations:  # else built into the interpreter
+            refuse_unless_installed(name, [top.origin] if top.has_location else list(top.submodule_search_locations))
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue  # the package is installed, not this part of it
+        if getattr(module, "__file__", None):
+            refuse_unless_installed(name, [module.__file__])
 
 
 def roll_workers(arbiter: Any) -> None:

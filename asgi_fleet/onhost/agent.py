@@ -1056,9 +1056,10 @@ def preflight(request: dict) -> dict:
     # The canary serves no one: its stop kills it (a graceful stop, a third
     # of a second of every preflight, would drain nothing).
     started = subprocess.run([systemd_run, "--quiet", "--collect", f"--unit={unit}", *as_app,
-                              "-p", f"RuntimeDirectory={unit}", "-p", "KillSignal=SIGKILL", gunicorn, "-c", conf, "--chdir", release,
-                              "--workers", "1", "--bind", f"unix:{sock}", "--control-socket",
-                              f"{run_dir}/ctl", "--worker-tmp-dir", run_dir, request["app_module"]],
+                              "-p", f"RuntimeDirectory={unit}", "-p", "KillSignal=SIGKILL",
+                              gunicorn, "-c", conf, "--chdir", release, "--workers", "1", "--bind",
+                              f"unix:{sock}", "--control-socket", f"{run_dir}/ctl", "--worker-tmp-dir", run_dir,
+                              request["app_module"]],
                              capture_output=True, text=True)
     try:
         # run the way the service runs, stopped after the deadline (an import

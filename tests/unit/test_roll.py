@@ -254,10 +254,16 @@ def test_the_apps_own_code_is_never_preloaded(tmp_path):
     """A module of the release, imported by the master, would be served
     unchanged across every reload: the config that asks for it fails."""
     (tmp_path / "app.py").write_text("")
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
     (tmp_path / "asgi_fleet_roll.py").write_text(Path(roll.__file__).read_text())
-    run = subprocess.run([sys.executable, "-c", "from asgi_fleet_roll import preload_libraries as p; p(['app'])"],
-                         cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(tmp_path)},
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 1
-    assert (f"preload_libraries: app is not a library installed in the virtualenv (it is {tmp_path / 'app.py'}): "
-            "the master would serve that code across reloads") in run.stderr
+    for names, found in ((["app"], tmp_path / "app.py"),
+                         (["fractions", "shop.models"], tmp_path / "shop" / "__init__.py")):
+        run = subprocess.run(
+            [sys.executable, "-c", "import sys\nfrom asgi_fleet_roll import preload_libraries as p\n"
+                                   f"try:\n    p({names!r})\nexcept RuntimeError as e:\n    print(e, file=sys.stderr)\n"
+                                   "print(sorted(m for m in ('app', 'shop') if m in sys.modules))"],
+            cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+        assert run.stdout == "[]\n", run.stderr  # refused before anything of the release was imported
+        assert (f"preload_libraries: {names[-1]} is not a library installed in the virtualenv (it is {found}): "
+                "the master would serve that code across reloads") in run.stderr
