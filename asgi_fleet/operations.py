@@ -386,7 +386,7 @@ def python_for_the_agent(packages: tuple[str, ...]) -> str:
     two: a second costs a bare host about a second). Without package lists
     (a bare image has none), or with lists too old to install from, it
     refreshes them first."""
-    install = apt_install(["python3", *packages])
+    install = apt_install(list(dict.fromkeys(["python3", *packages])))  # app hosts list python3 too
     return f"{install} >/dev/null 2>&1 || {{ {REFRESH_PACKAGE_LISTS} && {install} >/dev/null; }}"
 
 

@@ -794,7 +794,7 @@ class Activation:
         for name, (staged, live) in sorted(self.request["staged"].items()):
             if os.path.exists(live):
                 copy_file(live, os.path.join(backup, name))
-                if same_file(staged, live):
+                if file_state(staged) == file_state(live):
                     continue  # rewritten, an unchanged unit would be "changed on disk" to systemd
             copy_file(staged, live)
         return None
@@ -911,15 +911,6 @@ def journal_lines(request: dict) -> list[str]:
     state = systemctl_show(request.get("systemctl", "systemctl"), request["service"], "ActiveState")
     return [f"{state.get('ActiveState', 'unknown')} {request['service']}; last journal lines:",
             *journal_tail(request)]
-
-
-def same_file(one: str, other: str) -> bool:
-    """The same bytes, owner, group and mode."""
-    a, b = os.stat(one), os.stat(other)
-    if (a.st_uid, a.st_gid, a.st_mode, a.st_size) != (b.st_uid, b.st_gid, b.st_mode, b.st_size):
-        return False
-    with open(one, "rb") as f, open(other, "rb") as g:
-        return f.read() == g.read()
 
 
 def copy_file(source: str, target: str) -> None:

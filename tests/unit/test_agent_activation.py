@@ -333,3 +333,15 @@ def test_a_healthy_activation_prunes_what_it_was_told_and_a_failed_one_prunes_no
     assert ActivationResult.parse(json.dumps(result)).pruned == ("releases/r0", "venvs/v1")
     nothing = run_activation(request(host, tmp_path, release_id="r1", previous="r2", kind="reload"))
     assert nothing["pruned"] == [] and nothing["steps"][-1]["step"] == "health gate"
+
+
+def test_a_staged_file_the_same_as_the_live_one_is_left_in_place(host, tmp_path):
+    """Rewritten, an unchanged unit would be "changed on disk" to systemd."""
+    req = request(host, tmp_path, release_id="r2", previous="r1", kind="reload")
+    staged, live = (Path(p) for p in req["staged"]["service_unit"])
+    staged.write_text(live.read_text())
+    live.chmod(0o640)  # the staged file's mode: nothing differs
+    before = live.stat().st_ino
+    assert run_activation(req)["outcome"] == "activated"
+    assert live.stat().st_ino == before
+    assert Path(req["staged"]["config"][1]).read_text() == "config v2\n"  # a changed one lands
