@@ -146,22 +146,33 @@ def systemctl_show(systemctl: str, unit: str, *properties: str) -> dict[str, str
     return dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
 
 
+def main_pid(systemctl: str, service: str) -> int | None:
+    pid = systemctl_show(systemctl, service, "MainPID").get("MainPID", "0")
+    return int(pid) if pid.isdigit() and int(pid) else None
+
+
+def children(pid: int) -> list[str] | None:
+    """The PIDs of a process's children (None: the process is gone)."""
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            found += (read_text(f"/proc/{pid}/task/{task}/children") or "").split()
+    except OSError:
+        return None
+    return found
+
+
 def master(systemctl: str, service: str) -> dict | None:
     """The unit's main process, its virtualenv, and its workers."""
-    pid = systemctl_show(systemctl, service, "MainPID").get("MainPID", "0")
-    if not pid.isdigit() or int(pid) == 0:
+    pid = main_pid(systemctl, service)
+    pids = children(pid) if pid else None
+    if pids is None:
         return None
     maps = read_text(f"/proc/{pid}/maps") or ""
     site = next((word for line in maps.splitlines() for word in line.split()
                  if "/site-packages/" in word), None)
-    children = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            children += (read_text(f"/proc/{pid}/task/{task}/children") or "").split()
-    except OSError:
-        return None
     workers = []
-    for child in children:
+    for child in pids:
         try:
             cwd = os.readlink(f"/proc/{child}/cwd")
         except OSError:
@@ -675,13 +686,31 @@ def url(bind: str, path: str) -> str:
     return f"http://{address}:{port}{path}"
 
 
-def workers_on(systemctl: str, service: str, release_dir: str) -> tuple[int, int]:
-    """(workers of the unit's master running from release_dir, all its workers)."""
-    found = master(systemctl, service)
-    if not found:
-        return 0, 0
-    want = os.path.realpath(release_dir)  # the kernel resolves cwd: srv_root may be a symlink
-    return sum(w["cwd"] == want for w in found["workers"]), len(found["workers"])
+class WorkersOn:
+    """Calling it counts (the unit's workers running from release_dir, all
+    its workers), from /proc. The master's PID is asked of systemd once, and
+    again only once that process is gone (systemd restarted the unit): the
+    gate counts at every poll while the workers roll, and a `systemctl show`
+    each time was a process and a call to PID 1 on the app's CPUs. A master
+    with no workers may be a dead one not reaped yet: systemd is asked again."""
+
+    def __init__(self, systemctl: str, service: str, release_dir: str):
+        self.systemctl, self.service = systemctl, service
+        self.want = os.path.realpath(release_dir)  # the kernel resolves cwd: srv_root may be a symlink
+        self.pid: int | None = None
+
+    def __call__(self) -> tuple[int, int]:
+        workers = children(self.pid) if self.pid else None
+        if not workers:
+            self.pid = main_pid(self.systemctl, self.service)
+            workers = (children(self.pid) if self.pid else None) or []
+        cwds = []
+        for worker in workers:
+            try:
+                cwds.append(os.readlink(f"/proc/{worker}/cwd"))
+            except OSError:
+                continue  # gone since
+        return sum(cwd == self.want for cwd in cwds), len(cwds)
 
 
 # The gate asks every 0.1 s until the first healthy answer (new workers are
@@ -697,15 +726,17 @@ def gate(request: dict, spec: dict) -> tuple[bool, str]:
     and, with `release_dir` and `workers`, until exactly that many workers run,
     all from release_dir: after a HUP the old workers keep answering 200 for
     a while, and a gate that stops at the first 200 would pass on the old code."""
-    systemctl = request.get("systemctl", "systemctl")
     end = time.monotonic() + spec["deadline"]
     consecutive, release_dir, workers = spec.get("consecutive", 1), spec.get("release_dir"), spec.get("workers")
+    count = None
+    if release_dir is not None and workers is not None:
+        count = WorkersOn(request.get("systemctl", "systemctl"), request["service"], release_dir)
     healthy, status, seen = 0, 0, (0, 0)
     while True:
         status = http_status(spec["bind"], spec["path"])
         on_release = True
-        if release_dir is not None and workers is not None:
-            seen = workers_on(systemctl, request["service"], release_dir)
+        if count is not None:
+            seen = count()
             on_release = seen == (workers, workers)
         healthy = healthy + 1 if status == 200 and on_release else 0
         if healthy >= consecutive:
@@ -714,8 +745,7 @@ def gate(request: dict, spec: dict) -> tuple[bool, str]:
             break
         time.sleep(GATE_HOLD_SECONDS if healthy else GATE_POLL_SECONDS)
     in_a_row = f" {consecutive} times in a row" if consecutive > 1 else ""
-    why = (f" and {workers} workers on {release_dir} (seen: {seen[0]} of {seen[1]})"
-           if release_dir is not None and workers is not None else "")
+    why = f" and {workers} workers on {release_dir} (seen: {seen[0]} of {seen[1]})" if count is not None else ""
     return False, (f"{spec.get('label', 'health gate')} failed: want GET {url(spec['bind'], spec['path'])} "
                    f"to answer 200{in_a_row}{why} within {spec['deadline']}s; it answered {status or '000'}.")
 

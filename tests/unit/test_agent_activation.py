@@ -6,6 +6,7 @@ release decides, and a fake journalctl that leaks a secret."""
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
 import os
 import subprocess
@@ -187,6 +188,8 @@ def test_a_reload_installs_switches_and_passes_the_gate_on_the_new_release(host,
     assert all(s["ok"] and s["ended"] >= s["started"] for s in result["steps"])
     assert "reload hello.service" in calls(host)
     assert "daemon-reload" not in calls(host)  # no unit changed
+    # the gate polled at least twice, and asked systemd for the master once: then /proc
+    assert calls(host).count("show hello.service --property=MainPID") == 1
     assert "enable --quiet hello.socket hello.service" in calls(host)
     # the result and the window verify reads, kept on the host
     assert json.loads(Path(req["result"]).read_text()) == result
@@ -345,3 +348,21 @@ def test_a_staged_file_the_same_as_the_live_one_is_left_in_place(host, tmp_path)
     assert run_activation(req)["outcome"] == "activated"
     assert live.stat().st_ino == before
     assert Path(req["staged"]["config"][1]).read_text() == "config v2\n"  # a changed one lands
+
+
+def test_the_gates_worker_count_reads_proc_and_asks_systemd_again_only_once_the_master_is_gone(host):
+    _, root, bin_dir, _ = host
+    spec = importlib.util.spec_from_file_location("asgi_fleet_agent", AGENT)
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    count = agent.WorkersOn(str(bin_dir / "systemctl"), "hello.service", str(root / "releases" / "r1"))
+    on_r2 = agent.WorkersOn(str(bin_dir / "systemctl"), "hello.service", str(root / "releases" / "r2"))
+    assert [count(), count(), on_r2()] == [(2, 2), (2, 2), (0, 2)]
+    assert calls(host).count("show hello.service --property=MainPID") == 2  # once per count, not per poll
+    (root / "current").unlink()
+    (root / "current").symlink_to("releases/r2")
+    subprocess.run([str(bin_dir / "systemctl"), "restart", "hello.service"], check=True)  # a new master
+    assert [count(), on_r2(), on_r2()] == [(0, 2), (2, 2), (2, 2)]
+    assert calls(host).count("show hello.service --property=MainPID") == 4
+    subprocess.run([str(bin_dir / "systemctl"), "stop", "hello.service"], check=True)
+    assert count() == (0, 0)
