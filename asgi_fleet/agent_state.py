@@ -19,6 +19,12 @@ from asgi_fleet.sizing import HostResources, resources_from_agent
 
 AGENT_SOURCE = Path(__file__).with_name("onhost") / "agent.py"
 AGENT_DIR = "/opt/asgi-fleet"  # one file per agent version: agent-DIGEST.py
+# Every agent run yields the CPUs to the app serving beside it, from its
+# first instruction (on an idle host it is no slower): a python3 start is
+# some 40 ms of CPU, and the run that gives back the lock comes while the
+# activation's new workers take their first requests. The agent's own
+# DEPLOY_NICE, which its units are given (systemd does not inherit it).
+AGENT_NICE = 10
 _END = "ASGI_FLEET_AGENT_END"
 
 
@@ -31,8 +37,9 @@ def agent_command(subcommand: str, request: dict, install: bool = True) -> str:
     first use (its source travels with the command, so there is nothing to
     ship first and no round trip to check), older versions removed. Without
     `install` it runs from its source on stdin and leaves nothing behind (a
-    read before the run executes: --dry changes nothing). A host without
-    python3 yet (a bare server before its first deploy) answers `null`.
+    read before the run executes: --dry changes nothing). It runs at nice
+    AGENT_NICE. A host without python3 yet (a bare server before its first
+    deploy) answers `null`.
     The only value in this text is the request, quoted for the shell here."""
     source = AGENT_SOURCE.read_text()
     assert _END not in source
@@ -40,14 +47,14 @@ def agent_command(subcommand: str, request: dict, install: bool = True) -> str:
     quoted = shell(json.dumps(request, sort_keys=True))
     if not install:
         return (f"command -v python3 >/dev/null 2>&1 || {{ echo null; exit 0; }}\n"
-                f"exec python3 - {subcommand} {quoted} <<'{_END}'\n{source}{_END}\n")
+                f"exec nice -n {AGENT_NICE} python3 - {subcommand} {quoted} <<'{_END}'\n{source}{_END}\n")
     return (f"command -v python3 >/dev/null 2>&1 || {{ echo null; exit 0; }}\n"
             f"if [ ! -f {path} ]; then\n"
             f"mkdir -p -m 755 {AGENT_DIR} && cat > {path}.$$ <<'{_END}'\n{source}{_END}\n"
             f"chmod 755 {path}.$$ && mv -f {path}.$$ {path} || exit 1\n"
             f"find {AGENT_DIR} -maxdepth 1 -name 'agent-*.py' ! -name {path.rsplit('/', 1)[1]} -delete\n"
             f"fi\n"
-            f"exec python3 {path} {subcommand} {quoted}\n")
+            f"exec nice -n {AGENT_NICE} python3 {path} {subcommand} {quoted}\n")
 
 
 def parse_answer(text: str) -> dict | None:

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import deploylib  # first: it puts the project root on sys.path, for fleet
 from deploylib import ROOT, BenchLock, log
 from asgi_fleet.fleet import hostctl
-from asgi_fleet.fleet.hosts import TestHost
+from asgi_fleet.fleet.hosts import TestHost, inventory_entry
 
 RESULTS = ROOT / "bench" / "results"
 
 
-def sh(container: str, command: str, timeout: float = 120, check: bool = True) -> str:
-    proc = subprocess.run(["docker", "exec", container, "sh", "-c", command],
+def sh(container: str, command: str, timeout: float = 120, check: bool = True,
+       launcher: Sequence[str] = ()) -> str:
+    """`command` run by sh in the container; `launcher` prefixes the docker client."""
+    proc = subprocess.run([*launcher, "docker", "exec", container, "sh", "-c", command],
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode:
         raise RuntimeError(f"{container}: {command!r} failed ({proc.returncode}): "
@@ -34,13 +38,17 @@ def sh(container: str, command: str, timeout: float = 120, check: bool = True) -
 
 
 @contextlib.contextmanager
-def test_host(name: str, cpuset: str, dist: str = "bookworm", keep: bool = False):
-    """Start a fresh systemd test host (an old one of that name is removed first); remove it after."""
-    host = TestHost(name, dist, "docker", cpuset=cpuset)
+def test_host(name: str, cpuset: str, dist: str = "bookworm", keep: bool = False, ssh_port: int | None = None):
+    """Start a fresh systemd test host (an old one of that name is removed first); remove it after.
+    With `ssh_port` it is reached as a server is: pyinfra over SSH (published on
+    127.0.0.1:ssh_port) as the user deploy, with sudo; else with docker exec."""
+    host = TestHost(name, dist, "ssh" if ssh_port else "docker", cpuset=cpuset, ssh_port=ssh_port)
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     try:
         hostctl.start(host)
         hostctl.wait_booted(host)
+        if ssh_port:
+            hostctl.setup_ssh(host, hostctl.ensure_key())
         yield host
     finally:
         if not keep:
@@ -48,20 +56,33 @@ def test_host(name: str, cpuset: str, dist: str = "bookworm", keep: bool = False
 
 
 def write_inventory(path: Path, host: TestHost) -> Path:
-    data = {"test_host_connector": "docker", "test_host_dist": host.dist,
-            "test_host_cpuset": host.cpuset, "test_host_cpus": host.cpus}
+    """A one-host inventory, in the shape of inventories/docker.py."""
     path.write_text("# asgi-fleet benchmark host (shape of inventories/docker.py)\n"
-                    f"app = [({f'@docker/{host.name}'!r}, {data!r})]\n")
+                    f"app = [{inventory_entry(host)!r}]\n")
     return path
 
 
-def deploy(inventory: Path, *data: str, timeout: float = 600, record: Path | None = None) -> float:
+def as_root(host: TestHost, command: str, timeout: float = 120, launcher: Sequence[str] = ()) -> str:
+    """`command` run by sh as root on the host, the way its deploys reach it:
+    over SSH with sudo (an SSH host), or with docker exec."""
+    if host.connector != "ssh":
+        return sh(host.name, command, timeout=timeout, launcher=launcher)
+    proc = subprocess.run([*launcher, *map(str, hostctl.ssh_args(host)), f"sudo -n sh -c {shlex.quote(command)}"],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+        raise RuntimeError(f"{host.name}: {command!r} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip()
+
+
+def deploy(inventory: Path, *data: str, timeout: float = 600, record: Path | None = None,
+           launcher: Sequence[str] = ()) -> float:
     """Run the project's deploy.py with --data overrides; return its wall time in seconds.
-    `record`: where the deploy writes its own record of the run (default: next to the inventory)."""
+    `record`: where the deploy writes its own record of the run (default: next to the inventory);
+    `launcher`: a command prefix for pyinfra."""
     args = [a for item in data for a in ("--data", item)]
     started = time.monotonic()
     run = deploylib.run_deploy(inventory, *args, record=record or inventory.with_suffix(".record.json"),
-                               timeout=timeout)
+                               timeout=timeout, launcher=launcher)
     if run.returncode:
         raise RuntimeError(f"deploy {data} failed:\n{run.output[-5000:]}")
     return time.monotonic() - started

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,12 +334,13 @@ class Run:
 
 
 def run_deploy(inventory: str | Path, *args: str, record: Path, cwd: Path = ROOT,
-               timeout: float = 1500, env: dict[str, str] | None = None) -> Run:
+               timeout: float = 1500, env: dict[str, str] | None = None, launcher: Sequence[str] = ()) -> Run:
     """`pyinfra -y INVENTORY deploy.py ARGS`, its record written to `record`:
-    the one deploy runner of bench/ and the e2e tests."""
+    the one deploy runner of bench/ and the e2e tests. `launcher`: a command
+    prefix for pyinfra (e.g. taskset and nice: where the controller runs)."""
     record.unlink(missing_ok=True)
     result = subprocess.run(
-        [PYINFRA, "-y", str(inventory), "deploy.py", *args], cwd=cwd, text=True,
+        [*launcher, PYINFRA, "-y", str(inventory), "deploy.py", *args], cwd=cwd, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
         env=os.environ | (env or {}) | {"ASGI_FLEET_RECORD": str(record)},
     )

@@ -13,6 +13,8 @@ or a CFS quota that ``nproc`` does not see).
 from dataclasses import dataclass
 from typing import Optional
 
+from .util import KNOWN_HOSTS, SSH_KEY
+
 #: Label on every container this toolkit starts; `fleet down` removes exactly these.
 LABEL_KEY = "asgi-fleet.test-host"
 LABEL_VALUE = "1"
@@ -69,6 +71,33 @@ TEST_HOSTS = [
 SPARE_HOSTS = [TestHost(f"asgi-web{n}", "bookworm", "docker") for n in range(5, 9)]
 
 DISTS = sorted({h.dist for h in TEST_HOSTS})
+
+
+def inventory_entry(host: TestHost) -> tuple[str, dict]:
+    """A test host as a pyinfra inventory entry: (name, host data). Docker hosts
+    are reached with `docker exec` as root; SSH hosts as the unprivileged user
+    `deploy` with sudo, key-only, with strict host-key checking against
+    .fleet/known_hosts (written by `fleet up`). Data key names checked against
+    pyinfra 3.10's connectors/ssh.py."""
+    data = {
+        "test_host_connector": host.connector,
+        "test_host_dist": host.dist,
+        "test_host_cpuset": host.cpuset,
+        "test_host_cpus": host.cpus,
+    }
+    if host.connector == "docker":
+        return f"@docker/{host.name}", data
+    data.update(
+        ssh_hostname="127.0.0.1",
+        ssh_port=host.ssh_port,
+        ssh_user=DEPLOY_USER,
+        ssh_key=str(SSH_KEY),
+        ssh_known_hosts_file=str(KNOWN_HOSTS),
+        # pyinfra's default is "accept-new" (trust on first use); the key is known.
+        ssh_strict_host_key_checking="yes",
+        _sudo=True,
+    )
+    return host.name, data
 
 
 def get_host(name: str) -> TestHost:

@@ -6,13 +6,12 @@ name that is not a running container would start a new, systemd-less one.
 Groups: `app` (the app hosts), `lb` (the load balancer, nginx), plus pyinfra's automatic `docker` (this file)
 and `all`.  Docker hosts are reached with `docker exec` as root; SSH hosts as
 the unprivileged user `deploy` with sudo, key-only, with strict host-key
-checking against .fleet/known_hosts (written by `fleet up`).  Paths are
-absolute, derived from this file, so pyinfra can run from any directory.
+checking against .fleet/known_hosts (written by `fleet up`): see
+asgi_fleet.fleet.hosts.inventory_entry.  Paths are absolute, so pyinfra can
+run from any directory.
 
 Host data `test_host_connector` ("docker"/"ssh") lets deploy code and tests
-tell the two apart.  Data key names checked against pyinfra 3.10's
-connectors/ssh.py (ssh_hostname, ssh_port, ssh_user, ssh_key,
-ssh_known_hosts_file, ssh_strict_host_key_checking).
+tell the two apart.
 """
 
 import os as _os
@@ -25,31 +24,6 @@ if _REPO not in _sys.path:
     _sys.path.insert(0, _REPO)
 
 from asgi_fleet.fleet import hosts as _hosts  # noqa: E402
-
-_STATE = _os.path.join(_REPO, ".fleet")
-
-
-def _entry(h):
-    data = {
-        "test_host_connector": h.connector,
-        "test_host_dist": h.dist,
-        "test_host_cpuset": h.cpuset,
-        "test_host_cpus": h.cpus,
-    }
-    if h.connector == "docker":
-        return f"@docker/{h.name}", data
-    data.update(
-        ssh_hostname="127.0.0.1",
-        ssh_port=h.ssh_port,
-        ssh_user=_hosts.DEPLOY_USER,
-        ssh_key=_os.path.join(_STATE, "id_ed25519"),
-        ssh_known_hosts_file=_os.path.join(_STATE, "known_hosts"),
-        # pyinfra's default is "accept-new" (trust on first use); the key is known.
-        ssh_strict_host_key_checking="yes",
-        _sudo=True,
-    )
-    return h.name, data
-
 
 # Settings that differ per test host, so the fleet exercises them:
 _HOST_SETTINGS = {
@@ -66,5 +40,5 @@ def _with_settings(entry):
     return name, {**data, **_HOST_SETTINGS.get(short, {})}
 
 
-app = [_with_settings(_entry(_h)) for _h in _hosts.TEST_HOSTS if _h.role == "app"]
-lb = [_entry(_h) for _h in _hosts.TEST_HOSTS if _h.role == "lb"]
+app = [_with_settings(_hosts.inventory_entry(_h)) for _h in _hosts.TEST_HOSTS if _h.role == "app"]
+lb = [_hosts.inventory_entry(_h) for _h in _hosts.TEST_HOSTS if _h.role == "lb"]

@@ -56,10 +56,11 @@ import sys
 import time
 
 VERSION = 1
-# The deploy's own work on a host (the units this program starts for
-# preflight's canary and check and for the activation, and the installer of a
-# virtualenv) yields the CPUs to the app serving beside it; on an idle host it
-# is no slower. Its quick reads (state, lock), which a deploy waits on, do not.
+# The deploy's own work on a host yields the CPUs to the app serving beside
+# it; on an idle host it is no slower. The controller starts this program at
+# this nice (asgi_fleet.agent_state.AGENT_NICE), and what it runs inherits it
+# (the installer of a virtualenv); the units it starts for preflight's canary
+# and check and for the activation are given it (systemd does not inherit).
 DEPLOY_NICE = 10
 
 
@@ -590,7 +591,7 @@ def build_venv(request: dict) -> dict:
             uv = uv or bootstrap_uv(unpacked, lock, f"{venv}.uv")
         installer = "uv" if uv and unpacked else "pip"
         for argv in install_argv(request, venv, unpacked, uv):
-            done = subprocess.run(["nice", "-n", str(DEPLOY_NICE), *argv], capture_output=True, text=True,
+            done = subprocess.run(argv, capture_output=True, text=True,
                                   stdin=subprocess.DEVNULL, env=dict(os.environ, UV_PYTHON_DOWNLOADS="never"))
             if done.returncode != 0:
                 words = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from asgi_fleet.agent_state import (
-    HostState, TreeState, VenvState, app_entry, merge_request, state_request,
+    AGENT_NICE, HostState, TreeState, VenvState, agent_command, app_entry, merge_request, state_request,
 )
 from asgi_fleet.commands import (
     AppPaths, loose_files, writable_by_app,
 )
-from asgi_fleet.onhost.agent import VENV_MARKER
+from asgi_fleet.onhost.agent import DEPLOY_NICE, VENV_MARKER
 from asgi_fleet.release import ReleasesState
 
 AGENT = Path(__file__).resolve().parents[2] / "asgi_fleet" / "onhost" / "agent.py"
@@ -179,3 +179,18 @@ def test_a_bare_hosts_state_is_what_the_agent_reads_where_nothing_exists(tmp_pat
     read, bare = state(request), bare_state(request)
     assert {k: v for k, v in read.items() if k not in machine} == {
         k: v for k, v in bare.items() if k not in machine}
+
+
+def test_the_agent_starts_at_the_deploys_nice_as_its_units_do(tmp_path):
+    """The command text, run by a real shell: python3 (a stand-in on PATH that
+    reports its niceness, then runs the real one) starts AGENT_NICE above the
+    shell, and the agent gives its units the same nice."""
+    reporter = tmp_path / "python3"
+    reporter.write_text(f"#!/bin/sh\nnice >&2\nexec {sys.executable} \"$@\"\n")
+    reporter.chmod(0o755)
+    command = agent_command("prune", {"root": str(tmp_path), "releases": [], "venvs": []}, install=False)
+    run = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"))
+    assert run.returncode == 0 and json.loads(run.stdout)["outcome"] == "pruned", run.stderr
+    assert int(run.stderr.split()[0]) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + AGENT_NICE)
+    assert DEPLOY_NICE == AGENT_NICE
