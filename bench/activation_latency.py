@@ -1,6 +1,6 @@
 """Activation under load: failed requests and p50/p99 latency before, during and after.
 
-    .venv/bin/python bench/activation_latency.py                  # 2 rounds per kind
+    .venv/bin/python bench/activation_latency.py                  # 3 rounds per kind
     .venv/bin/python bench/activation_latency.py --rounds 3 --kinds config,code
 
 Starts its own test host `asgi-bench-serve2` (bookworm, systemd, --cpuset-cpus=1, sshd),
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--recipes", default="asgi-fleet,asgi-fleet-all-at-once,stock",
                         help="an asgi-fleet recipe must run before stock")
-    parser.add_argument("--rounds", type=int, default=2, help="activations per kind and recipe")
+    parser.add_argument("--rounds", type=int, default=3, help="activations per kind and recipe")
     parser.add_argument("--clients", type=int, default=6, help="per mode (keep-alive, close)")
     parser.add_argument("--rate", type=float, default=40, help="requests per second per client")
     parser.add_argument("--lead", type=float, default=4)
