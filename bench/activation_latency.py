@@ -277,7 +277,7 @@ def pooled_summary(acts: list[dict]) -> dict:
     return out
 
 
-def table(acts: list[dict], rounds: int, args) -> str:
+def table(acts: list[dict], rounds: int, args, workers: int) -> str:
     rows = ["| kind | recipe (mechanism) | failed / requests | p50 ms before / during / after | "
             "p99 ms before / during / after | p99 during / before | p99 ms while the deploy works (before the switch) |",
             "|---|---|---|---|---|---|---|"]
@@ -311,7 +311,8 @@ def table(acts: list[dict], rounds: int, args) -> str:
                 "slowest of about 1,400, moved from 1.2 to 5.5 ms between quiet windows of one run). "
                 f"Load: {2 * args.clients} clients x {args.rate:g} req/s "
                 "(half keep-alive, half one connection per request; GET / and POST /items), Python http.client, "
-                f"pinned to CPU {args.loadgen_cpu}; host on CPU {args.host_cpu}, reached over SSH with sudo; "
+                f"pinned to CPU {args.loadgen_cpu}; host on CPU {args.host_cpu}, {workers} worker(s) "
+                f"({'forced' if args.workers else 'sized by the deploy'}), reached over SSH with sudo; "
                 f"the controller's commands (pyinfra, ssh) as `{' '.join(controller(args))}`.")
     return "\n".join(rows)
 
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lead", type=float, default=4)
     parser.add_argument("--gap", type=float, default=6, help="seconds after each command returns")
     parser.add_argument("--max-load-seconds", type=float, default=600)
+    parser.add_argument("--workers", type=int, help="force the worker count (default: sized by the deploy, 1 on one CPU)")
     parser.add_argument("--host-cpu", default="1")
     parser.add_argument("--loadgen-cpu", default="0")
     parser.add_argument("--keep", action="store_true", help="leave the container running")
@@ -342,14 +344,16 @@ def main(argv: list[str] | None = None) -> int:
         inventory = _serve.write_inventory(tmp / "inventory.py", host)
         code = variants(tmp)
         log("deploying the example app (code variant a) with deploy.py")
-        deploy_s = _serve.deploy(inventory, f"app_source={code['a']}")
+        forced = [f"workers={args.workers}"] if args.workers else []
+        deploy_s = _serve.deploy(inventory, f"app_source={code['a']}", *forced)
         ip = _serve.container_ip(CONTAINER)
         workers = int(sh(CONTAINER, "sed -n 's/^workers = //p' /etc/hello/gunicorn.conf.py"))
-        releases, venvs = {"a": deployed(inventory)[0]}, {"default": deployed(inventory)[1]}
+        release_a, venv_default = deployed(inventory)
+        releases, venvs = {"a": release_a}, {"default": venv_default}
         durations: dict[str, list[float]] = {}
 
         def fleet_act(recipe: str, kind: str, n: int) -> dict:
-            data = fleet_data(kind, n, code) + [f"reload_workers={FLEET_RECIPES[recipe]}"]
+            data = fleet_data(kind, n, code) + [f"reload_workers={FLEET_RECIPES[recipe]}", *forced]
             seconds = _serve.deploy(inventory, *data, launcher=controller(args))
             durations.setdefault(kind, []).append(seconds)
             current, venv = deployed(inventory)
@@ -373,10 +377,10 @@ def main(argv: list[str] | None = None) -> int:
                 if recipe == "stock":
                     if "b" not in releases or "alt" not in venvs:  # stock borrows fleet's releases and venvs
                         if "b" not in releases:
-                            _serve.deploy(inventory, f"app_source={code['b']}")
+                            _serve.deploy(inventory, f"app_source={code['b']}", *forced)
                             releases["b"] = deployed(inventory)[0]
                         if "alt" not in venvs:
-                            _serve.deploy(inventory, f"app_source={code['a']}", f"app_lock={ALT_LOCK}")
+                            _serve.deploy(inventory, f"app_source={code['a']}", f"app_lock={ALT_LOCK}", *forced)
                             venvs["alt"] = deployed(inventory)[1]
                     unit = STOCK_UNIT
                     conf = STOCK_CONF.format(port=STOCK_PORT, workers=workers)
@@ -410,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "deploy_seconds_per_kind": {k: [round(v, 1) for v in vs] for k, vs in durations.items()},
         "loadgen_totals": loads,
         "pooled": pooled_summary(acts),
-        "table_md": table(acts, args.rounds, args),
+        "table_md": table(acts, args.rounds, args, workers),
         "activations": [{k: v for k, v in a.items() if k != "_latencies"} for a in acts],
         "timing": _serve.timing(started, deploy_s, measured_s),
     }
