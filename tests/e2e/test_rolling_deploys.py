@@ -417,9 +417,9 @@ def test_eight_hosts_in_batches_of_two_activate_in_inventory_order(deployed, var
     inventory = tmp_path / "eight.py"
     inventory.write_text(
         "import runpy\n"
-        "from asgi_fleet.fleet.hosts import SPARE_HOSTS\n"
+        "from asgi_fleet.fleet.hosts import SPARE_HOSTS, inventory_entry\n"
         f"_base = runpy.run_path({str(PROJECT_ROOT / 'inventories' / 'docker.py')!r})\n"
-        "app = _base['app'] + [_base['_entry'](h) for h in SPARE_HOSTS]\n"
+        "app = _base['app'] + [inventory_entry(h) for h in SPARE_HOSTS]\n"
         "lb = _base['lb']\n")
     try:
         run = deploy(tmp_path, f"app_source={variants['code-b']}", SIX_LOCK, "rollout_batch=2",
