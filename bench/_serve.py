@@ -26,13 +26,15 @@ from asgi_fleet.fleet.hosts import TestHost, inventory_entry
 RESULTS = ROOT / "bench" / "results"
 
 
-def sh(container: str, command: str, timeout: float = 120, check: bool = True,
-       launcher: Sequence[str] = ()) -> str:
-    """`command` run by sh in the container; `launcher` prefixes the docker client."""
-    proc = subprocess.run([*launcher, "docker", "exec", container, "sh", "-c", command],
-                          capture_output=True, text=True, timeout=timeout)
+def sh(container: str, command: str, timeout: float = 120, check: bool = True) -> str:
+    """`command` run by sh in the container (docker exec)."""
+    return _run(["docker", "exec", container, "sh", "-c", command], container, command, timeout, check)
+
+
+def _run(argv: list[str], where: str, command: str, timeout: float, check: bool = True) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode:
-        raise RuntimeError(f"{container}: {command!r} failed ({proc.returncode}): "
+        raise RuntimeError(f"{where}: {command!r} failed ({proc.returncode}): "
                            f"{proc.stderr.strip()[-2000:]}")
     return proc.stdout.strip()
 
@@ -65,13 +67,16 @@ def write_inventory(path: Path, host: TestHost) -> Path:
 def as_root(host: TestHost, command: str, timeout: float = 120, launcher: Sequence[str] = ()) -> str:
     """`command` run by sh as root on the host, the way its deploys reach it:
     over SSH with sudo (an SSH host), or with docker exec."""
-    if host.connector != "ssh":
-        return sh(host.name, command, timeout=timeout, launcher=launcher)
-    proc = subprocess.run([*launcher, *map(str, hostctl.ssh_args(host)), f"sudo -n sh -c {shlex.quote(command)}"],
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode:
-        raise RuntimeError(f"{host.name}: {command!r} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return proc.stdout.strip()
+    if host.connector == "ssh":
+        via = [*map(str, hostctl.ssh_args(host)), f"sudo -n sh -c {shlex.quote(command)}"]
+    else:
+        via = ["docker", "exec", host.name, "sh", "-c", command]
+    return _run([*launcher, *via], host.name, command, timeout)
+
+
+def record_path(inventory: Path) -> Path:
+    """Where deploy() has the deploy write its record, by default: next to the inventory."""
+    return inventory.with_suffix(".record.json")
 
 
 def deploy(inventory: Path, *data: str, timeout: float = 600, record: Path | None = None,
@@ -81,7 +86,7 @@ def deploy(inventory: Path, *data: str, timeout: float = 600, record: Path | Non
     `launcher`: a command prefix for pyinfra."""
     args = [a for item in data for a in ("--data", item)]
     started = time.monotonic()
-    run = deploylib.run_deploy(inventory, *args, record=record or inventory.with_suffix(".record.json"),
+    run = deploylib.run_deploy(inventory, *args, record=record or record_path(inventory),
                                timeout=timeout, launcher=launcher)
     if run.returncode:
         raise RuntimeError(f"deploy {data} failed:\n{run.output[-5000:]}")

@@ -221,7 +221,7 @@ def _pct(values: list[float], q: float) -> float | None:
 def deployed(inventory: Path) -> tuple[str, str]:
     """The release and virtualenv directories the last deploy activated, from
     its record (not a command to the host: this runs in the measured windows)."""
-    hello = next(iter(json.loads(inventory.with_suffix(".record.json").read_text())["hosts"].values()))["apps"]["hello"]
+    hello = next(iter(json.loads(_serve.record_path(inventory).read_text())["hosts"].values()))["apps"]["hello"]
     return f"/srv/hello/releases/{hello['release']}", f"/srv/hello/venvs/{hello['venv']}"
 
 
